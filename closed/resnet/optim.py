@@ -1,0 +1,139 @@
+"""Closed-division ResNet-50 optimizers and learning-rate schedule.
+
+LARS follows the MLPerf reference (`MLPERF_LARSOptimizer` / TF contrib `LARSOptimizer` with
+`skip_list=['batch_normalization', 'bias']`); the schedule follows the reference `poly_rate_schedule`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LABEL_SMOOTHING = 0.1
+
+
+class LARS(torch.optim.Optimizer):
+    """Layer-wise adaptive rate scaling with heavy-ball momentum, MLPerf reference semantics.
+
+    For a parameter group with `lars_exclude=False` (conv and FC weights), per tensor w with gradient g:
+        trust = eeta * |w| / (|g| + weight_decay * |w| + epsilon)   if |w| > 0 and |g| > 0, else 1
+        v <- momentum * v + lr * trust * (g + weight_decay * w)
+        w <- w - v
+    For a group with `lars_exclude=True` (BN and bias), plain momentum SGD without decay:
+        v <- momentum * v + lr * g
+        w <- w - v
+    The learning rate sits inside the momentum buffer (TF `MomentumOptimizer` form), unlike
+    `torch.optim.SGD`, which scales the buffer by lr at the update.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict],
+        lr: float,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        eeta: float = 0.001,
+        epsilon: float = 0.0,
+        lars_exclude: bool = False,
+    ):
+        if lr < 0.0 or momentum < 0.0 or weight_decay < 0.0 or eeta <= 0.0 or epsilon < 0.0:
+            raise ValueError(
+                f"invalid LARS hyperparameters: lr={lr} momentum={momentum} "
+                f"weight_decay={weight_decay} eeta={eeta} epsilon={epsilon}"
+            )
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            eeta=eeta,
+            epsilon=epsilon,
+            lars_exclude=lars_exclude,
+        )
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad
+                if g.is_sparse:
+                    raise RuntimeError("LARS does not support sparse gradients")
+                if group["lars_exclude"]:
+                    update = g * lr
+                else:
+                    # Norms in at least fp32 for low-precision params; no .item(), so no host sync on GPU.
+                    norm_dtype = torch.promote_types(p.dtype, torch.float32)
+                    w_norm = torch.linalg.vector_norm(p, dtype=norm_dtype)
+                    g_norm = torch.linalg.vector_norm(g, dtype=norm_dtype)
+                    ratio = group["eeta"] * w_norm / (g_norm + wd * w_norm + group["epsilon"])
+                    trust = torch.where((w_norm > 0) & (g_norm > 0), ratio, torch.ones_like(ratio))
+                    update = (g + wd * p) * (lr * trust)
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                buf = state["momentum_buffer"]
+                buf.mul_(momentum).add_(update)
+                p.sub_(buf)
+        return loss
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two groups: weights with ndim > 1 (conv, FC) get decay and LARS; BN gammas/betas and all
+    biases (ndim <= 1) get neither, as the reference's skip_list=['batch_normalization', 'bias']."""
+    decayed, excluded = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (excluded if p.ndim <= 1 else decayed).append(p)
+    return [
+        {"params": decayed, "weight_decay": weight_decay, "lars_exclude": False},
+        {"params": excluded, "weight_decay": 0.0, "lars_exclude": True},
+    ]
+
+
+def sgd(
+    model: nn.Module, lr: float, momentum: float, weight_decay: float, nesterov: bool = False
+) -> torch.optim.SGD:
+    """Momentum SGD for the closed SGD variant, with no weight decay on BN and bias parameters."""
+    groups = [
+        {"params": g["params"], "weight_decay": g["weight_decay"]} for g in param_groups(model, weight_decay)
+    ]
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)
+
+
+def poly_schedule(
+    step: int, *, base_lr: float, end_lr: float, warmup_steps: int, decay_steps: int, power: float = 2.0
+) -> float:
+    """Learning rate for the 0-based optimizer `step`, as the MLPerf reference `poly_rate_schedule`.
+
+    Warmup, step < warmup_steps: base_lr * step / warmup_steps (0 at step 0, as the reference's
+    `plr * current_epoch / w_epochs` with current_epoch = step / steps_per_epoch).
+    Decay, step >= warmup_steps: (base_lr - end_lr) * (1 - k / decay_steps)**power + end_lr with
+    k = min(step - warmup_steps, decay_steps), so base_lr at the end of warmup and end_lr from
+    step warmup_steps + decay_steps on. `decay_steps` counts steps after warmup only; it is the value
+    logged as `lars_opt_learning_rate_decay_steps` (the reference logs train_steps - warmup_steps + 1).
+    """
+    if step < 0 or warmup_steps < 0 or decay_steps < 1:
+        raise ValueError(
+            f"invalid schedule: step={step} warmup_steps={warmup_steps} decay_steps={decay_steps}"
+        )
+    if step < warmup_steps:
+        return base_lr * step / warmup_steps
+    k = min(step - warmup_steps, decay_steps)
+    return (base_lr - end_lr) * (1.0 - k / decay_steps) ** power + end_lr
+
+
+def smoothed_cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, smoothing: float = LABEL_SMOOTHING
+) -> torch.Tensor:
+    """Mean cross-entropy with label smoothing; logits [N, C], integer target [N]."""
+    return F.cross_entropy(logits.float(), target, label_smoothing=smoothing)

@@ -1,0 +1,170 @@
+"""ResNet-50 presets: named functions returning frozen configs, and the closed-division rules.
+
+    python -m mlperf_submission.closed.resnet.train --preset NAME ...
+
+`smoke` is the embedded default: the full ResNet-50 topology (all 161 tensors) at width 8 on built-in
+synthetic data at 32 px and 10 classes; one run reaches top-1 0.759 in well under a minute on a
+2-core CPU. It is a demonstration: its convergence says nothing about ImageNet.
+The real presets carry published hyperparameters and need ImageNet.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from mlperf_logging.mllog import constants
+
+from mlperf_submission.common.cli import UserError
+
+IMAGENET_TRAIN = 1_281_167
+IMAGENET_VAL = 50_000
+TARGET = 0.759
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResNetConfig:
+    # data
+    dataset: Literal["synthetic", "imagenet"] = "imagenet"
+    num_classes: int = 1000
+    image_size: int = 224
+    synthetic_train_samples: int = 4096
+    synthetic_eval_samples: int = 1024
+    synthetic_seed: int = 0          # fixes the synthetic dataset; the run seed varies per run
+    data_workers: int = 8
+    # model
+    model_width: int = 64
+    # batch: global = local x replicas x gradient_accumulation_steps
+    global_batch_size: int = 3264
+    gradient_accumulation_steps: int = 1
+    # optimizer and schedule; logged under lars_* or sgd_* keys by opt_name
+    opt_name: Literal["lars", "sgd"] = "lars"
+    opt_base_learning_rate: float = 10.5
+    opt_end_learning_rate: float = 0.0001
+    opt_learning_rate_decay_poly_power: float = 2.0
+    opt_learning_rate_warmup_epochs: int = 2
+    train_epochs: int = 39           # the schedule's length: decay runs over train - warmup epochs
+    opt_momentum: float = 0.9
+    opt_weight_decay: float = 5e-05
+    lars_epsilon: float = 0.0
+    label_smoothing: float = 0.1
+    model_bn_span: int = 0           # samples per batch-norm statistics group; 0: the local batch
+    # eval: every eval_every epochs, the first after eval_offset epochs (or eval_every if 0)
+    eval_every: int = 4
+    eval_offset: int = 0
+    max_epochs: int = 60
+    target_accuracy: float = TARGET
+    # runtime
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    channels_last: bool = False
+
+
+def smoke() -> ResNetConfig:
+    """Full topology at width 8, synthetic data; about 2 s per epoch on 2 CPU cores, target by epoch 4-8.
+    fp32 and contiguous memory: at these tiny shapes channels_last and bf16 do not pay on CPU."""
+    return ResNetConfig(
+        dataset="synthetic", num_classes=10, image_size=32, model_width=8, data_workers=0,
+        global_batch_size=128, opt_base_learning_rate=2.0, opt_learning_rate_warmup_epochs=1, train_epochs=8,
+        eval_offset=0, max_epochs=16, device="cpu")
+
+
+def dgxa100() -> ResNetConfig:
+    """The MLCommons RCP hyperparameters at batch 3264, the batch of NVIDIA's v1.1 8x A100 result."""
+    return ResNetConfig(global_batch_size=3264, opt_base_learning_rate=10.5, opt_learning_rate_warmup_epochs=2,
+                        train_epochs=39, opt_weight_decay=5e-05, eval_offset=3, precision="fp16",
+                        channels_last=True)
+
+
+def ipu_pod16() -> ResNetConfig:
+    """Graphcore's v1.1 IPU-POD16 result: LARS, GBS 3200 (20 x 10 accumulation x 16), lr 10.72,
+    wd 5e-5, 2 warmup epochs, 38 decay epochs, evals at epochs 2, 6, ... (offset 2), fp16 (16.16)."""
+    return ResNetConfig(global_batch_size=3200, gradient_accumulation_steps=10, opt_base_learning_rate=10.72,
+                        opt_learning_rate_warmup_epochs=2, train_epochs=40, opt_weight_decay=5e-05,
+                        eval_offset=2, precision="fp16", model_bn_span=40)
+
+
+def h200() -> ResNetConfig:
+    """One modern GPU: the MLCommons RCP hyperparameters at batch 1632 (the smallest RCP batch), as
+    4 accumulation steps of 408 images, bf16 autocast, channels_last."""
+    return ResNetConfig(global_batch_size=1632, gradient_accumulation_steps=4, opt_base_learning_rate=7.4,
+                        opt_learning_rate_warmup_epochs=2, train_epochs=37, opt_weight_decay=5e-05,
+                        eval_offset=0, precision="bf16", channels_last=True, data_workers=14)
+
+
+PRESETS = {"smoke": smoke, "8xA100": dgxa100, "pod16": ipu_pod16, "1xH200": h200}
+
+
+def validate_closed(cfg: ResNetConfig) -> None:
+    """Raise UserError for anything the v1.1 closed ResNet rules forbid."""
+    problems = []
+    if cfg.opt_end_learning_rate != 0.0001:
+        problems.append("the end learning rate is fixed to 0.0001")
+    if not math.isclose(math.log2(cfg.opt_weight_decay / 0.0001), round(math.log2(cfg.opt_weight_decay / 0.0001)),
+                        abs_tol=1e-5):
+        problems.append(f"weight decay must be 0.0001 x 2^k, not {cfg.opt_weight_decay}")
+    if cfg.opt_name == "lars":
+        if cfg.opt_learning_rate_decay_poly_power != 2:
+            problems.append("LARS polynomial decay power is fixed to 2")
+        if cfg.lars_epsilon != 0.0:
+            problems.append("LARS epsilon is fixed to 0")
+        if cfg.global_batch_size < 32768 and cfg.opt_momentum != 0.9:
+            problems.append("LARS momentum must be 0.9 below batch 32k")
+    else:
+        if abs(cfg.opt_base_learning_rate / 0.001 - round(cfg.opt_base_learning_rate / 0.001)) > 1e-5:
+            problems.append("the SGD base learning rate must be a multiple of 0.001")
+        if cfg.opt_momentum != 0.9:
+            problems.append("SGD momentum is fixed to 0.9")
+    if cfg.label_smoothing not in (0.0, 0.1):
+        problems.append("label smoothing must be 0 or 0.1")
+    if cfg.eval_every != 4 or cfg.eval_offset not in (0, 1, 2, 3):
+        problems.append("closed evaluation is every 4 epochs with an offset of 0, 1, 2 or 3")
+    if cfg.target_accuracy != TARGET:
+        problems.append(f"the closed quality target is top-1 {TARGET}")
+    if cfg.global_batch_size % cfg.gradient_accumulation_steps:
+        problems.append("global_batch_size must be a multiple of gradient_accumulation_steps")
+    if problems:
+        raise UserError("not allowed in the closed division: " + "; ".join(problems))
+
+
+def steps_per_epoch(cfg: ResNetConfig, train_samples: int) -> int:
+    return math.ceil(train_samples / cfg.global_batch_size)
+
+
+def hyperparameters(cfg: ResNetConfig, train_samples: int) -> dict:
+    """The hyperparameter keys the v1.1 closed rules require, for the chosen optimizer."""
+    spe = steps_per_epoch(cfg, train_samples)
+    decay_steps = (cfg.train_epochs - cfg.opt_learning_rate_warmup_epochs) * spe
+    common = {constants.GLOBAL_BATCH_SIZE: cfg.global_batch_size,
+              constants.GRADIENT_ACCUMULATION_STEPS: cfg.gradient_accumulation_steps,
+              constants.OPT_NAME: cfg.opt_name}
+    if cfg.opt_name == "lars":
+        return common | {
+            constants.LARS_OPT_BASE_LEARNING_RATE: cfg.opt_base_learning_rate,
+            constants.LARS_OPT_END_LR: cfg.opt_end_learning_rate,
+            constants.LARS_OPT_LR_DECAY_POLY_POWER: cfg.opt_learning_rate_decay_poly_power,
+            constants.LARS_OPT_LR_DECAY_STEPS: decay_steps,
+            constants.LARS_EPSILON: cfg.lars_epsilon,
+            constants.LARS_OPT_LEARNING_RATE_WARMUP_EPOCHS: cfg.opt_learning_rate_warmup_epochs,
+            constants.LARS_OPT_MOMENTUM: cfg.opt_momentum,
+            constants.LARS_OPT_WEIGHT_DECAY: cfg.opt_weight_decay,
+        }
+    # mllog has no constants for the sgd_opt_* keys (CHECKERS.md §11).
+    return common | {
+        "sgd_opt_base_learning_rate": cfg.opt_base_learning_rate,
+        "sgd_opt_end_learning_rate": cfg.opt_end_learning_rate,
+        "sgd_opt_learning_rate_decay_poly_power": cfg.opt_learning_rate_decay_poly_power,
+        "sgd_opt_learning_rate_decay_steps": decay_steps,
+        "sgd_opt_weight_decay": cfg.opt_weight_decay,
+        "sgd_opt_momentum": cfg.opt_momentum,
+        constants.MODEL_BN_SPAN: cfg.model_bn_span or cfg.global_batch_size // cfg.gradient_accumulation_steps,
+        constants.OPT_LR_WARMUP_EPOCHS: cfg.opt_learning_rate_warmup_epochs,
+    }
+
+
+def eval_epochs(cfg: ResNetConfig) -> list[int]:
+    """The completed-epoch counts after which an eval runs (1-based), up to max_epochs."""
+    first = cfg.eval_offset or cfg.eval_every
+    return list(range(first, cfg.max_epochs + 1, cfg.eval_every))
+

@@ -1,0 +1,101 @@
+"""The official MLPerf tools behind one command line (ruleset 1.1.0).
+
+    python -m mlperf_submission.compliance check LOG...            compliance checker, one verdict per log
+    python -m mlperf_submission.compliance systems [FILE...]       system description checker
+    python -m mlperf_submission.compliance score DIR [--json F]     olympic-mean minutes and RCP verdicts
+    python -m mlperf_submission.compliance package ...             assemble, check, score and archive
+    python -m mlperf_submission.compliance submit ...              train RUNS runs, then package
+
+Exit status 0 when everything passes, 1 when a verdict fails, 2 on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from mlperf_submission.common.cli import atomic_write_text, entry_point
+from mlperf_submission.compliance import score as scoring
+from mlperf_submission.compliance import tools
+
+
+def cmd_check(args) -> int:
+    failed = 0
+    for log in args.logs:
+        v = tools.check_log(log)
+        print(f"{'PASS' if v.passed else 'FAIL'} {log}")
+        for line in v.summary_lines():
+            print(f"    {line}")
+        if v.round_note:
+            print(f"    note: PASS under the v1.1 round's tool: {v.round_note}")
+        failed += not v.passed
+    return 1 if failed else 0
+
+
+def cmd_systems(args) -> int:
+    files = args.files or sorted(Path(__file__).resolve().parents[1].joinpath("systems").glob("*.json"))
+    failed = 0
+    for f in files:
+        ok, reasons = tools.check_system(f)
+        print(f"{'PASS' if ok else 'FAIL'} {f}")
+        for r in reasons:
+            print(f"    {r}")
+        failed += not ok
+    return 1 if failed else 0
+
+
+def cmd_score(args) -> int:
+    scores = scoring.score_tree(args.dir, verdict=args.verdict)
+    print(scoring.table(scores))
+    if args.json:
+        atomic_write_text(args.json, scoring.to_json(scores))
+    return 0 if all(s.valid for s in scores) else 1
+
+
+def cmd_package(args) -> int:
+    from mlperf_submission.compliance import package
+
+    return package.main(args)
+
+
+def cmd_submit(args) -> int:
+    from mlperf_submission.compliance import submit
+
+    return submit.main(args)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m mlperf_submission.compliance", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("check", help="official compliance checker on result logs")
+    c.add_argument("logs", nargs="+", type=Path)
+    c.set_defaults(func=cmd_check)
+    s = sub.add_parser("systems", help="official system description checker")
+    s.add_argument("files", nargs="*", type=Path)
+    s.set_defaults(func=cmd_systems)
+    sc = sub.add_parser("score", help="olympic-mean minutes and RCP verdict per system and benchmark")
+    sc.add_argument("dir", type=Path)
+    sc.add_argument("--verdict", choices=("auto", "current", "round"), default="auto",
+                    help="compliance verdict to score with: 4.1.68 (current), the v1.1 round's tool (round), "
+                         "or round only where the one failure is a known difference (auto)")
+    sc.add_argument("--json", type=Path, help="also write the scores as JSON here")
+    sc.set_defaults(func=cmd_score)
+    from mlperf_submission.compliance import package, submit
+
+    package.add_arguments(sub.add_parser("package", help="assemble, check, score and archive a submission"))
+    sub.choices["package"].set_defaults(func=cmd_package)
+    submit.add_arguments(sub.add_parser("submit", help="train the runs, then package them"))
+    sub.choices["submit"].set_defaults(func=cmd_submit)
+    return p
+
+
+@entry_point
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

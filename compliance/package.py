@@ -1,0 +1,182 @@
+"""Assemble result logs into the official submission layout, check it, score it and archive it.
+
+    python -m mlperf_submission.compliance package --division closed --benchmark resnet \
+        --system systems/mybox.json --logs runs/result_*.txt --out out/mysub [--rcp-bypass REASON]
+
+writes, all at once (a temporary folder renamed into place):
+    OUT/<division>/<org>/systems/<system>.json
+    OUT/<division>/<org>/results/<system>/<benchmark>/result_<i>.txt
+    OUT/<division>/<org>/benchmarks/<benchmark>/implementations/<impl>/   code snapshot + README
+    OUT/package_checker.log, OUT/score.json, OUT/score.md, OUT/manifest.sha256
+    OUT/<org>-<division>-<system>-<benchmark>.tar.gz                       the tree and the manifest
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+from mlperf_submission.common.cli import UserError, atomic_dir
+from mlperf_submission.common.run import BENCHMARKS, DIVISIONS, QUALITY_TARGETS
+from mlperf_submission.compliance import score as scoring
+from mlperf_submission.compliance import tools
+from mlperf_submission.systems import DEMO_NOTE
+from mlperf_submission.systems import load as load_system
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SKIP_PARTS = {".git", ".venv", "out", "__pycache__", ".pytest_cache", ".ruff_cache", "build"}
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--division", required=True, choices=DIVISIONS)
+    p.add_argument("--benchmark", required=True, choices=BENCHMARKS)
+    p.add_argument("--system", required=True, help="system description: a JSON path or a name in systems/")
+    p.add_argument("--logs", required=True, nargs="+", type=Path, help="the result logs, one per run")
+    p.add_argument("--out", required=True, type=Path, help="a new folder for the package")
+    p.add_argument("--impl", default="pytorch", help="implementation folder name under benchmarks/")
+    p.add_argument("--rcp-bypass", metavar="REASON", default="",
+                   help="record the official RCP bypass for this benchmark, with the reason in the README")
+    p.add_argument("--demo", action="store_true", help="label everything as a demonstration, not a result")
+
+
+def safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "unnamed"
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def source_files() -> list[Path]:
+    """The package's source files: what git tracks, or else every file outside build folders."""
+    try:
+        out = subprocess.run(["git", "ls-files", "-z"], cwd=REPO_ROOT, capture_output=True, check=True)
+        files = [REPO_ROOT / f for f in out.stdout.decode().split("\0") if f]
+        if files:
+            return [f for f in files if f.is_file()]
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return [p for p in REPO_ROOT.rglob("*") if p.is_file() and not SKIP_PARTS & set(p.relative_to(REPO_ROOT).parts)]
+
+
+def git_commit() -> str:
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True).stdout.strip()
+        return head + (" (with uncommitted changes)" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+
+
+def implementation_readme(benchmark: str, division: str, system_stem: str, demo: bool, commit: str) -> str:
+    """The benchmark README, following the MLCommons implementation template's sections."""
+    model = {"resnet": "ResNet-50 v1.5", "bert": "BERT-Large (phase 2 pretraining)"}[benchmark]
+    dataset = {"resnet": "ImageNet ILSVRC2012 (1,281,167 training, 50,000 validation images)",
+               "bert": "Wikipedia 2020/01/01, MLPerf reference TFRecords (seq 512, 76 predictions)"}[benchmark]
+    metric = {"resnet": "top-1 accuracy", "bert": "masked-LM accuracy"}[benchmark]
+    lines = [
+        f"# MLPerf Training v1.1: {model}, {division} division",
+        "",
+        *(["**DEMONSTRATION**: " + DEMO_NOTE + ".", ""] if demo else []),
+        f"Code: the `mlperf_submission` package at commit {commit}.",
+        "",
+        "## 1. Problem",
+        f"{model}, trained to {metric} {QUALITY_TARGETS[benchmark]}.",
+        "",
+        "## 2. Directions",
+        "```",
+        "make setup",
+        f"make submit DIVISION={division} BENCH={benchmark} SYSTEM={system_stem} PRESET=<preset> DATA=<path>",
+        "```",
+        "",
+        "## 3. Dataset/Environment",
+        dataset + ("; this demonstration used the package's built-in synthetic data instead." if demo else "."),
+        "",
+        "## 4. Model",
+        f"{model} as defined by the MLCommons reference; see closed/{benchmark}/model.py.",
+        "",
+        "## 5. Quality",
+        f"Target: {metric} >= {QUALITY_TARGETS[benchmark]}, evaluated at the cadence of the closed rules.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def build(*, division: str, benchmark: str, system: str, logs: list[Path], out: Path, impl: str = "pytorch",
+          rcp_bypass: str = "", demo: bool = False) -> tuple[tools.PackageVerdict, list[scoring.BenchmarkScore]]:
+    """Assemble, check, score and archive; everything lands in `out` at once or not at all."""
+    stem, system_desc = load_system(system)
+    if system_desc["division"] != division:
+        raise UserError(f"system {stem} is described for division {system_desc['division']!r}, not {division!r}")
+    missing = [str(p) for p in logs if not Path(p).is_file()]
+    if missing:
+        raise UserError(f"result log(s) not found: {', '.join(missing)}")
+    need = tools.REQUIRED_RUNS[benchmark]
+    if len(logs) != need:
+        raise UserError(f"{benchmark} needs exactly {need} result logs, got {len(logs)}")
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} exists and is not empty: choose a new --out or remove it")
+    org = safe_name(system_desc["submitter"])
+    commit = git_commit()
+    with atomic_dir(out) as tmp:
+        sub = tmp / division / org
+        (sub / "systems").mkdir(parents=True)
+        (sub / "systems" / f"{stem}.json").write_text(json.dumps(system_desc, indent=2) + "\n")
+        results = sub / "results" / stem / benchmark
+        results.mkdir(parents=True)
+        for i, log in enumerate(logs):
+            shutil.copyfile(log, results / f"result_{i}.txt")
+        if rcp_bypass:
+            # The checker compares each line with its newline still on: no trailing newline (CHECKERS.md §8.1).
+            (results / "package_checker_params").write_text("rcp-bypass")
+        code = sub / "benchmarks" / benchmark / "implementations" / impl
+        for f in source_files():
+            dest = code / f.relative_to(REPO_ROOT)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(f, dest)
+        (code / "README.md").write_text(implementation_readme(benchmark, division, stem, demo, commit))
+        notes = [f"# {org} {division} {benchmark} on {stem}", ""]
+        if demo:
+            notes += [f"**{DEMO_NOTE}.**", ""]
+        if rcp_bypass:
+            notes += [f"RCP check bypassed (`package_checker_params`: rcp-bypass). Reason: {rcp_bypass}", ""]
+        notes += [f"Code commit: {commit}", ""]
+        (sub / "README.md").write_text("\n".join(notes))
+
+        verdict = tools.run_package_checker(sub, rcp_bypass=bool(rcp_bypass))
+        (tmp / "package_checker.log").write_text(verdict.log)
+        scores = scoring.score_tree(sub)
+        summary = tools.run_result_summarizer(sub) if verdict.passed else []
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        report = "\n".join(notes) + "\n" + scoring.table(scores) + "\n\nPackage checker: " + (
+            tools.PACKAGE_SUCCESS if verdict.passed else "ERRORS\n" + "\n".join(verdict.errors)) + "\n"
+        (tmp / "score.md").write_text(report)
+        (tmp / "score.json").write_text(scoring.to_json(scores) + "\n")
+
+        tree_files = sorted(p for p in (tmp / division).rglob("*") if p.is_file())
+        manifest = "".join(f"{sha256(p)}  {p.relative_to(tmp).as_posix()}\n" for p in tree_files)
+        (tmp / "manifest.sha256").write_text(manifest)
+        archive = tmp / f"{org}-{division}-{stem}-{benchmark}.tar.gz"
+        with tarfile.open(archive, "w:gz") as tar:
+            tar.add(tmp / division, arcname=division)
+            tar.add(tmp / "manifest.sha256", arcname="manifest.sha256")
+    return verdict, scores
+
+
+def main(args) -> int:
+    verdict, scores = build(division=args.division, benchmark=args.benchmark, system=args.system, logs=args.logs,
+                            out=args.out, impl=args.impl, rcp_bypass=args.rcp_bypass, demo=args.demo)
+    print(scoring.table(scores))
+    print(tools.PACKAGE_SUCCESS if verdict.passed else "PACKAGE CHECKER FOUND ERRORS:\n" + "\n".join(verdict.errors))
+    print(f"package written to {args.out}")
+    return 0 if verdict.passed and all(s.valid for s in scores) else 1
