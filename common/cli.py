@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import functools
 import os
 import shutil
@@ -14,6 +15,14 @@ from pathlib import Path
 
 class UserError(Exception):
     """Bad input from the user: printed as one line `error: ...`, exit status 2, no traceback."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line `error: ...` (exit status 2) like any other bad input."""
+
+    def error(self, message: str):
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
 
 
 def entry_point(main: Callable[..., int | None]) -> Callable[..., int]:

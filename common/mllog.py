@@ -27,7 +27,7 @@ _logger_ids = itertools.count()
 
 
 class MLLog:
-    """An MLPerf result log for one run.
+    """An MLPerf result log for one run, written to `<path>.partial` and renamed to `path` when closed.
 
     `path` None logs nowhere (ranks other than 0 pass None too). `clock` returns seconds since the
     epoch; tests pass a fake one. `barrier` is called on every rank before a timed key.
@@ -52,12 +52,12 @@ class MLLog:
         logger.setLevel(logging.INFO)
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                self._stream = open(self.path, "x", encoding="utf-8")  # closed in close()
-            except FileExistsError:
-                raise UserError(
-                    f"{self.path} already exists; MLPerf logs are never appended to: choose a new path"
-                ) from None
+            self.partial = self.path.with_name(self.path.name + ".partial")
+            for existing in (self.path, self.partial):
+                if existing.exists():
+                    raise UserError(f"{existing} already exists; MLPerf logs are never appended to: "
+                                    "choose a new path or remove it")
+            self._stream = open(self.partial, "x", encoding="utf-8")  # closed in close()
             self._handlers.append(logging.StreamHandler(self._stream))
         if echo and self.path is not None:
             self._handlers.append(logging.StreamHandler())
@@ -90,7 +90,9 @@ class MLLog:
     def end(self, key: str, value: Any = None, metadata: dict | None = None, *, stack_offset: int = 0):
         self._log("end", key, value, metadata, stack_offset)
 
-    def close(self) -> None:
+    def close(self, *, complete: bool = True) -> None:
+        """Close the log. A complete one is renamed into place; an incomplete one (a run that never
+        logged run_stop) stays beside it as `<name>.partial`, for inspection only."""
         for handler in self._handlers:
             handler.flush()
             self._logger.removeHandler(handler)
@@ -98,3 +100,5 @@ class MLLog:
         if self._stream is not None:
             self._stream.close()
             self._stream = None
+            if complete:
+                self.partial.replace(self.path)

@@ -185,4 +185,4 @@ class Run:
             if exc_type is not None and self.started and not self.stopped:
                 self.stop(constants.ABORTED)
         finally:
-            self.log.close()
+            self.log.close(complete=self.stopped)

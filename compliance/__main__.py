@@ -15,9 +15,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from mlperf_submission.common.cli import atomic_write_text, entry_point
+from mlperf_submission.common.cli import ArgumentParser, atomic_write_text, entry_point
+from mlperf_submission.compliance import package, submit, tools
 from mlperf_submission.compliance import score as scoring
-from mlperf_submission.compliance import tools
 
 
 def cmd_check(args) -> int:
@@ -53,20 +53,8 @@ def cmd_score(args) -> int:
     return 0 if all(s.valid for s in scores) else 1
 
 
-def cmd_package(args) -> int:
-    from mlperf_submission.compliance import package
-
-    return package.main(args)
-
-
-def cmd_submit(args) -> int:
-    from mlperf_submission.compliance import submit
-
-    return submit.main(args)
-
-
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m mlperf_submission.compliance", description=__doc__,
+    p = ArgumentParser(prog="python -m mlperf_submission.compliance", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("check", help="official compliance checker on result logs")
@@ -82,12 +70,12 @@ def parser() -> argparse.ArgumentParser:
                          "or round only where the one failure is a known difference (auto)")
     sc.add_argument("--json", type=Path, help="also write the scores as JSON here")
     sc.set_defaults(func=cmd_score)
-    from mlperf_submission.compliance import package, submit
-
-    package.add_arguments(sub.add_parser("package", help="assemble, check, score and archive a submission"))
-    sub.choices["package"].set_defaults(func=cmd_package)
-    submit.add_arguments(sub.add_parser("submit", help="train the runs, then package them"))
-    sub.choices["submit"].set_defaults(func=cmd_submit)
+    pk = sub.add_parser("package", help="assemble, check, score and archive a submission")
+    package.add_arguments(pk)
+    pk.set_defaults(func=package.main)
+    sm = sub.add_parser("submit", help="train the runs, then package them")
+    submit.add_arguments(sm)
+    sm.set_defaults(func=submit.main)
     return p
 
 

@@ -164,15 +164,14 @@ def table(scores: list[BenchmarkScore]) -> str:
     lines.append("Per run (minutes run_start to run_stop; verdict: 4.1.68 / v1.1 round):")
     for s in scores:
         lines.append(f"- {s.system}/{s.benchmark}:")
+        lines += [f"    note: {n}" for n in sorted({r.note for r in s.runs if r.note})]
         for r in s.runs:
             flag = "" if r.counted else "  [dropped]"
             lines.append(
                 f"    {r.file}: {fmt(r.minutes)} min, seed {r.seed}, status {r.status}, "
-                f"converged at {r.convergence_point}, accuracy {r.last_accuracy}, "
+                f"converged at {r.convergence_point}, accuracy {fmt(r.last_accuracy, 4)}, "
                 f"verdict {'PASS' if r.passed else 'FAIL'}/{'PASS' if r.round_passed else 'FAIL'} "
                 f"(scored with {r.used}){flag}")
-            if r.note:
-                lines.append(f"        note: {r.note}")
     return "\n".join(lines)
 
 

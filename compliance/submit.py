@@ -9,8 +9,10 @@ this machine, and everything written says it is a demonstration, not a valid MLP
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import platform
 import secrets
 import subprocess
 import sys
@@ -60,10 +62,17 @@ def train_command(args, *, seed: int, system_file: Path, log: Path) -> list[str]
 def main(args) -> int:
     demo = not args.data
     args.preset = args.preset or ("smoke" if demo else "")
-    if not args.preset:
-        raise UserError("with DATA given, name a PRESET too (e.g. PRESET=1xH200): see the presets in the README")
     if args.data and not Path(args.data).exists():
         raise UserError(f"DATA path {args.data} does not exist: prepare it with `make data` first")
+    if not args.preset:
+        raise UserError("with DATA given, name a PRESET too (e.g. PRESET=1xH200): see the presets in the README")
+    try:
+        presets = importlib.import_module(f"mlperf_submission.{args.division}.{args.bench}.presets")
+    except ModuleNotFoundError:
+        raise UserError(f"the {args.division}-division {args.bench} benchmark is not in this version") from None
+    if args.preset not in presets.PRESETS:
+        raise UserError(f"unknown preset {args.preset!r} for {args.division} {args.bench}: "
+                        f"choose one of {', '.join(presets.PRESETS)}")
     runs = args.runs or tools.REQUIRED_RUNS[args.bench]
     if args.seeds:
         try:
@@ -84,8 +93,6 @@ def main(args) -> int:
             stem, system_desc = load_system(args.system)
             system_file = scratch / f"{stem}.json"
         else:
-            import platform
-
             system_desc = describe_local(
                 org=args.org, division=args.division, notes=DEMO_NOTE,
                 system_name=f"DEMO {platform.machine()} CPU x{os.cpu_count()} (synthetic data, not a valid result)")

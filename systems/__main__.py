@@ -3,18 +3,17 @@ python -m mlperf_submission.systems check FILE...   (the official checker: see c
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
-from mlperf_submission.common.cli import UserError, atomic_write_text, entry_point
+from mlperf_submission.common.cli import ArgumentParser, UserError, atomic_write_text, entry_point
 from mlperf_submission.systems import describe_local
 
 
 @entry_point
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mlperf_submission.systems")
+    parser = ArgumentParser(prog="python -m mlperf_submission.systems")
     sub = parser.add_subparsers(dest="command", required=True)
     describe = sub.add_parser("describe", help="describe this machine as a system JSON")
     describe.add_argument("--out", type=Path, help="file to write (default: print)")

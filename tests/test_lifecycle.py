@@ -141,3 +141,15 @@ def test_seed_must_be_an_int(tmp_path):
     sub = Submission(org="a", platform="p", division="open", status="onprem", benchmark="bert")
     with pytest.raises(UserError, match="seed"):
         Run(MLLog(None), sub, seed="7", hyperparameters={}, train_samples=1, eval_samples=1)
+
+
+def test_a_run_that_never_stops_leaves_only_a_partial_log(tmp_path):
+    path = tmp_path / "r.txt"
+    sub = Submission(org="a", platform="p", division="open", status="onprem", benchmark="bert")
+    with pytest.raises(ValueError, match="broken model"):
+        with Run(MLLog(path), sub, seed=1, hyperparameters={}, train_samples=1, eval_samples=1):
+            raise ValueError("broken model")
+    assert not path.exists()
+    assert "init_start" in (tmp_path / "r.txt.partial").read_text()
+    with pytest.raises(UserError, match="partial already exists"):
+        MLLog(path)

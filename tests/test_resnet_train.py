@@ -89,3 +89,36 @@ def test_one_smoke_run_reaches_the_target_and_passes_the_checker(tmp_path):
     assert evals[-1]["value"] >= 0.759
     assert [e["metadata"]["epoch_num"] for e in evals] == list(range(4, 4 * len(evals) + 1, 4))
     assert sum(e["key"] == "weights_initialization" for e in events) == 161
+
+
+def test_training_on_a_tiny_imagenet_folder(tmp_path):
+    """The real-data path: JPEG folders, `make data` index, reference preprocessing, a one-epoch run."""
+    from PIL import Image
+
+    from mlperf_submission.common.data import imagenet
+
+    gen = torch.Generator().manual_seed(0)
+    for split, n in (("train", 6), ("val", 2)):
+        for c in range(3):
+            folder = tmp_path / "imagenet" / split / f"n0000000{c}"
+            folder.mkdir(parents=True)
+            for i in range(n):
+                pixels = (torch.rand(40, 50, 3, generator=gen) * 255).to(torch.uint8).numpy()
+                Image.fromarray(pixels).save(folder / f"{split}_{c}_{i}.JPEG")
+    data = tmp_path / "imagenet"
+    log = tmp_path / "result_0.txt"
+    args = ["--preset", "1xH200", "--seed", "3", "--system", "1xH200", "--log", str(log), "--data", str(data)]
+    small = ["model_width=8", "image_size=32", "global_batch_size=6", "gradient_accumulation_steps=1",
+             "data_workers=0", "precision=fp32", "channels_last=false", "device=cpu", "eval_offset=1", "max_epochs=1"]
+    argv = args + [x for s in small for x in ("--set", s)]
+    assert train_main(argv) == 2  # no manifest yet: `make data` first
+    assert not log.exists()
+    assert imagenet.main([str(data), "--out", str(data), "--workers", "1"]) == 0
+    assert train_main(argv) == 0
+    events = [json.loads(ln.split(":::MLLOG ", 1)[1]) for ln in log.read_text().splitlines()]
+    by_key = {e["key"]: e for e in events}
+    assert by_key["train_samples"]["value"] == presets.IMAGENET_TRAIN
+    assert by_key["eval_accuracy"]["metadata"]["epoch_num"] == 1
+    assert by_key["run_stop"]["metadata"]["status"] == "aborted"  # random pixels: the target is not reached
+    verdict = check_log(log)
+    assert [e for e in verdict.summary_lines() if "eval_accuracy" not in e] == []

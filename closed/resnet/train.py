@@ -23,7 +23,7 @@ from mlperf_submission.closed.resnet import presets
 from mlperf_submission.closed.resnet.model import ResNet50, mlperf_tensor_names
 from mlperf_submission.closed.resnet.optim import LARS, param_groups, poly_schedule, sgd
 from mlperf_submission.common import config
-from mlperf_submission.common.cli import UserError, entry_point
+from mlperf_submission.common.cli import ArgumentParser, UserError, entry_point
 from mlperf_submission.common.data.synthetic import synthetic_images
 from mlperf_submission.common.mllog import MLLog
 from mlperf_submission.common.run import Run, Submission
@@ -34,7 +34,7 @@ DIVISION = "closed"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m mlperf_submission.closed.resnet.train", description=__doc__,
+    p = ArgumentParser(prog="python -m mlperf_submission.closed.resnet.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="smoke", help=f"one of {', '.join(presets.PRESETS)}")
     p.add_argument("--seed", type=int, required=True)
@@ -74,16 +74,28 @@ class SyntheticBatches(torch.utils.data.Dataset):
         return x, self.labels[i]
 
 
-def datasets(cfg: presets.ResNetConfig, data: Path | None):
+def checked_manifest(data: Path) -> dict:
+    """The dataset's manifest from `make data`, verified against the folder, before any log is written."""
+    from mlperf_submission.common.data import imagenet
+
+    manifest_path = data / imagenet.MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise UserError(f"{data} has no {imagenet.MANIFEST_NAME}: check and index it first with "
+                        f"`make data BENCH=resnet SRC={data}`")
+    try:
+        return imagenet.verify_manifest(data, manifest_path)
+    except imagenet.ImageNetError as e:
+        raise UserError(f"{e} (re-run `make data BENCH=resnet SRC={data}`)") from None
+
+
+def datasets(cfg: presets.ResNetConfig, data: Path | None, manifest: dict | None):
     if cfg.dataset == "synthetic":
         return SyntheticBatches(cfg, "train"), SyntheticBatches(cfg, "val")
     from mlperf_submission.common.data import imagenet
 
-    try:
-        train = imagenet.ImageNet(data, "train", imagenet.train_transform(cfg.image_size))
-        val = imagenet.ImageNet(data, "val", imagenet.eval_transform(cfg.image_size))
-    except imagenet.ImageNetError as e:
-        raise UserError(f"{e} (check the dataset with `make data BENCH=resnet SRC={data}`)") from None
+    skipped = {split: manifest["splits"][split]["skipped"] for split in ("train", "val")}
+    train = imagenet.ImageNet(data, "train", imagenet.train_transform(cfg.image_size), exclude=skipped["train"])
+    val = imagenet.ImageNet(data, "val", imagenet.eval_transform(cfg.image_size), exclude=skipped["val"])
     return train, val
 
 
@@ -145,6 +157,7 @@ def train(cfg: presets.ResNetConfig, args: argparse.Namespace, *, division: str)
     if dist.is_main:
         print(f"resnet {division}, preset {args.preset}, seed {args.seed}, {dist.world_size} rank(s) on {device}, "
               f"local batch {local_batch}:\n{config.describe(cfg)}", flush=True)
+    manifest = checked_manifest(args.data) if cfg.dataset == "imagenet" else None
     torch.manual_seed(args.seed)
     log = MLLog(args.log, rank=dist.rank, barrier=dist.barrier)
     train_samples = cfg.synthetic_train_samples if cfg.dataset == "synthetic" else presets.IMAGENET_TRAIN
@@ -164,7 +177,7 @@ def train(cfg: presets.ResNetConfig, args: argparse.Namespace, *, division: str)
             ids = [device.index] if device.type == "cuda" else None
             model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
         scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
-        train_set, val_set = datasets(cfg, args.data)
+        train_set, val_set = datasets(cfg, args.data, manifest)
         train_loader, sampler, val_loader = loaders(cfg, train_set, val_set, dist, args.seed, local_batch)
         steps_per_epoch = presets.steps_per_epoch(cfg, len(train_set))
         warmup_steps = cfg.opt_learning_rate_warmup_epochs * steps_per_epoch
