@@ -12,6 +12,7 @@ NPROC ?= 1
 LOG ?=
 SUB ?=
 SRC ?=
+EVAL ?=
 
 submit_args = --division $(DIVISION) --bench $(BENCH) --nproc $(NPROC) \
 	$(if $(PRESET),--preset $(PRESET)) $(if $(SYSTEM),--system $(SYSTEM)) $(if $(DATA),--data $(DATA)) \
@@ -28,7 +29,8 @@ help:
 	@echo "make score SUB=folder              olympic-mean minutes and RCP verdict of a submission tree"
 	@echo "make systems                       official system description checker on systems/*.json"
 	@echo "make describe-system OUT=f.json    describe this machine as a system JSON"
-	@echo "make data BENCH=resnet SRC=dir     check and index a dataset (counts, checksums)"
+	@echo "make data BENCH=resnet SRC=dir     check and index ImageNet (counts, checksums)"
+	@echo "make data BENCH=bert SRC='train/part-*' EVAL=eval_10k OUT=dir   convert the MLPerf BERT TFRecords"
 
 setup:
 	python3 -m venv .venv
@@ -60,7 +62,7 @@ data:
 ifeq ($(BENCH),resnet)
 	$(PY) -m mlperf_submission.common.data.imagenet $(SRC) --out $(or $(OUT),$(SRC))
 else
-	$(PY) -m mlperf_submission.common.data.bert_wiki convert $(SRC) --out $(OUT)
+	$(PY) -m mlperf_submission.common.data.bert_wiki convert --train '$(SRC)' --eval $(EVAL) --out $(OUT)
 endif
 
 clean:

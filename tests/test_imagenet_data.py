@@ -16,12 +16,12 @@ from mlperf_submission.common.data.imagenet import (
     ImageNetError,
     eval_transform,
     index_dataset,
-    loader,
     main,
     random_crop_box,
     train_transform,
     verify_manifest,
 )
+from mlperf_submission.common.data.loader import loader
 from mlperf_submission.common.data.tfrecord import encode_example, write_records
 
 CLASSES = ["n01440764", "n01443537", "n02102040"]  # sorted, so class index = position

@@ -24,6 +24,7 @@ from mlperf_submission.closed.resnet.model import ResNet50, mlperf_tensor_names
 from mlperf_submission.closed.resnet.optim import LARS, param_groups, poly_schedule, sgd
 from mlperf_submission.common import config
 from mlperf_submission.common.cli import ArgumentParser, UserError, entry_point
+from mlperf_submission.common.data.loader import loader
 from mlperf_submission.common.data.synthetic import synthetic_images
 from mlperf_submission.common.mllog import MLLog
 from mlperf_submission.common.run import Run, Submission
@@ -100,8 +101,6 @@ def datasets(cfg: presets.ResNetConfig, data: Path | None, manifest: dict | None
 
 
 def loaders(cfg, train_set, val_set, dist: distributed.Dist, seed: int, local_batch: int):
-    from mlperf_submission.common.data.imagenet import loader
-
     sampler = None
     if dist.world_size > 1:
         sampler = torch.utils.data.DistributedSampler(train_set, dist.world_size, dist.rank, shuffle=True,

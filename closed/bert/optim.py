@@ -1,0 +1,180 @@
+"""LAMB, the learning-rate schedule, gradient clipping, and the pretraining losses and metric of the MLPerf
+v1.1 BERT reference (`language_model/tensorflow/bert/optimization.py`, `lamb_optimizer_v1.py`,
+`run_pretraining.py` at mlcommons/training 9947bdf).
+
+LAMB, per parameter w with gradient g at update t (1-based):
+    m = b1*m + (1-b1)*g;  v = b2*v + (1-b2)*g^2
+    m_hat = m / (1 - b1^t);  v_hat = v / (1 - b2^t)        (bias correction: the reference applies it)
+    u = m_hat / (sqrt(v_hat) + eps) + wd*w                 (decoupled weight decay)
+    r = ||w|| / ||u|| if both > 0 else 1                   (trust ratio)
+    w -= lr * r * u
+Parameters whose TF name matches "LayerNorm", "layer_norm" or "bias" get neither weight decay nor the
+trust ratio (r = 1): the reference passes the same list as `exclude_from_weight_decay` and, by default,
+`exclude_from_layer_adaptation`; apex FusedLAMB (use_nvlamb=False) skips the ratio wherever the group's
+decay is 0, which is the same set. `bias_correction=False` gives Graphcore's "LAMB_NO_BIAS".
+
+Gradients are clipped to a global norm of 1.0 before LAMB, as `tf.clip_by_global_norm` does
+(scale = max_norm / max(norm, max_norm)); `clip_grad_norm` below is that formula.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .model import mlperf_tensor_names
+
+EXCLUDE_FROM_WEIGHT_DECAY = ("LayerNorm", "layer_norm", "bias")  # regexes on TF names, as the reference
+
+
+class Lamb(torch.optim.Optimizer):
+    """LAMB with the MLPerf TF reference semantics (see the module docstring).
+
+    Each param group may set `weight_decay` and `layer_adaptation` (whether the trust ratio applies).
+    """
+
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-6,
+        weight_decay: float = 0.0,
+        *,
+        bias_correction: bool = True,
+        layer_adaptation: bool = True,
+    ):
+        if lr < 0 or eps < 0 or weight_decay < 0 or not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(
+                f"invalid LAMB hyperparameters lr={lr} betas={betas} eps={eps} wd={weight_decay}"
+            )
+        defaults = dict(
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            bias_correction=bias_correction,
+            layer_adaptation=layer_adaptation,
+        )
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            b1, b2 = group["betas"]
+            for w in group["params"]:
+                if w.grad is None:
+                    continue
+                dtype = torch.promote_types(w.dtype, torch.float32)  # fp32 moments for fp16/bf16 weights
+                g = w.grad.to(dtype)
+                state = self.state[w]
+                if not state:
+                    state["step"] = 0
+                    state["m"] = torch.zeros_like(w, dtype=dtype)
+                    state["v"] = torch.zeros_like(w, dtype=dtype)
+                state["step"] += 1
+                t = state["step"]
+                m, v = state["m"], state["v"]
+                m.mul_(b1).add_(g, alpha=1 - b1)
+                v.mul_(b2).addcmul_(g, g, value=1 - b2)
+                if group["bias_correction"]:
+                    m_hat, v_hat = m / (1 - b1**t), v / (1 - b2**t)
+                else:
+                    m_hat, v_hat = m, v
+                weight = w.to(dtype)
+                update = m_hat / (v_hat.sqrt() + group["eps"])
+                if group["weight_decay"]:
+                    update.add_(weight, alpha=group["weight_decay"])
+                ratio = 1.0
+                if group["layer_adaptation"]:
+                    w_norm, u_norm = torch.linalg.vector_norm(weight), torch.linalg.vector_norm(update)
+                    ratio = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, torch.ones_like(w_norm))
+                w.copy_(weight - group["lr"] * ratio * update)
+        return loss
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two LAMB groups: decayed and trust-ratio-adapted, and the excluded LayerNorm and bias tensors."""
+    names = mlperf_tensor_names(model)
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        excluded = any(re.search(pattern, names[name]) for pattern in EXCLUDE_FROM_WEIGHT_DECAY)
+        (no_decay if excluded else decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay, "layer_adaptation": True},
+        {"params": no_decay, "weight_decay": 0.0, "layer_adaptation": False},
+    ]
+
+
+@torch.no_grad()
+def clip_grad_norm(params: Iterable[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """Scale all gradients by max_norm / max(global_norm, max_norm) (tf.clip_by_global_norm); -> norm."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.tensor(0.0)
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+    scale = max_norm / torch.clamp(norm, min=max_norm)
+    for g in grads:
+        g.mul_(scale.to(g.dtype))
+    return norm
+
+
+def lr_schedule(
+    step: int,
+    *,
+    base_lr: float,
+    warmup_steps: int,
+    start_warmup_step: int,
+    total_steps: int,
+    power: float = 1.0,
+    end_lr: float = 0.0,
+) -> float:
+    """Learning rate for the update made when `step` updates have been applied (TF's global_step).
+
+    Warmup: base_lr * (step - start_warmup_step) / warmup_steps while step - start_warmup_step <
+    warmup_steps; otherwise polynomial decay of the *absolute* step,
+    (base_lr - end_lr) * (1 - min(step, total_steps) / total_steps) ** power + end_lr, as
+    `tf.train.polynomial_decay(cycle=False)` in the reference. So the first update (step 0) of a run with
+    warmup has learning rate 0 when start_warmup_step is 0. Before start_warmup_step the reference's formula
+    goes negative; here it is 0.
+    """
+    if total_steps <= 0 or warmup_steps < 0:
+        raise ValueError(
+            f"lr_schedule needs total_steps > 0 and warmup_steps >= 0, got {total_steps}, {warmup_steps}"
+        )
+    if warmup_steps and step - start_warmup_step < warmup_steps:
+        return base_lr * max(step - start_warmup_step, 0) / warmup_steps
+    done = min(step, total_steps) / total_steps
+    return (base_lr - end_lr) * (1.0 - done) ** power + end_lr
+
+
+def mlm_loss_and_accuracy(
+    mlm_logits: torch.Tensor, masked_lm_ids: torch.Tensor, masked_lm_weights: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """mlm_logits (B, P, V), ids and weights (B, P) -> (loss, correct, count).
+
+    loss = sum(w * nll) / (sum(w) + 1e-5), the reference's `get_masked_lm_output`; correct = sum(w * [argmax
+    == id]) and count = sum(w), so that eval accuracy = sum(correct) / sum(count) over the whole eval set,
+    the reference's weighted `masked_lm_accuracy`.
+    """
+    log_probs = F.log_softmax(mlm_logits.float(), dim=-1)  # (B, P, V)
+    ids = masked_lm_ids.long()
+    weights = masked_lm_weights.float()
+    nll = -log_probs.gather(-1, ids.unsqueeze(-1)).squeeze(-1)  # (B, P)
+    count = weights.sum()
+    loss = (weights * nll).sum() / (count + 1e-5)
+    correct = (weights * (log_probs.argmax(-1) == ids).float()).sum().detach()
+    return loss, correct, count.detach()
+
+
+def nsp_loss(nsp_logits: torch.Tensor, next_sentence_labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over (B, 2) or (B, K, 2) logits; label 0 = is next, 1 = random; -100 ignored."""
+    return F.cross_entropy(nsp_logits.reshape(-1, 2).float(), next_sentence_labels.reshape(-1).long())

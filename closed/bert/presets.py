@@ -1,0 +1,158 @@
+"""BERT-Large presets: named functions returning frozen configs, and the closed-division rules.
+
+    python -m mlperf_submission.closed.bert.train --preset NAME ...
+
+`smoke` is the embedded default: all 24 layers (the 398 tensors of the closed rules) at a tiny width,
+on the built-in synthetic corpus; one run reaches masked-LM accuracy 0.720 in well under a minute on a
+2-core CPU. It is a demonstration: its convergence says nothing about Wikipedia.
+The real presets carry published hyperparameters and need the converted MLPerf data (`make data`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from mlperf_logging.mllog import constants
+
+from mlperf_submission.closed.bert.model import BertConfig
+from mlperf_submission.common.cli import UserError
+
+TARGET = 0.720
+WIKI_EVAL_SAMPLES = 10_000
+
+
+@dataclass(frozen=True, kw_only=True)
+class BertRunConfig:
+    # data
+    dataset: Literal["synthetic", "wiki"] = "wiki"
+    max_seq_length: int = 512
+    max_predictions_per_seq: int = 76
+    synthetic_train_samples: int = 4096
+    synthetic_eval_samples: int = 512
+    synthetic_vocab_size: int = 1000
+    synthetic_seed: int = 0          # fixes the synthetic corpus; the run seed varies per run
+    data_workers: int = 2
+    # model: BERT-Large unless scaled
+    vocab_size: int = 30522
+    hidden_size: int = 1024
+    num_hidden_layers: int = 24
+    num_attention_heads: int = 16
+    intermediate_size: int = 4096
+    dropout: float = 0.1
+    init_checkpoint: str = ""        # the phase-1 checkpoint converted by closed/bert/checkpoint.py
+    # batch: global = local x replicas x gradient_accumulation_steps
+    global_batch_size: int = 3072
+    gradient_accumulation_steps: int = 1
+    # LAMB and its schedule, in the reference's names
+    opt_base_learning_rate: float = 0.002
+    opt_epsilon: float = 1e-6
+    opt_lamb_beta_1: float = 0.66
+    opt_lamb_beta_2: float = 0.998
+    opt_lamb_weight_decay_rate: float = 0.01
+    opt_learning_rate_warmup_steps: int = 100
+    start_warmup_step: int = 0
+    opt_learning_rate_training_steps: int = 1141
+    max_grad_norm: float = 1.0
+    # eval: every eval_interval_samples trained samples (0: the closed rule's formula)
+    eval_interval_samples: int = 0
+    max_samples: int = 0             # stop unconverged after this many samples (0: training steps x GBS)
+    target_accuracy: float = TARGET
+    # runtime
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    cpu_threads: int = 0             # intra-op threads on CPU; 0: torch's default
+
+    def model_config(self) -> BertConfig:
+        return BertConfig(vocab_size=self.vocab_size, hidden_size=self.hidden_size,
+                          num_hidden_layers=self.num_hidden_layers, num_attention_heads=self.num_attention_heads,
+                          intermediate_size=self.intermediate_size, max_position_embeddings=self.max_seq_length,
+                          hidden_dropout_prob=self.dropout, attention_probs_dropout_prob=self.dropout)
+
+
+def reference_eval_interval(global_batch_size: int) -> int:
+    """The closed rule: FLOOR(0.05 * (230.23 * GBS + 3,000,000), 25,000) samples."""
+    return int(0.05 * (230.23 * global_batch_size + 3_000_000) // 25_000 * 25_000)
+
+
+def eval_interval(cfg: BertRunConfig) -> int:
+    return cfg.eval_interval_samples or reference_eval_interval(cfg.global_batch_size)
+
+
+def smoke() -> BertRunConfig:
+    """24 layers at hidden 32 on the synthetic corpus (seq 32, vocab 1000), evaluated every 1,600 samples
+    (the cadence is scaled to the demo corpus, as the real one is to Wikipedia). One intra-op thread: at
+    these widths a second one costs more in synchronisation than it gives (about 295 sequences/s on one
+    core of a 2-core AMD EPYC, fp32, torch 2.13); target reached after about 10,000-11,000 samples."""
+    return BertRunConfig(
+        dataset="synthetic", max_seq_length=32, max_predictions_per_seq=6, synthetic_train_samples=16000,
+        vocab_size=1000, hidden_size=32, num_attention_heads=1, intermediate_size=128, dropout=0.0,
+        data_workers=0, global_batch_size=32, opt_base_learning_rate=0.01, opt_lamb_beta_1=0.9,
+        opt_lamb_beta_2=0.999, opt_learning_rate_warmup_steps=50, opt_learning_rate_training_steps=500,
+        eval_interval_samples=1600, device="cpu", cpu_threads=1)
+
+
+def dgxa100() -> BertRunConfig:
+    """The MLCommons RCP hyperparameters at batch 3072 (lr 0.002, beta1 0.66, beta2 0.998, wd 0.01,
+    1141 steps, 100 warmup), on 8 GPUs in fp16."""
+    return BertRunConfig(global_batch_size=3072, gradient_accumulation_steps=6, precision="fp16")
+
+
+def ipu_pod16() -> BertRunConfig:
+    """Graphcore's v1.1 IPU-POD16 closed result: GBS 3072 (1536 packs of ~2 sequences; unpacked here),
+    lr 0.002, beta1 0.62, beta2 0.996, wd 0.01, 1141 steps, no warmup, clip 1.0, fp16 (16.16)."""
+    return BertRunConfig(global_batch_size=3072, gradient_accumulation_steps=192, opt_lamb_beta_1=0.62,
+                         opt_lamb_beta_2=0.996, opt_learning_rate_warmup_steps=0, precision="fp16")
+
+
+def h200() -> BertRunConfig:
+    """One modern GPU: the RCP hyperparameters at batch 256 (the smallest RCP batch) in bf16, 4 x 64."""
+    return BertRunConfig(global_batch_size=256, gradient_accumulation_steps=4, opt_base_learning_rate=0.00035,
+                         opt_lamb_beta_1=0.9, opt_lamb_beta_2=0.999, opt_learning_rate_warmup_steps=0,
+                         opt_learning_rate_training_steps=13700, precision="bf16", data_workers=8)
+
+
+PRESETS = {"smoke": smoke, "8xA100": dgxa100, "pod16": ipu_pod16, "1xH200": h200}
+
+
+def validate_closed(cfg: BertRunConfig) -> None:
+    """Raise UserError for anything the v1.1 closed BERT rules forbid."""
+    problems = []
+    if cfg.num_hidden_layers != 24:
+        problems.append("BERT-Large has 24 layers")
+    if cfg.dataset == "wiki":
+        if (cfg.hidden_size, cfg.num_attention_heads, cfg.intermediate_size, cfg.vocab_size) != (1024, 16, 4096, 30522):
+            problems.append("BERT-Large is hidden 1024, 16 heads, intermediate 4096, vocab 30522")
+        if (cfg.max_seq_length, cfg.max_predictions_per_seq) != (512, 76):
+            problems.append("the MLPerf data is sequence length 512 with 76 predictions")
+        if cfg.eval_interval_samples not in (0, reference_eval_interval(cfg.global_batch_size)):
+            problems.append(f"closed evaluation is every {reference_eval_interval(cfg.global_batch_size)} samples")
+    if cfg.target_accuracy != TARGET:
+        problems.append(f"the closed quality target is masked-LM accuracy {TARGET}")
+    if cfg.global_batch_size % cfg.gradient_accumulation_steps:
+        problems.append("global_batch_size must be a multiple of gradient_accumulation_steps")
+    if problems:
+        raise UserError("not allowed in the closed division: " + "; ".join(problems))
+
+
+def hyperparameters(cfg: BertRunConfig) -> dict:
+    """The hyperparameter keys the v1.1 closed BERT rules require."""
+    return {
+        constants.GLOBAL_BATCH_SIZE: cfg.global_batch_size,
+        constants.GRADIENT_ACCUMULATION_STEPS: cfg.gradient_accumulation_steps,
+        constants.OPT_BASE_LR: cfg.opt_base_learning_rate,
+        "opt_epsilon": cfg.opt_epsilon,  # no mllog constant (CHECKERS.md §11)
+        constants.OPT_LR_TRAINING_STEPS: cfg.opt_learning_rate_training_steps,
+        constants.OPT_LR_WARMUP_STEPS: cfg.opt_learning_rate_warmup_steps,
+        constants.NUM_WARMUP_STEPS: cfg.opt_learning_rate_warmup_steps,
+        constants.START_WARMUP_STEP: cfg.start_warmup_step,
+        constants.OPT_LAMB_BETA_1: cfg.opt_lamb_beta_1,
+        constants.OPT_LAMB_BETA_2: cfg.opt_lamb_beta_2,
+        constants.OPT_LAMB_WEIGHT_DECAY: cfg.opt_lamb_weight_decay_rate,
+        "max_sequence_length": cfg.max_seq_length,
+    }
+
+
+def max_samples(cfg: BertRunConfig) -> int:
+    return cfg.max_samples or cfg.opt_learning_rate_training_steps * cfg.global_batch_size
+
