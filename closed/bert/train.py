@@ -10,7 +10,6 @@ preset it trains on the built-in synthetic corpus (figures in the preset's docst
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ from mlperf_submission.common.data.loader import loader
 from mlperf_submission.common.mllog import MLLog
 from mlperf_submission.common.run import Run, Submission
 from mlperf_submission.common.runtime import distributed
+from mlperf_submission.common.runtime.precision import autocast
 from mlperf_submission.systems import load as load_system
 
 DIVISION = "closed"
@@ -87,18 +87,11 @@ def datasets(cfg, data: Path | None):
     return bert_wiki.BertDataset(data, "train"), bert_wiki.BertDataset(data, "eval")
 
 
-def autocast(cfg, device: torch.device):
-    if cfg.precision == "fp32":
-        return contextlib.nullcontext()
-    if cfg.precision == "fp16" and device.type != "cuda":
-        raise UserError("precision fp16 needs a CUDA device; on CPU use bf16 or fp32")
-    return torch.autocast(device.type, dtype=torch.bfloat16 if cfg.precision == "bf16" else torch.float16)
-
 
 def forward(model, batch, cfg, device):
     """-> (loss, correct, count) for one batch, MLM at the masked positions only, plus NSP."""
     b = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-    with autocast(cfg, device):
+    with autocast(cfg.precision, device):
         mlm_logits, nsp_logits = model(b["input_ids"], b["segment_ids"], b["input_mask"], b["masked_lm_positions"])
     loss, correct, count = mlm_loss_and_accuracy(mlm_logits, b["masked_lm_ids"], b["masked_lm_weights"])
     return loss + nsp_loss(nsp_logits, b["next_sentence_labels"]), correct, count
@@ -133,11 +126,7 @@ def train(cfg: presets.BertRunConfig, args, *, division: str) -> int:
         except bert_wiki.DataError as e:
             raise UserError(f"{e} (prepare the data with `make data BENCH=bert`)") from None
     dist = distributed.init(device)
-    replicas = dist.world_size * cfg.gradient_accumulation_steps
-    if cfg.global_batch_size % replicas:
-        raise UserError(f"global_batch_size {cfg.global_batch_size} is not a multiple of "
-                        f"{dist.world_size} ranks x {cfg.gradient_accumulation_steps} accumulation steps")
-    local_batch = cfg.global_batch_size // replicas
+    local_batch = distributed.local_batch(cfg.global_batch_size, dist, cfg.gradient_accumulation_steps)
     if dist.is_main:
         print(f"bert {division}, preset {args.preset}, seed {args.seed}, {dist.world_size} rank(s) on {device}, "
               f"local batch {local_batch}:\n{config.describe(cfg)}", flush=True)

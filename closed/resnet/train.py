@@ -11,7 +11,6 @@ run takes about 20 s and reaches top-1 0.759 after 4 to 8 epochs at about 1,900 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ from mlperf_submission.common.data.synthetic import synthetic_images
 from mlperf_submission.common.mllog import MLLog
 from mlperf_submission.common.run import Run, Submission
 from mlperf_submission.common.runtime import distributed
+from mlperf_submission.common.runtime.precision import autocast
 from mlperf_submission.systems import load as load_system
 
 DIVISION = "closed"
@@ -113,19 +113,12 @@ def loaders(cfg, train_set, val_set, dist: distributed.Dist, seed: int, local_ba
     return train, sampler, val
 
 
-def autocast(cfg: presets.ResNetConfig, device: torch.device):
-    if cfg.precision == "fp32":
-        return contextlib.nullcontext()
-    if cfg.precision == "fp16" and device.type != "cuda":
-        raise UserError("precision fp16 needs a CUDA device; on CPU use bf16 or fp32")
-    return torch.autocast(device.type, dtype=torch.bfloat16 if cfg.precision == "bf16" else torch.float16)
-
 
 def evaluate(model, val, cfg, device, dist) -> float:
     model.eval()
     totals = torch.zeros(2, dtype=torch.float64, device=device)  # correct, count
     memory = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    with torch.no_grad(), autocast(cfg, device):
+    with torch.no_grad(), autocast(cfg.precision, device):
         for x, y in val:
             x, y = x.to(device, non_blocking=True, memory_format=memory), y.to(device, non_blocking=True)
             totals[0] += (model(x).argmax(1) == y).sum()
@@ -148,11 +141,7 @@ def train(cfg: presets.ResNetConfig, args: argparse.Namespace, *, division: str)
     submission = Submission.from_system(system, division=division, benchmark="resnet")
     device = distributed.pick_device(cfg.device)
     dist = distributed.init(device)
-    replicas = dist.world_size * cfg.gradient_accumulation_steps
-    if cfg.global_batch_size % replicas:
-        raise UserError(f"global_batch_size {cfg.global_batch_size} is not a multiple of "
-                        f"{dist.world_size} ranks x {cfg.gradient_accumulation_steps} accumulation steps")
-    local_batch = cfg.global_batch_size // replicas
+    local_batch = distributed.local_batch(cfg.global_batch_size, dist, cfg.gradient_accumulation_steps)
     if dist.is_main:
         print(f"resnet {division}, preset {args.preset}, seed {args.seed}, {dist.world_size} rank(s) on {device}, "
               f"local batch {local_batch}:\n{config.describe(cfg)}", flush=True)
@@ -193,7 +182,7 @@ def train(cfg: presets.ResNetConfig, args: argparse.Namespace, *, division: str)
             for i, (x, y) in enumerate(train_loader):
                 x = x.to(device, non_blocking=True, memory_format=memory)
                 y = y.to(device, non_blocking=True)
-                with autocast(cfg, device):
+                with autocast(cfg.precision, device):
                     loss = F.cross_entropy(model(x).float(), y, label_smoothing=cfg.label_smoothing)
                 scaler.scale(loss / cfg.gradient_accumulation_steps).backward()
                 loss_sum += loss.detach()

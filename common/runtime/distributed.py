@@ -47,6 +47,15 @@ def init(device: torch.device, timeout_s: float = 600) -> Dist:
                 local_rank=int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def local_batch(global_batch_size: int, dist: Dist, accumulation_steps: int) -> int:
+    """Global batch = local batch x replicas x gradient accumulation steps; the local batch, or UserError."""
+    replicas = dist.world_size * accumulation_steps
+    if global_batch_size % replicas:
+        raise UserError(f"global_batch_size {global_batch_size} is not a multiple of {dist.world_size} rank(s) x "
+                        f"{accumulation_steps} accumulation steps")
+    return global_batch_size // replicas
+
+
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
