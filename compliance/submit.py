@@ -46,11 +46,11 @@ def add_arguments(p) -> None:
                    help="override a preset field (repeatable)")
 
 
-def train_command(args, *, seed: int, system_file: Path, log: Path) -> list[str]:
+def train_command(args, *, preset: str, seed: int, system_file: Path, log: Path) -> list[str]:
     module = f"mlperf_submission.{args.division}.{args.bench}.train"
     launcher = [sys.executable, "-m", module] if args.nproc == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}", "-m", module]
-    cmd = [*launcher, "--preset", args.preset, "--seed", str(seed), "--system", str(system_file),
+    cmd = [*launcher, "--preset", preset, "--seed", str(seed), "--system", str(system_file),
            "--log", str(log)]
     if args.data:
         cmd += ["--data", args.data]
@@ -61,17 +61,17 @@ def train_command(args, *, seed: int, system_file: Path, log: Path) -> list[str]
 
 def main(args) -> int:
     demo = not args.data
-    args.preset = args.preset or ("smoke" if demo else "")
+    preset = args.preset or ("smoke" if demo else "")
     if args.data and not Path(args.data).exists():
         raise UserError(f"DATA path {args.data} does not exist: prepare it with `make data` first")
-    if not args.preset:
+    if not preset:
         raise UserError("with DATA given, name a PRESET too (e.g. PRESET=1xH200): see the presets in the README")
     try:
         presets = importlib.import_module(f"mlperf_submission.{args.division}.{args.bench}.presets")
     except ModuleNotFoundError:
         raise UserError(f"the {args.division}-division {args.bench} benchmark is not in this version") from None
-    if args.preset not in presets.PRESETS:
-        raise UserError(f"unknown preset {args.preset!r} for {args.division} {args.bench}: "
+    if preset not in presets.PRESETS:
+        raise UserError(f"unknown preset {preset!r} for {args.division} {args.bench}: "
                         f"choose one of {', '.join(presets.PRESETS)}")
     runs = args.runs or tools.REQUIRED_RUNS[args.bench]
     if args.seeds:
@@ -98,14 +98,14 @@ def main(args) -> int:
                 system_name=f"DEMO {platform.machine()} CPU x{os.cpu_count()} (synthetic data, not a valid result)")
             system_file = scratch / f"{DEMO_SYSTEM}.json"
         system_file.write_text(json.dumps(system_desc, indent=2) + "\n")
-        print(f"== {args.division} {args.bench}: {runs} runs of preset {args.preset} on "
+        print(f"== {args.division} {args.bench}: {runs} runs of preset {preset} on "
               f"{'built-in synthetic data (DEMONSTRATION)' if demo else args.data}, system {system_file.stem}")
         logs = []
         for i, seed in enumerate(seeds):
             log = scratch / "runs" / f"result_{i}.txt"
             print(f"== run {i + 1}/{runs}, seed {seed}", flush=True)
             started = time.time()
-            proc = subprocess.run(train_command(args, seed=seed, system_file=system_file, log=log))
+            proc = subprocess.run(train_command(args, preset=preset, seed=seed, system_file=system_file, log=log))
             if proc.returncode != 0:
                 raise UserError(f"run {i} (seed {seed}) failed with exit status {proc.returncode}: see its output")
             verdict = tools.check_log(log)
