@@ -51,7 +51,7 @@ def train_command(args, *, preset: str, seed: int, system_file: Path, log: Path)
     launcher = [sys.executable, "-m", module] if args.nproc == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}", "-m", module]
     cmd = [*launcher, "--preset", preset, "--seed", str(seed), "--system", str(system_file),
-           "--log", str(log)]
+           "--result-log", str(log)]
     if args.data:
         cmd += ["--data", args.data]
     for o in args.overrides:

@@ -51,8 +51,8 @@ def test_smoke_model_keeps_the_398_tensors():
 
 def test_wiki_preset_needs_data_and_writes_nothing_without_it(tmp_path):
     log = tmp_path / "r.txt"
-    assert train_main(["--preset", "8xA100", "--seed", "1", "--system", "1xH200", "--log", str(log)]) == 2
-    assert train_main(["--preset", "8xA100", "--seed", "1", "--system", "1xH200", "--log", str(log),
+    assert train_main(["--preset", "8xA100", "--seed", "1", "--system", "1xH200", "--result-log", str(log)]) == 2
+    assert train_main(["--preset", "8xA100", "--seed", "1", "--system", "1xH200", "--result-log", str(log),
                        "--data", str(tmp_path)]) == 2
     assert not log.exists() and not list(tmp_path.iterdir())
 
@@ -61,7 +61,8 @@ def test_wiki_preset_needs_data_and_writes_nothing_without_it(tmp_path):
 def test_one_smoke_run_reaches_the_target_and_passes_the_checker(tmp_path):
     log = tmp_path / "result_0.txt"
     proc = subprocess.run([sys.executable, "-m", "mlperf_submission.closed.bert.train", "--preset", "smoke",
-                           "--seed", "5", "--system", "1xH200", "--log", str(log)], capture_output=True, text=True)
+                           "--seed", "5", "--system", "1xH200", "--result-log", str(log)],
+                          capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "run_stop: success" in proc.stdout, proc.stdout[-2000:]
     verdict = check_log(log)

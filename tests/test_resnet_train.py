@@ -67,11 +67,11 @@ def test_synthetic_images_are_deterministic_and_balanced():
 
 def test_data_and_preset_must_agree(tmp_path):
     with pytest.raises(SystemExit):
-        train_main(["--seed", "1", "--system", "1xH200"])  # --log missing: argparse exits
-    assert train_main(["--preset", "1xH200", "--seed", "1", "--system", "1xH200", "--log",
+        train_main(["--seed", "1", "--system", "1xH200"])  # --result-log missing: argparse exits
+    assert train_main(["--preset", "1xH200", "--seed", "1", "--system", "1xH200", "--result-log",
                        str(tmp_path / "r.txt")]) == 2
-    assert train_main(["--preset", "smoke", "--seed", "1", "--system", "1xH200", "--log", str(tmp_path / "r.txt"),
-                       "--data", str(tmp_path)]) == 2
+    assert train_main(["--preset", "smoke", "--seed", "1", "--system", "1xH200", "--result-log",
+                       str(tmp_path / "r.txt"), "--data", str(tmp_path)]) == 2
     assert not (tmp_path / "r.txt").exists()
 
 
@@ -79,7 +79,8 @@ def test_data_and_preset_must_agree(tmp_path):
 def test_one_smoke_run_reaches_the_target_and_passes_the_checker(tmp_path):
     log = tmp_path / "result_0.txt"
     proc = subprocess.run([sys.executable, "-m", "mlperf_submission.closed.resnet.train", "--preset", "smoke",
-                           "--seed", "7", "--system", "1xH200", "--log", str(log)], capture_output=True, text=True)
+                           "--seed", "7", "--system", "1xH200", "--result-log", str(log)],
+                          capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "run_stop: success" in proc.stdout
     verdict = check_log(log)
@@ -107,7 +108,7 @@ def test_training_on_a_tiny_imagenet_folder(tmp_path):
                 Image.fromarray(pixels).save(folder / f"{split}_{c}_{i}.JPEG")
     data = tmp_path / "imagenet"
     log = tmp_path / "result_0.txt"
-    args = ["--preset", "1xH200", "--seed", "3", "--system", "1xH200", "--log", str(log), "--data", str(data)]
+    args = ["--preset", "1xH200", "--seed", "3", "--system", "1xH200", "--result-log", str(log), "--data", str(data)]
     small = ["model_width=8", "image_size=32", "global_batch_size=6", "gradient_accumulation_steps=1",
              "data_workers=0", "precision=fp32", "channels_last=false", "device=cpu", "eval_offset=1", "max_epochs=1"]
     argv = args + [x for s in small for x in ("--set", s)]

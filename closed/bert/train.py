@@ -1,7 +1,7 @@
 """Closed-division BERT-Large (phase 2 pretraining): one MLPerf Training v1.1 run in one process or job.
 
     python -m mlperf_submission.closed.bert.train --preset smoke --seed 1 --system systems/1xH200.json \
-        --log out/result_0.txt [--data CONVERTED_DIR] [--set field=value ...]
+        --result-log out/result_0.txt [--data CONVERTED_DIR] [--set field=value ...]
 
 Writes one MLPerf result log (a new file; never appended to) and prints progress for humans. Eval
 `epoch_num` is the number of training samples seen, as the RCP checker reads it. With the `smoke`
@@ -45,7 +45,7 @@ def parse_args(argv):
     p.add_argument("--preset", default="smoke", help=f"one of {', '.join(presets.PRESETS)}")
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--system", required=True, help="system description JSON (path or name in systems/)")
-    p.add_argument("--log", type=Path, required=True, help="the result log to create")
+    p.add_argument("--result-log", type=Path, required=True, help="the result log to create")
     p.add_argument("--data", type=Path, help="folder written by `make data BENCH=bert`")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE")
     return p.parse_args(argv)
@@ -136,7 +136,7 @@ def train(cfg: presets.BertRunConfig, args, *, division: str) -> int:
     torch.set_flush_denormal(True)
     if cfg.cpu_threads:
         torch.set_num_threads(cfg.cpu_threads)
-    log = MLLog(args.log, rank=dist.rank, barrier=dist.barrier)
+    log = MLLog(args.result_log, rank=dist.rank, barrier=dist.barrier)
     train_set, val_set = datasets(cfg, args.data)
     interval, limit = presets.eval_interval(cfg), presets.max_samples(cfg)
     with Run(log, submission, seed=args.seed, hyperparameters=presets.hyperparameters(cfg),
@@ -155,7 +155,7 @@ def train(cfg: presets.BertRunConfig, args, *, division: str) -> int:
         sampler = None
         if dist.world_size > 1:
             sampler = torch.utils.data.DistributedSampler(train_set, dist.world_size, dist.rank, seed=args.seed)
-        train_loader = loader(train_set, local_batch, shuffle=True, workers=cfg.data_workers,
+        train_loader = loader(train_set, local_batch, shuffle=sampler is None, workers=cfg.data_workers,
                               seed=args.seed + dist.rank, drop_last=True, sampler=sampler)
         shard = torch.utils.data.Subset(val_set, range(dist.rank, len(val_set), dist.world_size))
         val_loader = loader(shard, local_batch, shuffle=False, workers=cfg.data_workers, seed=args.seed,

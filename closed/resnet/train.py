@@ -1,7 +1,7 @@
 """Closed-division ResNet-50 v1.5: one MLPerf Training v1.1 run in one process (or one torchrun job).
 
     python -m mlperf_submission.closed.resnet.train --preset smoke --seed 1 --system systems/1xH200.json \
-        --log out/result_0.txt [--data IMAGENET_DIR] [--set field=value ...]
+        --result-log out/result_0.txt [--data IMAGENET_DIR] [--set field=value ...]
 
 Writes one MLPerf result log (a new file; never appended to) and prints progress for humans. With the
 `smoke` preset it trains on built-in synthetic data: on a 2-core CPU (AMD EPYC, torch 2.13, fp32) one
@@ -40,7 +40,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--preset", default="smoke", help=f"one of {', '.join(presets.PRESETS)}")
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--system", required=True, help="system description JSON (path or name in systems/)")
-    p.add_argument("--log", type=Path, required=True, help="the result log to create")
+    p.add_argument("--result-log", type=Path, required=True, help="the result log to create")
     p.add_argument("--data", type=Path, help="ImageNet folder (JPEG folders or tfds TFRecords)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE")
     return p.parse_args(argv)
@@ -105,7 +105,7 @@ def loaders(cfg, train_set, val_set, dist: distributed.Dist, seed: int, local_ba
     if dist.world_size > 1:
         sampler = torch.utils.data.DistributedSampler(train_set, dist.world_size, dist.rank, shuffle=True,
                                                       seed=seed)
-    train = loader(train_set, local_batch, shuffle=True, workers=cfg.data_workers, seed=seed + dist.rank,
+    train = loader(train_set, local_batch, shuffle=sampler is None, workers=cfg.data_workers, seed=seed + dist.rank,
                    drop_last=False, sampler=sampler)
     # Every eval sample exactly once: a disjoint, unpadded shard per rank, counts summed afterwards.
     shard = torch.utils.data.Subset(val_set, range(dist.rank, len(val_set), dist.world_size))
@@ -147,7 +147,7 @@ def train(cfg: presets.ResNetConfig, args: argparse.Namespace, *, division: str)
               f"local batch {local_batch}:\n{config.describe(cfg)}", flush=True)
     manifest = checked_manifest(args.data) if cfg.dataset == "imagenet" else None
     torch.manual_seed(args.seed)
-    log = MLLog(args.log, rank=dist.rank, barrier=dist.barrier)
+    log = MLLog(args.result_log, rank=dist.rank, barrier=dist.barrier)
     train_samples = cfg.synthetic_train_samples if cfg.dataset == "synthetic" else presets.IMAGENET_TRAIN
     eval_samples = cfg.synthetic_eval_samples if cfg.dataset == "synthetic" else presets.IMAGENET_VAL
     with Run(log, submission, seed=args.seed, hyperparameters=presets.hyperparameters(cfg, train_samples),
