@@ -13,7 +13,6 @@ writes, all at once (a temporary folder renamed into place):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
@@ -21,7 +20,7 @@ import subprocess
 import tarfile
 from pathlib import Path
 
-from mlperf_submission.common.cli import UserError, atomic_dir
+from mlperf_submission.common.cli import UserError, atomic_dir, sha256_file
 from mlperf_submission.common.run import BENCHMARKS, DIVISIONS, QUALITY_TARGETS
 from mlperf_submission.compliance import score as scoring
 from mlperf_submission.compliance import tools
@@ -46,14 +45,6 @@ def add_arguments(p) -> None:
 
 def safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "unnamed"
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def source_files() -> list[Path]:
@@ -164,7 +155,7 @@ def build(*, division: str, benchmark: str, system: str, logs: list[Path], out: 
         (tmp / "score.json").write_text(scoring.to_json(scores) + "\n")
 
         tree_files = sorted(p for p in (tmp / division).rglob("*") if p.is_file())
-        manifest = "".join(f"{sha256(p)}  {p.relative_to(tmp).as_posix()}\n" for p in tree_files)
+        manifest = "".join(f"{sha256_file(p)}  {p.relative_to(tmp).as_posix()}\n" for p in tree_files)
         (tmp / "manifest.sha256").write_text(manifest)
         archive = tmp / f"{org}-{division}-{stem}-{benchmark}.tar.gz"
         with tarfile.open(archive, "w:gz") as tar:

@@ -20,13 +20,7 @@ from mlperf_submission.closed.bert.optim import (
 B1, B2, EPS, WD, LR = 0.9, 0.999, 1e-6, 0.01, 0.1
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny shapes: one intra-op thread is as fast, and avoids OpenMP spin-waits on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # the fixture is in conftest.py
 
 
 def t(*values: float) -> torch.Tensor:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import glob
-import hashlib
 import json
 import os
 import shutil
@@ -36,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from mlperf_submission.common.cli import sha256_file
 
 from .tfrecord import TFRecordError, decode_example, encode_example, iter_records, masked_crc, write_records
 
@@ -118,21 +119,13 @@ def _resolve(patterns: list[str], what: str) -> list[Path]:
     return list(dict.fromkeys(files))  # each file once, in order
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 24):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _array_entries(folder: Path, split: str, count: int, specs: dict) -> dict:
     return {
         name: {
             "file": f"{split}/{name}.npy",
             "shape": [count, *shape],
             "dtype": dtype.str,
-            "sha256": _sha256(folder / split / f"{name}.npy"),
+            "sha256": sha256_file(folder / split / f"{name}.npy"),
         }
         for name, (shape, _, dtype, _) in specs.items()
     }
@@ -254,7 +247,7 @@ def verify(out_dir) -> dict:
             if info["shape"][0] != entry["count"]:
                 raise DataError(f"{path}: {info['shape'][0]} rows, manifest count is {entry['count']}")
             del array
-            if _sha256(path) != info["sha256"]:
+            if sha256_file(path) != info["sha256"]:
                 raise DataError(f"{path}: sha256 differs from the manifest; the file is corrupt")
     return manifest
 

@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from mlperf_submission.common.cli import atomic_write_text, sha256_file
 from mlperf_submission.common.data.tfrecord import TFRecordError, decode_example, iter_records, masked_crc
 
 MANIFEST_NAME = "imagenet_manifest.json"
@@ -488,14 +489,6 @@ def _decode_error(data: bytes) -> str | None:
     return None
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _check_jpeg(path: str) -> tuple[str, str | None]:
     data = Path(path).read_bytes()
     return hashlib.sha256(data).hexdigest(), _decode_error(data)
@@ -521,7 +514,7 @@ def _check_shard(path: str) -> dict:
     except TFRecordError as e:
         raise ImageNetError(f"{e}: re-download or regenerate this shard") from None
     return {
-        "sha256": _sha256_file(shard),
+        "sha256": sha256_file(shard),
         "bytes": offset,
         "records": records,
         "labels": sorted(labels),
@@ -642,25 +635,13 @@ def verify_manifest(
         if full:
             keys = sorted(entry["files"])
             for key, digest in zip(
-                keys, _map(_sha256_file, [root / k for k in keys], workers, f"hash {split}"), strict=True
+                keys, _map(sha256_file, [root / k for k in keys], workers, f"hash {split}"), strict=True
             ):
                 if digest != entry["files"][key]:
                     raise ImageNetError(
                         f"{root / key}: sha256 differs from the manifest: the file has changed"
                     )
     return manifest
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def benchmark(transform: Callable, *, width: int = 500, height: int = 375, seconds: float = 3.0) -> float:
@@ -730,7 +711,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: " + " ".join(str(e).split()), file=sys.stderr)
         return 2
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / MANIFEST_NAME, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    atomic_write_text(out / MANIFEST_NAME, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     print(f"{manifest['layout']} layout at {args.src}")
     for split, s in manifest["splits"].items():
         print(
