@@ -183,6 +183,8 @@ class Run:
             signal.signal(sig, handler)
         try:
             if exc_type is not None and self.started and not self.stopped:
+                # Other ranks may be dead (the reason we are here): log without waiting for them at a barrier.
+                self.log.barrier = None
                 self.stop(constants.ABORTED)
         finally:
             self.log.close(complete=self.stopped)
