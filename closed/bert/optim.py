@@ -28,6 +28,10 @@ from torch import nn
 
 from .model import mlperf_tensor_names
 
+# The foreach update keeps 2 temporaries per tensor alive across a kernel; in chunks of this many elements
+# (64 MiB of fp32) they stay small enough to be reused from the allocator's cache instead of being mapped
+# anew: for all of BERT-Large at once (2 x 1.3 GB) the foreach step was slower than the per-tensor loop.
+FOREACH_CHUNK_ELEMENTS = 1 << 24
 EXCLUDE_FROM_WEIGHT_DECAY = ("LayerNorm", "layer_norm", "bias")  # regexes on TF names, as the reference
 
 
@@ -35,6 +39,12 @@ class Lamb(torch.optim.Optimizer):
     """LAMB with the MLPerf TF reference semantics (see the module docstring).
 
     Each param group may set `weight_decay` and `layer_adaptation` (whether the trust ratio applies).
+
+    `foreach=True` (the default) updates all tensors of one dtype and device with torch._foreach_* kernels,
+    the trust ratios as one vector (no host sync) and 2 temporaries per tensor instead of 5; results agree
+    with the per-tensor loop (`foreach=False`, the reference form) to 1 ulp. Measured on one core of the
+    shared, busy 2-core AMD EPYC (torch 2.13, both in one process, best of 3): all of BERT-Large (398
+    tensors, 336 M parameters) 5.0 s against 6.4 s per step; the smoke model 22 ms against 55 ms.
     """
 
     def __init__(
@@ -47,6 +57,7 @@ class Lamb(torch.optim.Optimizer):
         *,
         bias_correction: bool = True,
         layer_adaptation: bool = True,
+        foreach: bool = True,
     ):
         if lr < 0 or eps < 0 or weight_decay < 0 or not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError(
@@ -59,6 +70,7 @@ class Lamb(torch.optim.Optimizer):
             weight_decay=weight_decay,
             bias_correction=bias_correction,
             layer_adaptation=layer_adaptation,
+            foreach=foreach,
         )
         super().__init__(params, defaults)
 
@@ -69,36 +81,96 @@ class Lamb(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            b1, b2 = group["betas"]
-            for w in group["params"]:
-                if w.grad is None:
-                    continue
-                dtype = torch.promote_types(w.dtype, torch.float32)  # fp32 moments for fp16/bf16 weights
-                g = w.grad.to(dtype)
+            params = [w for w in group["params"] if w.grad is not None]
+            for w in params:
                 state = self.state[w]
                 if not state:
+                    dtype = torch.promote_types(w.dtype, torch.float32)  # fp32 moments for fp16/bf16 weights
                     state["step"] = 0
                     state["m"] = torch.zeros_like(w, dtype=dtype)
                     state["v"] = torch.zeros_like(w, dtype=dtype)
                 state["step"] += 1
-                t = state["step"]
-                m, v = state["m"], state["v"]
-                m.mul_(b1).add_(g, alpha=1 - b1)
-                v.mul_(b2).addcmul_(g, g, value=1 - b2)
-                if group["bias_correction"]:
-                    m_hat, v_hat = m / (1 - b1**t), v / (1 - b2**t)
-                else:
-                    m_hat, v_hat = m, v
-                weight = w.to(dtype)
-                update = m_hat / (v_hat.sqrt() + group["eps"])
-                if group["weight_decay"]:
-                    update.add_(weight, alpha=group["weight_decay"])
-                ratio = 1.0
-                if group["layer_adaptation"]:
-                    w_norm, u_norm = torch.linalg.vector_norm(weight), torch.linalg.vector_norm(update)
-                    ratio = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, torch.ones_like(w_norm))
-                w.copy_(weight - group["lr"] * ratio * update)
+            if group["foreach"]:
+                kinds: dict[tuple, list[torch.Tensor]] = {}
+                for w in params:
+                    kinds.setdefault((w.device, w.dtype), []).append(w)
+                for same in kinds.values():
+                    for chunk in _chunks(same, FOREACH_CHUNK_ELEMENTS):
+                        self._update_foreach(chunk, group)
+            else:
+                for w in params:
+                    self._update_one(w, group)
         return loss
+
+    def _update_one(self, w: torch.Tensor, group: dict) -> None:
+        """The reference arithmetic for one tensor."""
+        b1, b2 = group["betas"]
+        state = self.state[w]
+        t, m, v = state["step"], state["m"], state["v"]
+        g = w.grad.to(m.dtype)
+        m.mul_(b1).add_(g, alpha=1 - b1)
+        v.mul_(b2).addcmul_(g, g, value=1 - b2)
+        if group["bias_correction"]:
+            m_hat, v_hat = m / (1 - b1**t), v / (1 - b2**t)
+        else:
+            m_hat, v_hat = m, v
+        weight = w.to(m.dtype)
+        update = m_hat / (v_hat.sqrt() + group["eps"])
+        if group["weight_decay"]:
+            update.add_(weight, alpha=group["weight_decay"])
+        ratio = 1.0
+        if group["layer_adaptation"]:
+            w_norm, u_norm = torch.linalg.vector_norm(weight), torch.linalg.vector_norm(update)
+            ratio = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, torch.ones_like(w_norm))
+        w.copy_(weight - group["lr"] * ratio * update)
+
+    def _update_foreach(self, params: list[torch.Tensor], group: dict) -> None:
+        """`_update_one` for tensors of one dtype and device."""
+        b1, b2 = group["betas"]
+        states = [self.state[w] for w in params]
+        ms, vs = [s["m"] for s in states], [s["v"] for s in states]
+        grads = [w.grad.to(m.dtype) for w, m in zip(params, ms, strict=True)]
+        torch._foreach_mul_(ms, b1)
+        torch._foreach_add_(ms, grads, alpha=1 - b1)
+        torch._foreach_mul_(vs, b2)
+        torch._foreach_addcmul_(vs, grads, grads, value=1 - b2)
+        if group["bias_correction"]:
+            denom = torch._foreach_div(vs, [1 - b2 ** s["step"] for s in states])  # v_hat
+            torch._foreach_sqrt_(denom)
+        else:
+            denom = torch._foreach_sqrt(vs)
+        torch._foreach_add_(denom, group["eps"])
+        if group["bias_correction"]:
+            update = torch._foreach_div(ms, [1 - b1 ** s["step"] for s in states])  # m_hat
+            torch._foreach_div_(update, denom)
+        else:
+            update = torch._foreach_div(ms, denom)
+        weights = params if params[0].dtype == ms[0].dtype else [w.to(ms[0].dtype) for w in params]
+        if group["weight_decay"]:
+            torch._foreach_add_(update, weights, alpha=group["weight_decay"])
+        if group["layer_adaptation"]:
+            w_norm = torch.stack(torch._foreach_norm(weights))  # (n,)
+            u_norm = torch.stack(torch._foreach_norm(update))  # (n,)
+            ratio = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, torch.ones_like(w_norm))
+            torch._foreach_mul_(update, list((-group["lr"] * ratio).unbind()))
+            torch._foreach_add_(weights, update)
+        else:
+            torch._foreach_add_(weights, update, alpha=-group["lr"])
+        if weights is not params:
+            torch._foreach_copy_(params, weights)
+
+
+def _chunks(tensors: list[torch.Tensor], max_elements: int):
+    """Consecutive runs of `tensors` holding at most max_elements elements (a larger tensor alone)."""
+    chunk, size = [], 0
+    for t in tensors:
+        if chunk and size + t.numel() > max_elements:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(t)
+        size += t.numel()
+    if chunk:
+        yield chunk
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -116,14 +188,16 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 @torch.no_grad()
 def clip_grad_norm(params: Iterable[torch.Tensor], max_norm: float) -> torch.Tensor:
-    """Scale all gradients by max_norm / max(global_norm, max_norm) (tf.clip_by_global_norm); -> norm."""
+    """Scale all gradients by max_norm / max(global_norm, max_norm) (tf.clip_by_global_norm); -> norm.
+    max_norm 0 means no clipping (Graphcore's open BERT)."""
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return torch.tensor(0.0)
-    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float32)))
+    if max_norm <= 0:
+        return norm
     scale = max_norm / torch.clamp(norm, min=max_norm)
-    for g in grads:
-        g.mul_(scale.to(g.dtype))
+    torch._foreach_mul_(grads, scale)
     return norm
 
 

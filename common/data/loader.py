@@ -25,14 +25,22 @@ def loader(
     seed: int,
     drop_last: bool,
     sampler: torch.utils.data.Sampler | None = None,
+    prefetch_factor: int = 2,
+    pin_memory: bool = True,
 ) -> torch.utils.data.DataLoader:
     """DataLoader whose order and augmentation follow `seed`.
 
     The shuffle order comes from a generator seeded with `seed`; with workers > 0 each worker's global torch
     RNG (which the transforms use) is seeded from it too, and workers persist across epochs. With
-    workers == 0 the transforms use the calling process's global RNG, which the caller seeds. Pinned memory
-    when CUDA is available. Under data parallelism give each rank its own seed, or pass a `sampler`.
+    workers == 0 the transforms use the calling process's global RNG, which the caller seeds. Under data
+    parallelism give each rank its own seed, or pass a `sampler`.
+
+    Overlap with compute: each worker keeps `prefetch_factor` batches decoded ahead, and with `pin_memory`
+    (only when CUDA is available; it means nothing on CPU) batches land in page-locked memory, so that
+    `.to(device, non_blocking=True)` copies asynchronously while the previous step runs.
     """
+    if prefetch_factor < 1:
+        raise ValueError(f"prefetch_factor must be at least 1, not {prefetch_factor}")
     if sampler is not None and shuffle:
         raise ValueError("shuffle=True with a sampler: let the sampler shuffle (e.g. DistributedSampler)")
     generator = torch.Generator()
@@ -43,7 +51,8 @@ def loader(
         shuffle=shuffle,
         sampler=sampler,
         num_workers=workers,
-        pin_memory=torch.cuda.is_available(),
+        pin_memory=pin_memory and torch.cuda.is_available(),
+        prefetch_factor=prefetch_factor if workers > 0 else None,
         persistent_workers=workers > 0,
         worker_init_fn=_seed_worker if workers > 0 else None,
         generator=generator,

@@ -1,0 +1,400 @@
+"""The measurements of `make bench`. Each function runs in a fresh process (so that its peak memory is its
+own) and returns plain numbers; `__main__.py` lays them side by side.
+
+Timing: the first step runs under torch.utils.flop_counter (it counts the matmul, convolution and attention
+FLOPs of forward and backward, and warms up caches and kernels), then `warmup_steps - 1` more untimed
+steps, then the median of `timed_steps` steps. Peak memory: the process's peak resident set on CPU (so it
+includes Python and torch, ~0.3-0.5 GiB), torch's peak allocation on CUDA.
+
+BERT-Large on a CPU is measured at a few layers of the real width and scaled to 24 layers by a straight
+line through the measured points (time per step = fixed part + layers x per-layer part; FLOPs likewise,
+which is exact): the embeddings, heads and their optimizer update are measured, not estimated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils import flop_counter
+
+from mlperf_submission.bench import peers
+from mlperf_submission.closed.bert import optim as bert_optim
+from mlperf_submission.closed.bert import presets as bert_presets
+from mlperf_submission.closed.bert import train as bert_train
+from mlperf_submission.closed.bert.model import BertConfig, BertForPretraining
+from mlperf_submission.closed.resnet import presets as resnet_presets
+from mlperf_submission.closed.resnet.model import ResNet50
+from mlperf_submission.closed.resnet.optim import LARS, param_groups
+from mlperf_submission.common.data import bert_wiki, imagenet
+from mlperf_submission.common.runtime.precision import autocast, notation
+
+FULL_LAYERS = BertConfig().num_hidden_layers  # 24
+MAX_PREDICTIONS = 76  # masked positions per sequence of the MLPerf data at 512
+MASKED_FRACTION = 0.15
+MAX_PER_PACK = 3  # sequences per packed row, as Graphcore's v1.1 packed BERT
+WIKIPEDIA_HISTOGRAM = Path(bert_wiki.__file__).with_name("wikipedia_seqlen_histogram.txt")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Scale:
+    name: str
+    matmul_size: int                      # n of the n x n x n matmuls that measure the peak
+    resnet_image_size: int
+    resnet_batch: int
+    bert_seq_lengths: tuple[int, int]     # "seq 128" and "seq 512"
+    bert_batches: tuple[int, int]         # sequences per step at each length
+    bert_layers: tuple[int, ...]          # layer counts run; scaled to FULL_LAYERS when not already there
+    bert_shape: tuple[int, int, int, int] = (1024, 16, 4096, 30522)  # hidden, heads, intermediate, vocab
+    packed_sequences: int                 # sequences per step, packed or not, at the longer length
+    warmup_steps: int = 1
+    timed_steps: int = 3
+    decode_seconds: float = 3.0           # CPU-seconds per decode measurement
+
+
+def cpu() -> Scale:
+    """A 2-core CPU: whole ResNet-50 at 224 px, BERT-Large at 1 and 2 layers, 1,024 tokens per step."""
+    return Scale(name="cpu", matmul_size=2048, resnet_image_size=224, resnet_batch=16, bert_seq_lengths=(128, 512),
+                 bert_batches=(8, 2), bert_layers=(1, 2), packed_sequences=8)
+
+
+def gpu() -> Scale:
+    """One GPU: whole models at batches that keep a modern GPU busy."""
+    return Scale(name="gpu", matmul_size=8192, resnet_image_size=224, resnet_batch=256, bert_seq_lengths=(128, 512),
+                 bert_batches=(256, 32), bert_layers=(FULL_LAYERS,), packed_sequences=64, warmup_steps=3,
+                 timed_steps=10)
+
+
+def quick() -> Scale:
+    """Seconds, for the tests: every code path at toy sizes. Its figures mean nothing."""
+    return Scale(name="quick", matmul_size=128, resnet_image_size=32, resnet_batch=2, bert_seq_lengths=(16, 32),
+                 bert_batches=(2, 2), bert_layers=(1, 2), bert_shape=(64, 2, 128, 512), packed_sequences=4,
+                 timed_steps=1, decode_seconds=0.2)
+
+
+SCALES = {"cpu": cpu, "gpu": gpu, "quick": quick}
+
+
+# ---------------------------------------------------------------------------------------------- measuring
+
+
+def _sdpa_cpu(query, key, value, *args, out_val=None, **kwargs) -> int:
+    return flop_counter.sdpa_flop_count(query.shape, key.shape, value.shape)
+
+
+def _sdpa_cpu_backward(grad_out, query, key, value, *args, out_val=None, **kwargs) -> int:
+    return flop_counter.sdpa_backward_flop_count(grad_out.shape, query.shape, key.shape, value.shape)
+
+
+_sdpa_cpu._get_raw = _sdpa_cpu_backward._get_raw = True
+# torch counts the CUDA attention kernels but not the CPU one; the same formulas for it.
+_CPU_ATTENTION = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu,
+                  torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _sdpa_cpu_backward}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def measure(step: Callable[[], None], scale: Scale, device: torch.device) -> dict:
+    """FLOPs of one step (counted in the first warm-up step) and the median seconds of the timed steps."""
+    with flop_counter.FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION) as counter:
+        step()
+    for _ in range(scale.warmup_steps - 1):
+        step()
+    _sync(device)
+    times = []
+    for _ in range(scale.timed_steps):
+        started = time.perf_counter()
+        step()
+        _sync(device)
+        times.append(time.perf_counter() - started)
+    return {"flops": counter.get_total_flops(), "step_s": statistics.median(times)}
+
+
+def scaled(points: dict[int, dict]) -> dict:
+    """Step time and FLOPs at FULL_LAYERS from measurements at other layer counts (a straight line)."""
+    if FULL_LAYERS in points:
+        return {**points[FULL_LAYERS], "scaled_from": []}
+    (l1, a), (l2, b) = sorted(points.items())[0], sorted(points.items())[-1]
+    out = {}
+    for key in ("step_s", "flops"):
+        per_layer = max(b[key] - a[key], 0) / (l2 - l1)  # max: timing noise must not give a negative slope
+        out[key] = a[key] + (FULL_LAYERS - l1) * per_layer
+    return {**out, "scaled_from": sorted(points), "measured": {str(n): p for n, p in sorted(points.items())}}
+
+
+def with_threads(threads: int, fn: Callable, *args):
+    """fn(*args) with `threads` intra-op threads (0: leave torch's default). Module-level, so that a spawned
+    process (`__main__.run`) can unpickle it."""
+    if threads:
+        torch.set_num_threads(threads)
+    return fn(*args)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def matmul_peak(scale: Scale, device_name: str) -> dict:
+    """FLOP/s of an n x n x n matmul in fp32 and bf16: the best of 5 after 2 untimed."""
+    device = pick_device(device_name)
+    n, out = scale.matmul_size, {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+        c = torch.empty(n, n, device=device, dtype=dtype)
+        times = []
+        for i in range(7):
+            _sync(device)
+            started = time.perf_counter()
+            torch.mm(a, b, out=c)
+            _sync(device)
+            if i >= 2:
+                times.append(time.perf_counter() - started)
+        out[name] = 2 * n**3 / min(times)
+    return {"flops_per_s": out, "threads": torch.get_num_threads(), "size": n}
+
+
+# ---------------------------------------------------------------------------------------------- ResNet-50
+
+
+def resnet(scale: Scale, device_name: str, impl: str) -> dict:
+    """One training step of ResNet-50 on random images: impl "ours" (the 1xH200 preset's speed settings),
+    "ours-plain" (the same code with every speed option off), "peer-defaults" or "peer-best"."""
+    device = pick_device(device_name)
+    torch.manual_seed(0)
+    images = torch.randn(scale.resnet_batch, 3, scale.resnet_image_size, scale.resnet_image_size)
+    labels = torch.randint(1000, (scale.resnet_batch,))
+    if impl.startswith("peer"):
+        best = impl == "peer-best"
+        step = peers.torchvision_step(images, labels, device, best=best)
+        precision = ("fp16" if device.type == "cuda" else "bf16") if best else "fp32"
+        settings = ("autocast " + precision + ", channels_last" if best else "fp32, NCHW") + ", SGD"
+    else:
+        cfg = resnet_presets.h200()
+        if impl == "ours-plain":
+            cfg = dataclasses.replace(cfg, precision="fp32", channels_last=False, optimizer_foreach=False)
+        step, precision = _our_resnet_step(cfg, images, labels, device), cfg.precision
+        settings = (f"{cfg.precision}, {'channels_last' if cfg.channels_last else 'NCHW'}, "
+                    f"{'foreach' if cfg.optimizer_foreach else 'per-tensor'} LARS")
+    m = measure(step, scale, device)
+    return {**m, "samples": scale.resnet_batch, "precision": notation(precision), "settings": settings,
+            "peak_memory_mib": peak_memory_mib(device), "threads": torch.get_num_threads()}
+
+
+def _our_resnet_step(cfg: resnet_presets.ResNetConfig, images, labels, device):
+    """The training step of closed/resnet/train.py, without the data loader and the distributed wrapper."""
+    memory = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = ResNet50().to(device, memory_format=memory)
+    optimizer = LARS(param_groups(model, cfg.opt_weight_decay), lr=1.0, momentum=cfg.opt_momentum,
+                     epsilon=cfg.lars_epsilon, foreach=cfg.optimizer_foreach)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+
+    def step():
+        x = images.to(device, non_blocking=True, memory_format=memory)
+        y = labels.to(device, non_blocking=True)
+        with autocast(cfg.precision, device):
+            loss = F.cross_entropy(model(x).float(), y, label_smoothing=cfg.label_smoothing)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+# ---------------------------------------------------------------------------------------------- BERT-Large
+
+
+def predictions(seq_len: int) -> int:
+    """Masked positions per sequence: 15 % of the tokens, at most 76 (20 at 128, 76 at 512, as MLPerf's)."""
+    return min(MAX_PREDICTIONS, math.ceil(MASKED_FRACTION * seq_len))
+
+
+def bert_config(scale: Scale, seq_len: int, layers: int, precision: str) -> bert_presets.BertRunConfig:
+    hidden, heads, intermediate, vocab = scale.bert_shape
+    return dataclasses.replace(bert_presets.h200(), num_hidden_layers=layers, hidden_size=hidden,
+                               num_attention_heads=heads, intermediate_size=intermediate, vocab_size=vocab,
+                               max_seq_length=seq_len, max_predictions_per_seq=predictions(seq_len),
+                               precision=precision)
+
+
+def bert(scale: Scale, device_name: str, which: int, impl: str) -> dict:
+    """Training steps of BERT-Large at scale.bert_seq_lengths[which] on the synthetic corpus (the MLPerf
+    reference's length rule: 90 % full-length): impl "ours" (the 1xH200 preset's settings), "ours-plain"
+    (fp32, per-tensor LAMB), "hf-defaults" or "hf-best"."""
+    device = pick_device(device_name)
+    seq_len, batch_size = scale.bert_seq_lengths[which], scale.bert_batches[which]
+    ours = bert_presets.h200()
+    precision = "fp32" if impl in ("ours-plain", "hf-defaults") else ours.precision
+    points, settings = {}, ""
+    for layers in scale.bert_layers:
+        torch.manual_seed(0)
+        cfg = bert_config(scale, seq_len, layers, precision)
+        batch = bert_train.synthetic_batch(cfg, batch_size)
+        if impl.startswith("hf"):
+            hidden, heads, intermediate, vocab = scale.bert_shape
+            step, attention = peers.hf_bert_step(batch, layers=layers, hidden=hidden, heads=heads,
+                                                 intermediate=intermediate, vocab=vocab, device=device,
+                                                 best=impl == "hf-best")
+            settings = f"{precision}, attention {attention}, MLM head at every position, fused AdamW"
+        else:
+            foreach = impl == "ours"
+            step = _our_bert_step(dataclasses.replace(cfg, optimizer_foreach=foreach), batch, device)
+            settings = (f"{precision}, SDPA, MLM head at masked positions, "
+                        f"{'foreach' if foreach else 'per-tensor'} LAMB")
+        points[layers] = measure(step, scale, device)
+        del step
+    padding = 1 - batch["input_mask"].sum().item() / batch["input_mask"].numel()
+    return {**scaled(points), "samples": batch_size, "precision": notation(precision), "settings": settings,
+            "padding": padding, "peak_memory_mib": peak_memory_mib(device),
+            "threads": torch.get_num_threads()}
+
+
+def _our_bert_step(cfg: bert_presets.BertRunConfig, batch: dict, device: torch.device, forward=bert_train.forward):
+    """The training step of closed/bert/train.py, without the data loader and the distributed wrapper."""
+    model = BertForPretraining(cfg.model_config()).to(device)
+    optimizer = bert_optim.Lamb(bert_optim.param_groups(model, cfg.opt_lamb_weight_decay_rate),
+                                lr=cfg.opt_base_learning_rate, betas=(cfg.opt_lamb_beta_1, cfg.opt_lamb_beta_2),
+                                eps=cfg.opt_epsilon, foreach=cfg.optimizer_foreach)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+
+    def step():
+        loss, _, _ = forward(model, batch, cfg, device)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        bert_optim.clip_grad_norm(model.parameters(), cfg.max_grad_norm)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def wikipedia_lengths(n: int, seq_len: int, seed: int = 0) -> np.ndarray:
+    """n sequence lengths drawn from the MLPerf Wikipedia histogram at 512, scaled to seq_len."""
+    lengths, counts = np.loadtxt(WIKIPEDIA_HISTOGRAM, dtype=np.int64, unpack=True)
+    drawn = np.random.default_rng(seed).choice(lengths, size=n, p=counts / counts.sum())
+    return np.clip(np.rint(drawn * seq_len / 512), 8, seq_len).astype(np.int64)
+
+
+def first_fit_decreasing(lengths: np.ndarray, capacity: int, max_per_pack: int) -> list[list[int]]:
+    """Indices of `lengths` in packs of at most `capacity` tokens and `max_per_pack` sequences, longest first."""
+    packs, room = [], []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        for p, free in enumerate(room):
+            if lengths[i] <= free and len(packs[p]) < max_per_pack:
+                packs[p].append(i)
+                room[p] -= int(lengths[i])
+                break
+        else:
+            packs.append([i])
+            room.append(capacity - int(lengths[i]))
+    return packs
+
+
+def rows(lengths: np.ndarray, packs: list[list[int]], seq_len: int, vocab: int, seed: int = 0) -> dict:
+    """A batch of rows holding the sequences of `packs` in model.py's input format. One sequence per row:
+    a (B, S) padding mask; several: a block-diagonal (B, S, S) mask, positions restarting at each sequence,
+    the NSP heads at each sequence's first token (-100 labels on empty slots)."""
+    gen = torch.Generator().manual_seed(seed)
+    packed = max(len(p) for p in packs) > 1
+    b, slots = len(packs), max(len(p) for p in packs)
+    tokens = torch.zeros(b, seq_len, dtype=torch.long)
+    out = {"input_ids": tokens, "segment_ids": tokens.clone(), "position_ids": tokens.clone(),
+           "attention_mask": torch.zeros(b, seq_len, seq_len) if packed else torch.zeros(b, seq_len),
+           "nsp_positions": torch.zeros(b, slots, dtype=torch.long),
+           "next_sentence_labels": torch.full((b, slots), -100, dtype=torch.long)}
+    masked = [[] for _ in packs]
+    for r, pack in enumerate(packs):
+        start = 0
+        for k, i in enumerate(pack):
+            n, end = int(lengths[i]), start + int(lengths[i])
+            out["input_ids"][r, start:end] = torch.randint(5, vocab, (n,), generator=gen)
+            out["segment_ids"][r, start + n // 2 : end] = 1
+            out["position_ids"][r, start:end] = torch.arange(n)
+            if packed:
+                out["attention_mask"][r, start:end, start:end] = 1
+            else:
+                out["attention_mask"][r, start:end] = 1
+            out["nsp_positions"][r, k] = start
+            out["next_sentence_labels"][r, k] = int(torch.randint(2, (), generator=gen))
+            chosen = torch.randperm(n - 1, generator=gen)[: predictions(n)] + 1 + start
+            masked[r] += chosen.tolist()
+            start = end
+    width = max(len(m) for m in masked)
+    out["masked_lm_positions"] = torch.zeros(b, width, dtype=torch.long)
+    out["masked_lm_ids"] = torch.zeros(b, width, dtype=torch.long)
+    out["masked_lm_weights"] = torch.zeros(b, width)
+    for r, m in enumerate(masked):
+        out["masked_lm_positions"][r, : len(m)] = torch.tensor(m)
+        out["masked_lm_ids"][r, : len(m)] = torch.randint(5, vocab, (len(m),), generator=gen)
+        out["masked_lm_weights"][r, : len(m)] = 1.0
+    if not packed:  # as the padded data: positions 0..S-1, one NSP head on [CLS]
+        del out["position_ids"], out["nsp_positions"]
+        out["next_sentence_labels"] = out["next_sentence_labels"][:, 0]
+    return out
+
+
+def rows_forward(model, batch, cfg, device):
+    """-> (loss, correct, count) for a batch made by `rows`, packed or not."""
+    b = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    with autocast(cfg.precision, device):
+        mlm_logits, nsp_logits = model(b["input_ids"], b["segment_ids"], b["attention_mask"], b["masked_lm_positions"],
+                                       position_ids=b.get("position_ids"), nsp_positions=b.get("nsp_positions"))
+    loss, correct, count = bert_optim.mlm_loss_and_accuracy(mlm_logits, b["masked_lm_ids"], b["masked_lm_weights"])
+    return loss + bert_optim.nsp_loss(nsp_logits, b["next_sentence_labels"]), correct, count
+
+
+def bert_packing(scale: Scale, device_name: str, packed: bool) -> dict:
+    """Training steps of our BERT-Large on the same scale.packed_sequences sequences with Wikipedia's
+    length distribution at the longer length: padded, one per row, or packed first-fit-decreasing, at most
+    3 per row."""
+    device = pick_device(device_name)
+    seq_len, precision = scale.bert_seq_lengths[1], bert_presets.h200().precision
+    lengths = wikipedia_lengths(scale.packed_sequences, seq_len)
+    packs = first_fit_decreasing(lengths, seq_len, MAX_PER_PACK) if packed else [[i] for i in range(len(lengths))]
+    batch = rows(lengths, packs, seq_len, scale.bert_shape[3])
+    points = {}
+    for layers in scale.bert_layers:
+        torch.manual_seed(0)
+        cfg = bert_config(scale, seq_len, layers, precision)
+        points[layers] = measure(_our_bert_step(cfg, batch, device, forward=rows_forward), scale, device)
+    return {**scaled(points), "samples": len(lengths), "rows": len(packs), "precision": notation(precision),
+            "settings": f"{len(lengths)} sequences in {len(packs)} rows of {seq_len}"
+                        + (f", at most {MAX_PER_PACK} per row, block-diagonal attention" if packed else ", padded"),
+            "padding": 1 - lengths.sum() / (len(packs) * seq_len), "peak_memory_mib": peak_memory_mib(device),
+            "threads": torch.get_num_threads()}
+
+
+# ---------------------------------------------------------------------------------------------- ImageNet decode
+
+
+def decode(scale: Scale, impl: str) -> dict:
+    """Images per CPU-second, one thread, of JPEG decode + training augmentation to 224 px: "ours"
+    (common/data/imagenet.py: reduced-size DCT decode, crop, torch antialiased resize) or "plain"
+    (torchvision's transforms on PIL, in plain PIL and torch)."""
+    transform = imagenet.train_transform(224) if impl == "ours" else peers.torchvision_train_transform
+    rate = imagenet.benchmark(transform, seconds=scale.decode_seconds)
+    settings = ("draft-mode JPEG decode, torch uint8 antialiased resize" if impl == "ours"
+                else "full decode, PIL crop + bilinear resize, ToTensor, Normalize")
+    return {"samples_per_s": rate, "settings": settings, "threads": 1,
+            "peak_memory_mib": peak_memory_mib(torch.device("cpu"))}
