@@ -56,7 +56,12 @@ class BenchmarkScore:
 
 def parse_run(path: Path) -> dict:
     """Times, status and run facts of one log, read with the official parser."""
-    loglines, errors = mlp_parser.parse_file(str(path), ruleset=tools.RULESET)
+    try:
+        loglines, errors = mlp_parser.parse_file(str(path), ruleset=tools.RULESET)
+    except (KeyError, TypeError) as e:
+        # The parser raises on an MLLOG line without time_ms, key, value or metadata. The compliance
+        # checker fails such a log, so it is dropped like any failed run: no facts, one parse error.
+        loglines, errors = [], [repr(e)]
     first: dict[str, object] = {}
     last_eval = None
     for line in loglines:
