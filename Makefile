@@ -13,29 +13,54 @@ LOG ?=
 SUB ?=
 SRC ?=
 EVAL ?=
+PACK ?=
+MAX_PER_PACK ?=
+MAX_PRED_PER_PACK ?=
+RESULT_ID ?=
+RESULT_SYSTEM ?=
+RESULTS ?=
+QUICK ?=
+THREADS ?=
+BENCH_JSON ?=
 
 submit_args = --division $(DIVISION) --bench $(BENCH) --nproc $(NPROC) \
 	$(if $(PRESET),--preset $(PRESET)) $(if $(SYSTEM),--system $(SYSTEM)) $(if $(DATA),--data $(DATA)) \
 	$(if $(RUNS),--runs $(RUNS)) $(if $(OUT),--out $(OUT)) $(if $(SEEDS),--seeds $(SEEDS))
 
-.PHONY: help setup test lint submit check score systems describe-system data clean
+.PHONY: help setup horovod test lint submit time-to-target check score audit reproduce systems describe-system data clean bench report
 
 help:
 	@echo "make setup                         create .venv and install the package with its pinned dependencies"
+	@echo "make horovod                       optional: build Horovod 0.28.1 (torch, gloo) into .venv (3-7 min)"
 	@echo "make test                          ruff, then the pytest suite"
 	@echo "make submit DIVISION= BENCH=       train the runs, check, package, score and archive a submission"
 	@echo "           [PRESET= SYSTEM= DATA= RUNS= OUT= SEEDS= NPROC=]"
 	@echo "make check LOG=\"a.txt b.txt\"       official compliance checker (ruleset 1.1.0) on result logs"
 	@echo "make score SUB=folder              olympic-mean minutes and RCP verdict of a submission tree"
+	@echo "make audit SUB=folder|file.tar.gz [RESULT_ID=1.1-2040] [OUT=]   re-check and re-score, as 4.1.68 and"
+	@echo "           the v1.1 round's tool judge it; RESULT_ID compares with the published minutes"
+	@echo "           (RESULT_ID= RESULTS=<checkout of training_results_v1.1> instead of SUB= finds its folder)"
+	@echo "make reproduce RESULT_ID=1.1-2040 RESULTS=dir | SUB=folder [RESULT_SYSTEM= BENCH= RUNS= DATA= SYSTEM= OUT=]"
+	@echo "           re-run an audited result with its seeds and mapped hyperparameters (smoke scale without DATA)"
+	@echo "make bench [QUICK=1 THREADS= OUT=] throughput vs peers side by side (out/bench/bench.{json,md}; <15 min"
+	@echo "           on 2 cores; THREADS=1 on a shared machine; QUICK=1 toy sizes in seconds)"
+	@echo "make report [SUB=\"a b\" BENCH_JSON= OUT=]   results page: HTML with PNG plots (out/report/index.html)"
+	@echo "make time-to-target BENCH= [SEEDS=1,2,3]   open vs closed smoke presets, minutes to the target, same seeds"
 	@echo "make systems                       official system description checker on systems/*.json"
 	@echo "make describe-system OUT=f.json    describe this machine as a system JSON"
 	@echo "make data BENCH=resnet SRC=dir     check and index ImageNet (counts, checksums)"
 	@echo "make data BENCH=bert SRC='train/part-*' EVAL=eval_10k OUT=dir   convert the MLPerf BERT TFRecords"
+	@echo "make data BENCH=bert PACK=nnlshp|spfhp SRC=converted OUT=dir [MAX_PER_PACK=3] [MAX_PRED_PER_PACK=Q]   pack both splits"
 
 setup:
 	python3 -m venv .venv
 	$(PY) -m pip install --upgrade pip setuptools wheel
-	$(PY) -m pip install -e '.[dev]'
+	$(PY) -m pip install -e '.[dev,bench]'
+
+# Optional, never part of setup or CI: compiles Horovod from source with the C++17 fix (see the module).
+horovod:
+	$(PY) -m pip install -e '.[horovod]'
+	$(PY) -m mlperf_submission.common.runtime.horovod_build
 
 test: lint
 	$(PY) -m pytest
@@ -52,6 +77,27 @@ check:
 score:
 	$(PY) -m mlperf_submission.compliance score $(SUB)
 
+audit:
+	$(PY) -m mlperf_submission.compliance audit $(SUB) $(if $(RESULT_ID),--result-id $(RESULT_ID)) \
+		$(if $(RESULTS),--results-root $(RESULTS)) $(if $(OUT),--out $(OUT))
+
+# BENCH defaults to resnet for the other targets: here it only counts when given on the command line.
+reproduce:
+	$(PY) -m mlperf_submission.compliance reproduce $(if $(RESULT_ID),--result-id $(RESULT_ID)) \
+		$(if $(SUB),--sub $(SUB)) $(if $(RESULTS),--results-root $(RESULTS)) \
+		$(if $(RESULT_SYSTEM),--result-system $(RESULT_SYSTEM)) \
+		$(if $(filter command line,$(origin BENCH)),--bench $(BENCH)) $(if $(RUNS),--runs $(RUNS)) \
+		$(if $(DATA),--data $(DATA)) $(if $(SYSTEM),--system $(SYSTEM)) --nproc $(NPROC) $(if $(OUT),--out $(OUT))
+
+bench:
+	$(PY) -m mlperf_submission.bench $(if $(QUICK),--quick) $(if $(THREADS),--threads $(THREADS)) $(if $(OUT),--out $(OUT))
+
+report:
+	$(PY) -m mlperf_submission.compliance report $(SUB) $(if $(BENCH_JSON),--bench $(BENCH_JSON)) $(if $(OUT),--out $(OUT))
+
+time-to-target:
+	$(PY) -m mlperf_submission.bench.time_to_target --bench $(BENCH) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(OUT),--out $(OUT))
+
 systems:
 	$(PY) -m mlperf_submission.compliance systems
 
@@ -61,6 +107,8 @@ describe-system:
 data:
 ifeq ($(BENCH),resnet)
 	$(PY) -m mlperf_submission.common.data.imagenet $(SRC) --out $(or $(OUT),$(SRC))
+else ifneq ($(PACK),)
+	$(PY) -m mlperf_submission.common.data.packing --algorithm $(PACK) $(if $(MAX_PER_PACK),--max-per-pack $(MAX_PER_PACK)) $(if $(MAX_PRED_PER_PACK),--max-pred-per-pack $(MAX_PRED_PER_PACK)) $(SRC) $(OUT)
 else
 	$(PY) -m mlperf_submission.common.data.bert_wiki convert --train '$(SRC)' --eval $(EVAL) --out $(OUT)
 endif

@@ -5,6 +5,9 @@
     python -m mlperf_submission.compliance score DIR [--json F]     olympic-mean minutes and RCP verdicts
     python -m mlperf_submission.compliance package ...             assemble, check, score and archive
     python -m mlperf_submission.compliance submit ...              train RUNS runs, then package
+    python -m mlperf_submission.compliance audit SUB [--result-id ID]  re-check and re-score, both tools' verdicts
+    python -m mlperf_submission.compliance reproduce --result-id ID    re-run a published or audited result
+    python -m mlperf_submission.compliance report [SUB...] [--bench F]  results page (HTML, PNG plots)
 
 Exit status 0 when everything passes, 1 when a verdict fails, 2 on bad input.
 """
@@ -16,7 +19,7 @@ import sys
 from pathlib import Path
 
 from mlperf_submission.common.cli import ArgumentParser, atomic_write_text, entry_point
-from mlperf_submission.compliance import package, submit, tools
+from mlperf_submission.compliance import audit, package, report, reproduce, submit, tools
 from mlperf_submission.compliance import score as scoring
 
 
@@ -76,6 +79,17 @@ def parser() -> argparse.ArgumentParser:
     sm = sub.add_parser("submit", help="train the runs, then package them")
     submit.add_arguments(sm)
     sm.set_defaults(func=submit.main)
+    au = sub.add_parser("audit", help="re-check and re-score a submission folder or archive, as 4.1.68 and the "
+                                      "v1.1 round's tool judge it")
+    audit.add_arguments(au)
+    au.set_defaults(func=audit.main)
+    rp = sub.add_parser("reproduce", help="re-run a published or audited result with our presets, and compare")
+    reproduce.add_arguments(rp)
+    rp.set_defaults(func=reproduce.main)
+    rr = sub.add_parser("report", help="results page: throughput from `make bench`, time to result and eval "
+                                       "curves from submission folders")
+    report.add_arguments(rr)
+    rr.set_defaults(func=report.main)
     return p
 
 

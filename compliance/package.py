@@ -13,6 +13,7 @@ writes, all at once (a temporary folder renamed into place):
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import shutil
@@ -48,9 +49,11 @@ def safe_name(text: str) -> str:
 
 
 def source_files() -> list[Path]:
-    """The package's source files: what git tracks, or else every file outside build folders."""
+    """The package's source files as they ran: what git tracks plus new files it does not ignore, or else every
+    file outside build folders."""
     try:
-        out = subprocess.run(["git", "ls-files", "-z"], cwd=REPO_ROOT, capture_output=True, check=True)
+        out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO_ROOT,
+                             capture_output=True, check=True)
         files = [REPO_ROOT / f for f in out.stdout.decode().split("\0") if f]
         if files:
             return [f for f in files if f.is_file()]
@@ -68,6 +71,13 @@ def git_commit() -> str:
         return head + (" (with uncommitted changes)" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
+
+
+def open_changes(benchmark: str) -> str:
+    """What the open division changes, in the words of the open presets' docstring (after its command)."""
+    doc = importlib.import_module(f"mlperf_submission.open.{benchmark}.presets").__doc__
+    paragraphs = doc.strip().split("\n\n")
+    return "\n\n".join(p for p in paragraphs[1:] if not p.startswith("    "))
 
 
 def implementation_readme(benchmark: str, division: str, system_stem: str, demo: bool, commit: str) -> str:
@@ -96,6 +106,8 @@ def implementation_readme(benchmark: str, division: str, system_stem: str, demo:
         "",
         "## 4. Model",
         f"{model} as defined by the MLCommons reference; see closed/{benchmark}/model.py.",
+        *([f"Open-division changes (open/{benchmark}/presets.py):", "", open_changes(benchmark)] if division == "open"
+          else []),
         "",
         "## 5. Quality",
         f"Target: {metric} >= {QUALITY_TARGETS[benchmark]}, evaluated at the cadence of the closed rules.",

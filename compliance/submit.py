@@ -22,7 +22,7 @@ from pathlib import Path
 
 from mlperf_submission.common.cli import UserError
 from mlperf_submission.common.run import BENCHMARKS, DIVISIONS
-from mlperf_submission.compliance import package, tools
+from mlperf_submission.compliance import package, report, tools
 from mlperf_submission.systems import DEMO_NOTE, describe_local
 from mlperf_submission.systems import load as load_system
 
@@ -59,6 +59,26 @@ def train_command(args, *, preset: str, seed: int, system_file: Path, log: Path)
     return cmd
 
 
+def demo_system(org: str, division: str) -> dict:
+    """A description of this machine for a demonstration on synthetic data, saying it is not a valid result."""
+    return describe_local(
+        org=org, division=division, notes=DEMO_NOTE,
+        system_name=f"DEMO {platform.machine()} CPU x{os.cpu_count()} (synthetic data, not a valid result)")
+
+
+def run_one(args, *, preset: str, seed: int, system_file: Path, log: Path) -> tools.LogVerdict:
+    """Train one run into `log` and check the log as it lands; a failed run is a UserError."""
+    started = time.time()
+    proc = subprocess.run(train_command(args, preset=preset, seed=seed, system_file=system_file, log=log))
+    if proc.returncode != 0:
+        raise UserError(f"the run with seed {seed} ({log.name}) failed with exit status {proc.returncode}: "
+                        "see its output")
+    verdict = tools.check_log(log)
+    print(f"== {log.name}: {time.time() - started:.1f} s, compliance "
+          f"{'PASS' if verdict.passed else 'FAIL: ' + '; '.join(verdict.summary_lines())}", flush=True)
+    return verdict
+
+
 def main(args) -> int:
     demo = not args.data
     preset = args.preset or ("smoke" if demo else "")
@@ -93,9 +113,7 @@ def main(args) -> int:
             stem, system_desc = load_system(args.system)
             system_file = scratch / f"{stem}.json"
         else:
-            system_desc = describe_local(
-                org=args.org, division=args.division, notes=DEMO_NOTE,
-                system_name=f"DEMO {platform.machine()} CPU x{os.cpu_count()} (synthetic data, not a valid result)")
+            system_desc = demo_system(args.org, args.division)
             system_file = scratch / f"{DEMO_SYSTEM}.json"
         system_file.write_text(json.dumps(system_desc, indent=2) + "\n")
         print(f"== {args.division} {args.bench}: {runs} runs of preset {preset} on "
@@ -104,20 +122,15 @@ def main(args) -> int:
         for i, seed in enumerate(seeds):
             log = scratch / "runs" / f"result_{i}.txt"
             print(f"== run {i + 1}/{runs}, seed {seed}", flush=True)
-            started = time.time()
-            proc = subprocess.run(train_command(args, preset=preset, seed=seed, system_file=system_file, log=log))
-            if proc.returncode != 0:
-                raise UserError(f"run {i} (seed {seed}) failed with exit status {proc.returncode}: see its output")
-            verdict = tools.check_log(log)
-            print(f"== run {i + 1}: {time.time() - started:.1f} s, compliance "
-                  f"{'PASS' if verdict.passed else 'FAIL: ' + '; '.join(verdict.summary_lines())}", flush=True)
+            run_one(args, preset=preset, seed=seed, system_file=system_file, log=log)
             logs.append(log)
         verdict, scores = package.build(
             division=args.division, benchmark=args.bench, system=str(system_file), logs=logs, out=out,
             rcp_bypass=DEMO_RCP_REASON if demo else "", demo=demo)
 
+    page = report.build(subs=[out / args.division], benches=[], out=out / "report")
     print((out / "score.md").read_text())
-    print(f"submission: {out}  (archive: {next(out.glob('*.tar.gz')).name})")
+    print(f"submission: {out}  (archive: {next(out.glob('*.tar.gz')).name}, results page: {page})")
     if demo:
         print(f"NOTE: {DEMO_NOTE}.")
     print(tools.PACKAGE_SUCCESS if verdict.passed else "PACKAGE CHECKER FOUND ERRORS")

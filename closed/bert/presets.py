@@ -32,6 +32,7 @@ class BertRunConfig:
     synthetic_eval_samples: int = 512
     synthetic_vocab_size: int = 1000
     synthetic_seed: int = 0          # fixes the synthetic corpus; the run seed varies per run
+    synthetic_lengths: Literal["reference", "wikipedia"] = "reference"  # short_seq_prob, or Wikipedia's mix
     data_workers: int = 2
     # model: BERT-Large unless scaled
     vocab_size: int = 30522
@@ -54,6 +55,9 @@ class BertRunConfig:
     start_warmup_step: int = 0
     opt_learning_rate_training_steps: int = 1141
     max_grad_norm: float = 1.0
+    # The v1.1 rules let BERT clip before or after the all-reduce: after (default) clips the mean gradient,
+    # as one device would; before clips each rank's own, as the TF reference's per-replica clip_by_global_norm.
+    clip_before_allreduce: bool = False
     # eval: every eval_interval_samples trained samples (0: the closed rule's formula)
     eval_interval_samples: int = 0
     max_samples: int = 0             # stop unconverged after this many samples (0: training steps x GBS)
@@ -62,6 +66,18 @@ class BertRunConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     cpu_threads: int = 0             # intra-op threads on CPU; 0: torch's default
+    # speed only: none of these changes what is computed beyond rounding (tests/test_speed.py)
+    torch_compile: Literal["off", "inductor", "aot_eager"] = "off"  # compiled and warmed up in the untimed init
+    optimizer_foreach: bool = True   # LAMB and clipping over all tensors at once (optim.py has the measurements)
+    prefetch_factor: int = 2         # batches each data worker prepares ahead of the training step
+    pin_memory: bool = True          # page-locked batches, so host-to-GPU copies overlap compute (CUDA only)
+    distributed_backend: Literal["torch", "horovod"] = "torch"  # torchrun or srun; horovodrun (`make horovod`)
+    distributed_timeout_s: int = 600  # a collective waiting longer on a dead or hung rank ends the run
+
+    @property
+    def global_batch_items(self) -> int:
+        """Items the loaders deliver per optimizer step, over all replicas: one sequence each here."""
+        return self.global_batch_size
 
     def model_config(self) -> BertConfig:
         return BertConfig(vocab_size=self.vocab_size, hidden_size=self.hidden_size,
@@ -83,7 +99,9 @@ def smoke() -> BertRunConfig:
     """24 layers at hidden 32 on the synthetic corpus (seq 32, vocab 1000), evaluated every 1,600 samples
     (the cadence is scaled to the demo corpus, as the real one is to Wikipedia). One intra-op thread: at
     these widths a second one costs more in synchronisation than it gives (about 295 sequences/s on one
-    core of a 2-core AMD EPYC, fp32, torch 2.13); target reached after about 10,000-11,000 samples."""
+    core of a 2-core AMD EPYC, fp32, torch 2.13); target reached after about 10,000-11,000 samples. fp32: at
+    hidden 32 bf16 autocast costs more in casts than it saves (forward and backward of a batch took 227 ms
+    against 160 ms, one busy core); the foreach LAMB step pays (22 ms against 55 ms)."""
     return BertRunConfig(
         dataset="synthetic", max_seq_length=32, max_predictions_per_seq=6, synthetic_train_samples=16000,
         vocab_size=1000, hidden_size=32, num_attention_heads=1, intermediate_size=128, dropout=0.0,
@@ -94,7 +112,13 @@ def smoke() -> BertRunConfig:
 
 def dgxa100() -> BertRunConfig:
     """The MLCommons RCP hyperparameters at batch 3072 (lr 0.002, beta1 0.66, beta2 0.998, wd 0.01,
-    1141 steps, 100 warmup), on 8 GPUs in fp16."""
+    1141 steps, 100 warmup), on 8 GPUs in fp16.
+
+    Speed settings of the real presets: 16-bit autocast (a BERT-Large layer stack trained ~2.3x more
+    sequences/s in bf16 than in fp32 on the 2-core CPU; tensor cores on a GPU), scaled-dot-product attention
+    and the MLM head at masked positions only (model.py), foreach LAMB. torch.compile stays off until
+    measured on a GPU (`--set torch_compile=inductor`; on the shared 2-core CPU inductor needed 406 s to
+    compile a 2-layer MLP, cold cache)."""
     return BertRunConfig(global_batch_size=3072, gradient_accumulation_steps=6, precision="fp16")
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,15 +36,17 @@ from mlperf_submission.common.data.loader import loader
 from mlperf_submission.common.mllog import MLLog
 from mlperf_submission.common.run import Run, Submission
 from mlperf_submission.common.runtime import distributed
-from mlperf_submission.common.runtime.precision import autocast
+from mlperf_submission.common.runtime.compile import batch_sizes, compiled, undone
+from mlperf_submission.common.runtime.precision import autocast, notation
 from mlperf_submission.systems import load as load_system
 
 DIVISION = "closed"
 
 
-def parse_args(argv):
-    p = ArgumentParser(prog="python -m mlperf_submission.closed.bert.train", description=__doc__)
-    p.add_argument("--preset", default="smoke", help=f"one of {', '.join(presets.PRESETS)}")
+def parse_args(argv, *, prog="python -m mlperf_submission.closed.bert.train", registry=presets.PRESETS,
+               description=__doc__):
+    p = ArgumentParser(prog=prog, description=description)
+    p.add_argument("--preset", default="smoke", help=f"one of {', '.join(registry)}")
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--system", required=True, help="system description JSON (path or name in systems/)")
     p.add_argument("--result-log", type=Path, required=True, help="the result log to create")
@@ -51,8 +55,8 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
-def resolve_config(args, validate=presets.validate_closed) -> presets.BertRunConfig:
-    cfg = config.override(config.select(presets.PRESETS, args.preset), args.overrides)
+def resolve_config(args, registry=presets.PRESETS, validate=presets.validate_closed) -> presets.BertRunConfig:
+    cfg = config.override(config.select(registry, args.preset), args.overrides)
     if args.data is not None and cfg.dataset == "synthetic":
         raise UserError(f"preset {args.preset} trains on the synthetic corpus; with DATA, choose a Wikipedia preset")
     if args.data is None and cfg.dataset == "wiki":
@@ -64,14 +68,21 @@ def resolve_config(args, validate=presets.validate_closed) -> presets.BertRunCon
     return cfg
 
 
-class SyntheticCorpus(torch.utils.data.Dataset):
-    """The built-in synthetic corpus, held in memory, in the same item format as BertDataset."""
+def synthetic_arrays(cfg: presets.BertRunConfig, split: str) -> dict[str, np.ndarray]:
+    """The built-in synthetic corpus of a preset, as bert_wiki arrays."""
+    num = cfg.synthetic_train_samples if split == "train" else cfg.synthetic_eval_samples
+    lengths = None
+    if cfg.synthetic_lengths == "wikipedia":
+        lengths = bert_wiki.wikipedia_lengths(num, cfg.max_seq_length, seed=cfg.synthetic_seed + (split == "eval"))
+    return bert_wiki.synthetic_instances(num, seq_len=cfg.max_seq_length, vocab_size=cfg.vocab_size,
+                                         max_pred=cfg.max_predictions_per_seq, seed=cfg.synthetic_seed, split=split,
+                                         lengths=lengths)
 
-    def __init__(self, cfg: presets.BertRunConfig, split: str):
-        num = cfg.synthetic_train_samples if split == "train" else cfg.synthetic_eval_samples
-        arrays = bert_wiki.synthetic_instances(num, seq_len=cfg.max_seq_length, vocab_size=cfg.vocab_size,
-                                               max_pred=cfg.max_predictions_per_seq, seed=cfg.synthetic_seed,
-                                               split=split)
+
+class ArrayDataset(torch.utils.data.Dataset):
+    """Arrays held in memory (the synthetic corpus, packed or not), in the same item format as BertDataset."""
+
+    def __init__(self, arrays: dict[str, np.ndarray]):
         self.arrays = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
 
     def __len__(self) -> int:
@@ -81,11 +92,17 @@ class SyntheticCorpus(torch.utils.data.Dataset):
         return {k: v[i] for k, v in self.arrays.items()}
 
 
+def verify(cfg, data: Path) -> None:
+    try:
+        bert_wiki.verify(data)
+    except bert_wiki.DataError as e:
+        raise UserError(f"{e} (prepare the data with `make data BENCH=bert`)") from None
+
+
 def datasets(cfg, data: Path | None):
     if cfg.dataset == "synthetic":
-        return SyntheticCorpus(cfg, "train"), SyntheticCorpus(cfg, "eval")
+        return ArrayDataset(synthetic_arrays(cfg, "train")), ArrayDataset(synthetic_arrays(cfg, "eval"))
     return bert_wiki.BertDataset(data, "train"), bert_wiki.BertDataset(data, "eval")
-
 
 
 def forward(model, batch, cfg, device):
@@ -97,7 +114,37 @@ def forward(model, batch, cfg, device):
     return loss + nsp_loss(nsp_logits, b["next_sentence_labels"]), correct, count
 
 
-def evaluate(model, val, cfg, device, dist) -> float:
+def synthetic_batch(cfg, n: int) -> dict[str, torch.Tensor]:
+    """n sequences of the synthetic corpus, shaped and typed as a loader batch: torch.compile's warm-up
+    input (the untimed init never touches the training data)."""
+    arrays = bert_wiki.synthetic_instances(n, seq_len=cfg.max_seq_length, vocab_size=cfg.vocab_size,
+                                           max_pred=cfg.max_predictions_per_seq, seed=0, split="eval")
+    return {k: torch.from_numpy(v) for k, v in arrays.items()}
+
+
+def sequences_in_batch(batch) -> int:
+    return len(batch["input_ids"])
+
+
+def sequences_in_step(cfg, dist, local_sequences: int, device) -> int:
+    """Sequences trained in one optimizer step: always the global batch when every item is one sequence."""
+    return cfg.global_batch_size
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """How a run reads and feeds its data: padded sequences here; packed ones in the open division."""
+
+    verify: Callable = verify                # (cfg, data folder) -> None, or UserError before any log
+    datasets: Callable = datasets            # (cfg, data folder | None) -> (train, eval) datasets
+    forward: Callable = forward              # (model, batch, cfg, device) -> (loss, correct, count)
+    sequences: Callable = sequences_in_batch  # (loader batch) -> sequences in it
+    dataset_sequences: Callable = len         # (dataset) -> sequences in it, as train/eval_samples count them
+    sequences_in_step: Callable = sequences_in_step  # (cfg, dist, local sequences, device) -> global
+    warmup_batch: Callable = synthetic_batch  # (cfg, items) -> a synthetic batch shaped as the loader's
+
+
+def evaluate(model, val, cfg, device, dist, forward=forward) -> float:
     """Masked-LM accuracy over every masked position of the whole eval set, each sample once."""
     model.eval()
     totals = torch.zeros(2, dtype=torch.float64, device=device)
@@ -110,26 +157,48 @@ def evaluate(model, val, cfg, device, dist) -> float:
     return (totals[0] / totals[1]).item()
 
 
+def warm_up(model, replica, optimizer, scaler, cfg, device, inputs: Inputs, train_sizes, eval_sizes) -> None:
+    """Untimed, on synthetic batches: one training step at learning rate 0 per training batch size and one
+    eval forward per eval batch size, so that torch.compile compiles nothing inside the timed region. The
+    caller undoes its effects (`compile.undone`)."""
+    for group in optimizer.param_groups:
+        group["lr"] = 0.0
+    for n in train_sizes:
+        with replica.micro_step(reduce=True):
+            loss, _, _ = inputs.forward(model, inputs.warmup_batch(cfg, n), cfg, device)
+            scaler.scale(loss).backward()
+        replica.reduce_gradients()
+        replica.step(scaler)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+    model.eval()
+    with torch.no_grad():
+        for n in eval_sizes:
+            inputs.forward(model, inputs.warmup_batch(cfg, n), cfg, device)
+    model.train()
+
+
 @entry_point
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     return train(resolve_config(args), args, division=DIVISION)
 
 
-def train(cfg: presets.BertRunConfig, args, *, division: str) -> int:
+def train(cfg: presets.BertRunConfig, args, *, division: str, inputs: Inputs = Inputs()) -> int:
+    """One run with a resolved config; the open division calls this with its own config and inputs."""
     _, system = load_system(args.system)
     submission = Submission.from_system(system, division=division, benchmark="bert")
-    device = distributed.pick_device(cfg.device)
     if cfg.dataset == "wiki":
-        try:
-            bert_wiki.verify(args.data)
-        except bert_wiki.DataError as e:
-            raise UserError(f"{e} (prepare the data with `make data BENCH=bert`)") from None
-    dist = distributed.init(device)
-    local_batch = distributed.local_batch(cfg.global_batch_size, dist, cfg.gradient_accumulation_steps)
+        inputs.verify(cfg, args.data)
+    if cfg.clip_before_allreduce and cfg.precision == "fp16":
+        raise UserError("clip_before_allreduce with fp16 loss scaling: ranks could disagree on skipping a step "
+                        "(choose bf16, or clip after the all-reduce)")
+    dist = distributed.init(cfg.device, backend=cfg.distributed_backend, timeout_s=cfg.distributed_timeout_s)
+    device = dist.device
+    local_batch = distributed.local_batch(cfg.global_batch_items, dist, cfg.gradient_accumulation_steps)
     if dist.is_main:
         print(f"bert {division}, preset {args.preset}, seed {args.seed}, {dist.world_size} rank(s) on {device}, "
-              f"local batch {local_batch}:\n{config.describe(cfg)}", flush=True)
+              f"local batch {local_batch}, precision {notation(cfg.precision)}:\n{config.describe(cfg)}", flush=True)
     torch.manual_seed(args.seed)
     # Tiny smoke widths produce denormal floats that run ~10x slower on x86 CPUs; flushing them to zero
     # is what GPUs do by default.
@@ -137,60 +206,73 @@ def train(cfg: presets.BertRunConfig, args, *, division: str) -> int:
     if cfg.cpu_threads:
         torch.set_num_threads(cfg.cpu_threads)
     log = MLLog(args.result_log, rank=dist.rank, barrier=dist.barrier)
-    train_set, val_set = datasets(cfg, args.data)
+    train_set, val_set = inputs.datasets(cfg, args.data)
     interval, limit = presets.eval_interval(cfg), presets.max_samples(cfg)
     with Run(log, submission, seed=args.seed, hyperparameters=presets.hyperparameters(cfg),
-             train_samples=len(train_set), eval_samples=len(val_set), clear_cache=cfg.dataset != "synthetic") as run:
+             train_samples=inputs.dataset_sequences(train_set),
+             eval_samples=inputs.dataset_sequences(val_set), clear_cache=cfg.dataset != "synthetic") as run:
         model = BertForPretraining(cfg.model_config())
         if cfg.init_checkpoint:
             model.load_state_dict(torch.load(cfg.init_checkpoint, map_location="cpu", weights_only=True))
         run.weights_initialization(mlperf_tensor_names(model)[name] for name, _ in model.named_parameters())
         model = model.to(device)
         optimizer = Lamb(param_groups(model, cfg.opt_lamb_weight_decay_rate), lr=0.0,
-                         betas=(cfg.opt_lamb_beta_1, cfg.opt_lamb_beta_2), eps=cfg.opt_epsilon)
-        if dist.world_size > 1:
-            ids = [device.index] if device.type == "cuda" else None
-            model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+                         betas=(cfg.opt_lamb_beta_1, cfg.opt_lamb_beta_2), eps=cfg.opt_epsilon,
+                         foreach=cfg.optimizer_foreach)
+        # Clipping each rank's own gradient needs it before the all-reduce, so not overlapped with backward.
+        replica = dist.replicate(model, optimizer, accumulation_steps=cfg.gradient_accumulation_steps,
+                                 reduce_in_backward=not cfg.clip_before_allreduce)
+        model, optimizer = replica.module, replica.optimizer
         scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
-        sampler = None
-        if dist.world_size > 1:
-            sampler = torch.utils.data.DistributedSampler(train_set, dist.world_size, dist.rank, seed=args.seed)
-        train_loader = loader(train_set, local_batch, shuffle=sampler is None, workers=cfg.data_workers,
-                              seed=args.seed + dist.rank, drop_last=True, sampler=sampler)
-        shard = torch.utils.data.Subset(val_set, range(dist.rank, len(val_set), dist.world_size))
-        val_loader = loader(shard, local_batch, shuffle=False, workers=cfg.data_workers, seed=args.seed,
-                            drop_last=False)
+        sampler = distributed.train_sampler(train_set, dist, args.seed)  # one permutation over all ranks
+        overlap = dict(prefetch_factor=cfg.prefetch_factor, pin_memory=cfg.pin_memory)
+        train_loader = loader(train_set, local_batch, shuffle=False, workers=cfg.data_workers,
+                              seed=args.seed + dist.rank, drop_last=True, sampler=sampler, **overlap)
+        val_loader = loader(distributed.eval_shard(val_set, dist), local_batch, shuffle=False,
+                            workers=cfg.data_workers, seed=args.seed, drop_last=False, **overlap)
+        if cfg.torch_compile != "off":
+            plain, model = model, compiled(model, cfg.torch_compile)
+            with undone(plain, optimizer, scaler):
+                warm_up(model, replica, optimizer, scaler, cfg, device, inputs,
+                        batch_sizes(len(train_loader.sampler), local_batch, drop_last=True),
+                        batch_sizes(len(val_loader.dataset), local_batch, drop_last=False))
 
         run.start()
         step, samples, status, epoch, block_first = 0, 0, "aborted", 0, 0
         run.block_start(first_epoch_num=block_first, epoch_count=interval)
-        started, micro = time.time(), 0
+        started, micro, local_sequences = time.time(), 0, 0
         while status != "success" and samples < limit:
             epoch += 1
-            if sampler is not None:
-                sampler.set_epoch(epoch)
+            sampler.set_epoch(epoch)
             for batch in train_loader:
-                loss, _, _ = forward(model, batch, cfg, device)
-                scaler.scale(loss / cfg.gradient_accumulation_steps).backward()
                 micro += 1
+                with replica.micro_step(reduce=micro % cfg.gradient_accumulation_steps == 0):
+                    loss, _, _ = inputs.forward(model, batch, cfg, device)
+                    scaler.scale(loss / cfg.gradient_accumulation_steps).backward()
+                local_sequences += inputs.sequences(batch)
                 if micro % cfg.gradient_accumulation_steps:
                     continue
+                if not cfg.clip_before_allreduce:
+                    replica.reduce_gradients()  # then clip the mean gradient, as one device would
                 scaler.unscale_(optimizer)
                 clip_grad_norm(model.parameters(), cfg.max_grad_norm)
+                if cfg.clip_before_allreduce:
+                    replica.reduce_gradients()  # each rank clipped its own gradient; now average them
                 lr = lr_schedule(step, base_lr=cfg.opt_base_learning_rate,
                                  warmup_steps=cfg.opt_learning_rate_warmup_steps,
                                  start_warmup_step=cfg.start_warmup_step,
                                  total_steps=cfg.opt_learning_rate_training_steps)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                scaler.step(optimizer)
+                replica.step(scaler)
                 scaler.update()
-                optimizer.zero_grad(set_to_none=True)
+                optimizer.zero_grad()
                 step += 1
-                samples += cfg.global_batch_size
-                if samples % interval < cfg.global_batch_size or samples >= limit:
+                step_samples = inputs.sequences_in_step(cfg, dist, local_sequences, device)
+                samples, local_sequences = samples + step_samples, 0
+                if samples // interval > (samples - step_samples) // interval or samples >= limit:
                     run.eval_start(samples)
-                    accuracy = evaluate(model, val_loader, cfg, device, dist)
+                    accuracy = evaluate(model, val_loader, cfg, device, dist, inputs.forward)
                     run.eval_stop(samples, accuracy)
                     run.block_stop(first_epoch_num=block_first)
                     if dist.is_main:

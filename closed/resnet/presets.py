@@ -49,7 +49,8 @@ class ResNetConfig:
     opt_weight_decay: float = 5e-05
     lars_epsilon: float = 0.0
     label_smoothing: float = 0.1
-    model_bn_span: int = 0           # samples per batch-norm statistics group; 0: the local batch
+    model_bn_span: int = 0           # samples per batch-norm statistics group: the local batch (0) times a
+                                     # divisor of the replicas; synchronised over that many ranks
     # eval: every eval_every epochs, the first after eval_offset epochs (or eval_every if 0)
     eval_every: int = 4
     eval_offset: int = 0
@@ -59,11 +60,20 @@ class ResNetConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     channels_last: bool = False
+    # speed only: none of these changes what is computed beyond rounding (tests/test_speed.py)
+    torch_compile: Literal["off", "inductor", "aot_eager"] = "off"  # compiled and warmed up in the untimed init
+    optimizer_foreach: bool = True   # LARS/SGD steps over all tensors at once (optim.py has the measurements)
+    prefetch_factor: int = 2         # batches each data worker decodes ahead of the training step
+    pin_memory: bool = True          # page-locked batches, so host-to-GPU copies overlap compute (CUDA only)
+    distributed_backend: Literal["torch", "horovod"] = "torch"  # torchrun or srun; horovodrun (`make horovod`)
+    distributed_timeout_s: int = 600  # a collective waiting longer on a dead or hung rank ends the run
 
 
 def smoke() -> ResNetConfig:
     """Full topology at width 8, synthetic data; about 2 s per epoch on 2 CPU cores, target by epoch 4-8.
-    fp32 and contiguous memory: at these tiny shapes channels_last and bf16 do not pay on CPU."""
+    fp32 and contiguous memory: at these tiny shapes channels_last and bf16 do not pay on CPU. The foreach
+    LARS step does (1.7 ms against 4.0 ms per step on one core); torch.compile would cost more time to
+    compile than a whole run takes."""
     return ResNetConfig(
         dataset="synthetic", num_classes=10, image_size=32, model_width=8, data_workers=0,
         global_batch_size=128, opt_base_learning_rate=2.0, opt_learning_rate_warmup_epochs=1, train_epochs=8,
@@ -71,7 +81,14 @@ def smoke() -> ResNetConfig:
 
 
 def dgxa100() -> ResNetConfig:
-    """The MLCommons RCP hyperparameters at batch 3264, the batch of NVIDIA's v1.1 8x A100 result."""
+    """The MLCommons RCP hyperparameters at batch 3264, the batch of NVIDIA's v1.1 8x A100 result.
+
+    Speed settings of the real presets: 16-bit autocast and channels_last, because cuDNN and oneDNN run
+    16-bit convolutions fastest in NHWC: on the 2-core CPU (AVX-512 BF16) a full ResNet-50 training step at
+    batch 16 went from ~4 images/s (fp32, NCHW) to ~16 (bf16, channels_last; `make bench` measures it
+    again); foreach LARS. torch.compile stays off until measured on a GPU (`--set torch_compile=inductor`):
+    on the shared 2-core CPU inductor took 406 s (cold cache) to compile even a 2-layer MLP's forward and
+    backward, so any gain there would first have to repay minutes of init."""
     return ResNetConfig(global_batch_size=3264, opt_base_learning_rate=10.5, opt_learning_rate_warmup_epochs=2,
                         train_epochs=39, opt_weight_decay=5e-05, eval_offset=3, precision="fp16",
                         channels_last=True)

@@ -11,8 +11,10 @@ run takes 11-19 s and reaches top-1 0.759 after 4 or 8 epochs at 1,800-2,600 ima
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -28,16 +30,17 @@ from mlperf_submission.common.data.synthetic import synthetic_images
 from mlperf_submission.common.mllog import MLLog
 from mlperf_submission.common.run import Run, Submission
 from mlperf_submission.common.runtime import distributed
-from mlperf_submission.common.runtime.precision import autocast
+from mlperf_submission.common.runtime.compile import batch_sizes, compiled, undone
+from mlperf_submission.common.runtime.precision import autocast, notation
 from mlperf_submission.systems import load as load_system
 
 DIVISION = "closed"
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = ArgumentParser(prog="python -m mlperf_submission.closed.resnet.train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="smoke", help=f"one of {', '.join(presets.PRESETS)}")
+def parse_args(argv: list[str] | None, *, prog: str = "python -m mlperf_submission.closed.resnet.train",
+               registry=presets.PRESETS, description: str | None = __doc__) -> argparse.Namespace:
+    p = ArgumentParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="smoke", help=f"one of {', '.join(registry)}")
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--system", required=True, help="system description JSON (path or name in systems/)")
     p.add_argument("--result-log", type=Path, required=True, help="the result log to create")
@@ -46,8 +49,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def resolve_config(args: argparse.Namespace, validate=presets.validate_closed) -> presets.ResNetConfig:
-    cfg = config.override(config.select(presets.PRESETS, args.preset), args.overrides)
+def resolve_config(args: argparse.Namespace, registry=presets.PRESETS,
+                   validate=presets.validate_closed) -> presets.ResNetConfig:
+    cfg = config.override(config.select(registry, args.preset), args.overrides)
     if args.data is not None and cfg.dataset == "synthetic":
         raise UserError(f"preset {args.preset} trains on synthetic data; with DATA, choose an ImageNet preset")
     if args.data is None and cfg.dataset == "imagenet":
@@ -101,17 +105,43 @@ def datasets(cfg: presets.ResNetConfig, data: Path | None, manifest: dict | None
 
 
 def loaders(cfg, train_set, val_set, dist: distributed.Dist, seed: int, local_batch: int):
-    sampler = None
-    if dist.world_size > 1:
-        sampler = torch.utils.data.DistributedSampler(train_set, dist.world_size, dist.rank, shuffle=True,
-                                                      seed=seed)
-    train = loader(train_set, local_batch, shuffle=sampler is None, workers=cfg.data_workers, seed=seed + dist.rank,
-                   drop_last=False, sampler=sampler)
-    # Every eval sample exactly once: a disjoint, unpadded shard per rank, counts summed afterwards.
-    shard = torch.utils.data.Subset(val_set, range(dist.rank, len(val_set), dist.world_size))
-    val = loader(shard, local_batch, shuffle=False, workers=cfg.data_workers, seed=seed, drop_last=False)
+    # One seeded permutation per epoch over all ranks (one rank too), so R ranks x batch b train what one
+    # rank x batch R*b would; every eval sample exactly once, counts summed afterwards.
+    sampler = distributed.train_sampler(train_set, dist, seed)
+    overlap = dict(prefetch_factor=cfg.prefetch_factor, pin_memory=cfg.pin_memory)
+    train = loader(train_set, local_batch, shuffle=False, workers=cfg.data_workers, seed=seed + dist.rank,
+                   drop_last=False, sampler=sampler, **overlap)
+    val = loader(distributed.eval_shard(val_set, dist), local_batch, shuffle=False, workers=cfg.data_workers,
+                 seed=seed, drop_last=False, **overlap)
     return train, sampler, val
 
+
+def warm_up(model, replica, optimizer, scaler, cfg, device, train_sizes: list[int], eval_sizes: list[int]) -> None:
+    """Untimed, on random images: one training step at learning rate 0 per training batch size and one eval
+    forward per eval batch size, so that torch.compile compiles nothing inside the timed region. The caller
+    undoes its effects (`compile.undone`)."""
+    memory = torch.channels_last if cfg.channels_last else torch.contiguous_format
+
+    def images(n):
+        return torch.randn(n, 3, cfg.image_size, cfg.image_size, device=device).contiguous(memory_format=memory)
+
+    for group in optimizer.param_groups:
+        group["lr"] = 0.0
+    for n in train_sizes:
+        with replica.micro_step(reduce=True):
+            with autocast(cfg.precision, device):
+                loss = F.cross_entropy(model(images(n)).float(), torch.randint(cfg.num_classes, (n,), device=device),
+                                       label_smoothing=cfg.label_smoothing)
+            scaler.scale(loss).backward()
+        replica.reduce_gradients()
+        replica.step(scaler)
+        scaler.update()
+        optimizer.zero_grad()
+    model.eval()
+    with torch.no_grad(), autocast(cfg.precision, device):
+        for n in eval_sizes:
+            model(images(n))
+    model.train()
 
 
 def evaluate(model, val, cfg, device, dist) -> float:
@@ -135,16 +165,20 @@ def main(argv: list[str] | None = None) -> int:
     return train(cfg, args, division=DIVISION)
 
 
-def train(cfg: presets.ResNetConfig, args: argparse.Namespace, *, division: str) -> int:
-    """One run with a resolved config; the open division calls this with its own config."""
+def train(cfg: presets.ResNetConfig, args: argparse.Namespace, *, division: str,
+          train_batch: Callable[[torch.Tensor, int], torch.Tensor] | None = None) -> int:
+    """One run with a resolved config; the open division calls this with its own config, and may change each
+    training batch on the device with `train_batch(images, epoch)` (e.g. its resolution)."""
     _, system = load_system(args.system)
     submission = Submission.from_system(system, division=division, benchmark="resnet")
-    device = distributed.pick_device(cfg.device)
-    dist = distributed.init(device)
+    dist = distributed.init(cfg.device, backend=cfg.distributed_backend, timeout_s=cfg.distributed_timeout_s)
+    device = dist.device
     local_batch = distributed.local_batch(cfg.global_batch_size, dist, cfg.gradient_accumulation_steps)
+    bn_replicas = distributed.bn_group_replicas(cfg.model_bn_span, local_batch, dist.world_size)
+    cfg = dataclasses.replace(cfg, model_bn_span=local_batch * bn_replicas)  # logged as resolved
     if dist.is_main:
         print(f"resnet {division}, preset {args.preset}, seed {args.seed}, {dist.world_size} rank(s) on {device}, "
-              f"local batch {local_batch}:\n{config.describe(cfg)}", flush=True)
+              f"local batch {local_batch}, precision {notation(cfg.precision)}:\n{config.describe(cfg)}", flush=True)
     manifest = checked_manifest(args.data) if cfg.dataset == "imagenet" else None
     torch.manual_seed(args.seed)
     log = MLLog(args.result_log, rank=dist.rank, barrier=dist.barrier)
@@ -155,15 +189,14 @@ def train(cfg: presets.ResNetConfig, args: argparse.Namespace, *, division: str)
         model = ResNet50(num_classes=cfg.num_classes, width=cfg.model_width)
         run.weights_initialization(mlperf_tensor_names(model)[name] for name, _ in model.named_parameters())
         memory = torch.channels_last if cfg.channels_last else torch.contiguous_format
-        model = model.to(device, memory_format=memory)
+        model = dist.batch_norm_groups(model.to(device, memory_format=memory), bn_replicas)
         if cfg.opt_name == "lars":
             optimizer = LARS(param_groups(model, cfg.opt_weight_decay), lr=0.0, momentum=cfg.opt_momentum,
-                             epsilon=cfg.lars_epsilon)
+                             epsilon=cfg.lars_epsilon, foreach=cfg.optimizer_foreach)
         else:
-            optimizer = sgd(model, 0.0, cfg.opt_momentum, cfg.opt_weight_decay)
-        if dist.world_size > 1:
-            ids = [device.index] if device.type == "cuda" else None
-            model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+            optimizer = sgd(model, 0.0, cfg.opt_momentum, cfg.opt_weight_decay, foreach=cfg.optimizer_foreach)
+        replica = dist.replicate(model, optimizer, accumulation_steps=cfg.gradient_accumulation_steps)
+        model, optimizer = replica.module, replica.optimizer
         scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
         train_set, val_set = datasets(cfg, args.data, manifest)
         train_loader, sampler, val_loader = loaders(cfg, train_set, val_set, dist, args.seed, local_batch)
@@ -171,31 +204,41 @@ def train(cfg: presets.ResNetConfig, args: argparse.Namespace, *, division: str)
         warmup_steps = cfg.opt_learning_rate_warmup_epochs * steps_per_epoch
         decay_steps = (cfg.train_epochs - cfg.opt_learning_rate_warmup_epochs) * steps_per_epoch
         evals = presets.eval_epochs(cfg)
+        if cfg.torch_compile != "off":
+            plain, model = model, compiled(model, cfg.torch_compile)
+            with undone(plain, optimizer, scaler):
+                warm_up(model, replica, optimizer, scaler, cfg, device,
+                        batch_sizes(len(train_loader.sampler), local_batch, drop_last=False),
+                        batch_sizes(len(val_loader.dataset), local_batch, drop_last=False))
 
         run.start()
         step, block_first, status = 0, 1, "aborted"
         run.block_start(first_epoch_num=1, epoch_count=evals[0])
         for epoch in range(1, cfg.max_epochs + 1):
-            if sampler is not None:
-                sampler.set_epoch(epoch)
+            sampler.set_epoch(epoch)
             started, seen, loss_sum = time.time(), 0, torch.zeros((), device=device)
             for i, (x, y) in enumerate(train_loader):
                 x = x.to(device, non_blocking=True, memory_format=memory)
+                if train_batch is not None:
+                    x = train_batch(x, epoch)
                 y = y.to(device, non_blocking=True)
-                with autocast(cfg.precision, device):
-                    loss = F.cross_entropy(model(x).float(), y, label_smoothing=cfg.label_smoothing)
-                scaler.scale(loss / cfg.gradient_accumulation_steps).backward()
+                last = (i + 1) % cfg.gradient_accumulation_steps == 0 or i + 1 == len(train_loader)
+                with replica.micro_step(reduce=last):
+                    with autocast(cfg.precision, device):
+                        loss = F.cross_entropy(model(x).float(), y, label_smoothing=cfg.label_smoothing)
+                    scaler.scale(loss / cfg.gradient_accumulation_steps).backward()
                 loss_sum += loss.detach()
                 seen += y.numel()
-                if (i + 1) % cfg.gradient_accumulation_steps == 0 or i + 1 == len(train_loader):
+                if last:
                     lr = poly_schedule(step, base_lr=cfg.opt_base_learning_rate, end_lr=cfg.opt_end_learning_rate,
                                        warmup_steps=warmup_steps, decay_steps=decay_steps,
                                        power=cfg.opt_learning_rate_decay_poly_power)
                     for group in optimizer.param_groups:
                         group["lr"] = lr
-                    scaler.step(optimizer)
+                    replica.reduce_gradients()
+                    replica.step(scaler)
                     scaler.update()
-                    optimizer.zero_grad(set_to_none=True)
+                    optimizer.zero_grad()
                     step += 1
             elapsed = time.time() - started
             line = (f"epoch {epoch:3d}: loss {loss_sum.item() / (i + 1):.3f}, lr {lr:.4f}, "

@@ -338,15 +338,32 @@ class _Chain:
         return words[index], int((index[-1] + moves[-1]) % len(words))
 
 
+WIKIPEDIA_HISTOGRAM = Path(__file__).with_name("wikipedia_seqlen_histogram.txt")
+
+
+def wikipedia_lengths(num: int, seq_len: int, seed: int) -> np.ndarray:
+    """`num` sequence lengths (tokens incl. [CLS] and [SEP]s) drawn from the MLPerf Wikipedia length
+    distribution at 512, scaled to seq_len: about half of the tokens of a padded batch are padding, as in the
+    real data, so that packing has the same room to work with."""
+    lengths, counts = np.loadtxt(WIKIPEDIA_HISTOGRAM, dtype=np.int64, unpack=True)
+    rng = np.random.default_rng([seed, 99])
+    drawn = rng.choice(lengths, size=num, p=counts / counts.sum())
+    return np.clip(np.rint(drawn * seq_len / 512), 5, seq_len).astype(np.int64)
+
+
 def synthetic_instances(
-    num: int, *, seq_len: int, vocab_size: int, max_pred: int, seed: int, split: str = "train"
+    num: int, *, seq_len: int, vocab_size: int, max_pred: int, seed: int, split: str = "train",
+    lengths: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """`num` pretraining instances of the toy language, as int64 / float32 arrays (see feature_specs).
 
-    The language depends on (vocab_size, seed) only; the instances also on `split`.
+    The language depends on (vocab_size, seed) only; the instances also on `split`. `lengths` (num,), each
+    in 5..seq_len, fixes every instance's length instead of the reference's `short_seq_prob` rule.
     """
     if seq_len < 8 or max_pred < 1:
         raise ValueError("synthetic data needs seq_len >= 8 and max_pred >= 1")
+    if lengths is not None and (len(lengths) != num or lengths.min(initial=5) < 5 or lengths.max(initial=5) > seq_len):
+        raise ValueError(f"lengths must be {num} values in 5..{seq_len}")
     chain = _Chain(vocab_size, seed)
     rng = np.random.default_rng([seed, 1 + SPLITS.index(split)])
     out = {
@@ -360,7 +377,10 @@ def synthetic_instances(
     }
     max_tokens = seq_len - 3  # [CLS] A [SEP] B [SEP]
     for i in range(num):
-        target = max_tokens if rng.random() >= SHORT_SEQ_PROB else int(rng.integers(2, max_tokens + 1))
+        if lengths is None:
+            target = max_tokens if rng.random() >= SHORT_SEQ_PROB else int(rng.integers(2, max_tokens + 1))
+        else:
+            target = int(lengths[i]) - 3
         len_a = int(rng.integers(1, target))
         is_random = int(rng.random() < 0.5)
         a, after_a = chain.segment(rng, len_a, 0)

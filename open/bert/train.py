@@ -1,0 +1,99 @@
+"""Open-division BERT-Large with packed sequences: closed BERT's run, fed packs instead of padded rows.
+
+    python -m mlperf_submission.open.bert.train --preset smoke --seed 1 --system systems/1xH200.json \
+        --result-log out/result_0.txt [--data PACKED_DIR] [--set field=value ...]
+
+The model, optimizer, schedule, eval and MLPerf log are closed BERT's (`closed/bert/train.py`); this file
+only says how packs are made and read (`open/bert/model.py` for the maths). --data takes a folder written by
+`make data BENCH=bert PACK=nnlshp`; without it the `smoke` preset packs the built-in synthetic corpus in
+memory with the preset's algorithm. Eval reads the eval set packed the same way: its masked-LM accuracy is
+a sum over masked tokens, which packing does not change.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import torch
+
+from mlperf_submission.closed.bert import train as closed
+from mlperf_submission.common.cli import UserError, entry_point
+from mlperf_submission.common.data import packing
+from mlperf_submission.common.runtime.precision import autocast
+from mlperf_submission.open.bert import presets
+from mlperf_submission.open.bert.model import forward_packed, packed_loss, per_sequence_losses
+
+DIVISION = "open"
+
+
+def pack(arrays: dict[str, np.ndarray], cfg: presets.PackedBertConfig, seed: int) -> dict[str, np.ndarray]:
+    """Unpacked bert_wiki arrays -> packed arrays, by the preset's algorithm on their own length histogram."""
+    lengths = arrays["input_mask"].sum(1)
+    plan = packing.ALGORITHMS[cfg.packing](packing.histogram(lengths, cfg.max_seq_length), cfg.max_seq_length,
+                                           cfg.max_sequences_per_pack)
+    print(f"packed {plan.sequences:,} sequences into {plan.packs:,} packs by {cfg.packing}: "
+          f"{plan.sequences / plan.packs:.3f} sequences a pack, {plan.efficiency:.2%} of the tokens are real "
+          f"(the preset assumes {cfg.sequences_per_pack} a pack)", flush=True)
+    return packing.pack_arrays(arrays, packing.assign(lengths, plan, seed), cfg.max_sequences_per_pack)
+
+
+def verify(cfg: presets.PackedBertConfig, data) -> None:
+    """The packed folder is intact and packed as the preset says, before any log is written."""
+    try:
+        manifest = packing.verify(data)
+    except packing.DataError as e:
+        raise UserError(f"{e} (pack the data with `make data BENCH=bert PACK={cfg.packing}`)") from None
+    found = {name: manifest.get(name) for name in ("seq_len", "max_sequences_per_pack", "algorithm")}
+    wanted = {"seq_len": cfg.max_seq_length, "max_sequences_per_pack": cfg.max_sequences_per_pack,
+              "algorithm": cfg.packing}
+    if found != wanted:
+        raise UserError(f"{data} was packed with {found}, but preset wants {wanted}: re-pack it with `make data "
+                        f"BENCH=bert PACK={cfg.packing} MAX_PER_PACK={cfg.max_sequences_per_pack}` or --set the preset")
+
+
+def datasets(cfg: presets.PackedBertConfig, data):
+    if cfg.dataset == "synthetic":
+        made = [pack(closed.synthetic_arrays(cfg, split), cfg, cfg.synthetic_seed) for split in ("train", "eval")]
+        return closed.ArrayDataset(made[0]), closed.ArrayDataset(made[1])
+    return packing.PackedDataset(data, "train"), packing.PackedDataset(data, "eval")
+
+
+def forward(model, batch, cfg: presets.PackedBertConfig, device):
+    """-> (loss, correct, count) for a batch of packs, averaged as cfg.loss_averaging says."""
+    b = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    with autocast(cfg.precision, device):
+        mlm_logits, nsp_logits = forward_packed(model, b)
+    return packed_loss(per_sequence_losses(mlm_logits, nsp_logits, b), b, cfg.loss_averaging)
+
+
+def sequences_in_batch(batch) -> int:
+    return int(batch["nsp_weights"].sum())
+
+
+def dataset_sequences(dataset) -> int:
+    if isinstance(dataset, closed.ArrayDataset):
+        return int(dataset.arrays["nsp_weights"].sum())
+    return dataset.sequences  # a PackedDataset
+
+
+def sequences_in_step(cfg, dist, local_sequences: int, device) -> int:
+    """Packs hold a varying number of sequences: count what every rank trained."""
+    total = torch.tensor([float(local_sequences)], dtype=torch.float64, device=device)
+    return int(dist.all_reduce_sum(total).item())
+
+
+INPUTS = closed.Inputs(verify=verify, datasets=datasets, forward=forward, sequences=sequences_in_batch,
+                       dataset_sequences=dataset_sequences, sequences_in_step=sequences_in_step)
+
+
+@entry_point
+def main(argv: list[str] | None = None) -> int:
+    args = closed.parse_args(argv, prog="python -m mlperf_submission.open.bert.train", registry=presets.PRESETS,
+                             description=__doc__)
+    cfg = closed.resolve_config(args, presets.PRESETS, validate=presets.validate_open)
+    return closed.train(cfg, args, division=DIVISION, inputs=INPUTS)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""Open-division ResNet-50 with progressive resizing: closed ResNet's run at growing image sizes.
+
+    python -m mlperf_submission.open.resnet.train --preset smoke --seed 1 --system systems/1xH200.json \
+        --result-log out/result_0.txt [--data IMAGENET_DIR] [--set field=value ...]
+
+Model, optimizer, schedule, eval and MLPerf log are closed ResNet's (`closed/resnet/train.py`); the only
+change is that each training batch is resized on the device to the epoch's side (`open/resnet/presets.py`).
+Images are decoded and cropped at full size and then downsampled with antialiasing, so the data pipeline
+is unchanged and the saving is in the model's compute.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import torch
+import torch.nn.functional as F
+
+from mlperf_submission.closed.resnet import train as closed
+from mlperf_submission.common.cli import entry_point
+from mlperf_submission.open.resnet import presets
+
+DIVISION = "open"
+
+
+def resize(cfg: presets.ProgressiveResNetConfig, images: torch.Tensor, epoch: int) -> torch.Tensor:
+    """(B, 3, S, S) -> (B, 3, s, s) with s the epoch's side; unchanged at full size."""
+    side = presets.image_size(cfg, epoch)
+    if side == images.shape[-1]:
+        return images
+    memory = torch.channels_last if images.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    small = F.interpolate(images, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
+    return small.contiguous(memory_format=memory)
+
+
+@entry_point
+def main(argv: list[str] | None = None) -> int:
+    args = closed.parse_args(argv, prog="python -m mlperf_submission.open.resnet.train", registry=presets.PRESETS,
+                             description=__doc__)
+    cfg = closed.resolve_config(args, presets.PRESETS, validate=presets.validate_open)
+    return closed.train(cfg, args, division=DIVISION, train_batch=functools.partial(resize, cfg))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
