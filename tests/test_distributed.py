@@ -239,15 +239,22 @@ def test_horovod_batch_norm_over_process_sets(tmp_path):
     assert result["world_size"] == 4 and result["bn_group_error"] < 1e-10
 
 
+def two_rank_smoke_run(bench: str, seed: int, log, *overrides: str) -> subprocess.CompletedProcess:
+    """A closed smoke run as a 2-process torchrun job; asserts that it exits 0."""
+    sets = [arg for o in overrides for arg in ("--set", o)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+         f"mlperf_submission.closed.{bench}.train", "--preset", "smoke", "--seed", str(seed), "--system", "1xH200",
+         "--result-log", str(log), *sets], capture_output=True, text=True, env=clean_env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
 @pytest.mark.slow
 def test_two_process_resnet_smoke_run_logs_once_and_passes(tmp_path):
     """torchrun, batch norm over both ranks' 64 images (model_bn_span 128): one log, from rank 0."""
     log = tmp_path / "result_0.txt"
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-         "mlperf_submission.closed.resnet.train", "--preset", "smoke", "--seed", "2", "--system", "1xH200",
-         "--result-log", str(log), "--set", "model_bn_span=128"], capture_output=True, text=True, env=clean_env())
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = two_rank_smoke_run("resnet", 2, log, "model_bn_span=128")
     assert "2 rank(s)" in proc.stdout and "model_bn_span" in proc.stdout
     verdict = check_log(log)
     assert verdict.passed and not verdict.warnings, verdict.errors + verdict.warnings
@@ -261,12 +268,7 @@ def test_two_process_resnet_smoke_run_logs_once_and_passes(tmp_path):
 def test_two_process_bert_smoke_run_clipping_before_the_all_reduce_passes(tmp_path):
     """torchrun, gradients clipped per rank and then averaged (the explicit all-reduce), to the target."""
     log = tmp_path / "result_0.txt"
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-         "mlperf_submission.closed.bert.train", "--preset", "smoke", "--seed", "4", "--system", "1xH200",
-         "--result-log", str(log), "--set", "clip_before_allreduce=true"],
-        capture_output=True, text=True, env=clean_env())
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = two_rank_smoke_run("bert", 4, log, "clip_before_allreduce=true")
     assert "2 rank(s)" in proc.stdout and "local batch 16" in proc.stdout and "run_stop: success" in proc.stdout
     verdict = check_log(log)
     assert verdict.passed and not verdict.warnings, verdict.errors + verdict.warnings

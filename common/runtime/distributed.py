@@ -393,5 +393,10 @@ def eval_shard(dataset, dist: Dist) -> torch.utils.data.Dataset:
 
 
 def shutdown() -> None:
+    """End of a run that went well: every rank reaches the barrier before any tears its connections down, as
+    a gloo rank whose peer has already exited can abort in destroy ('terminate called without an active
+    exception')."""
     if tdist.is_available() and tdist.is_initialized():
+        if tdist.get_world_size() > 1:
+            tdist.barrier()
         tdist.destroy_process_group()
