@@ -19,6 +19,7 @@ from pathlib import Path
 
 from mlperf_submission.common.cli import ArgumentParser, UserError, atomic_write_text, entry_point
 from mlperf_submission.common.run import BENCHMARKS
+from mlperf_submission.compliance import score as scoring
 from mlperf_submission.systems import DEMO_NOTE, describe_local
 
 # The closed BERT smoke preset on the open smoke preset's corpus (open/bert/presets.py `smoke`).
@@ -35,14 +36,10 @@ def parse_args(argv):
 
 
 def read_run(log: Path) -> dict:
-    """-> minutes from run_start to run_stop, status, and the epoch_num of the last eval."""
-    events = [json.loads(line.split(":::MLLOG ", 1)[1]) for line in log.read_text().splitlines() if ":::MLLOG" in line]
-    times = {e["key"]: e["time_ms"] for e in events if e["key"] in ("run_start", "run_stop")}
-    stop = next(e for e in events if e["key"] == "run_stop")
-    evals = [e for e in events if e["key"] == "eval_accuracy"]
-    return {"minutes": (times["run_stop"] - times["run_start"]) / 60000, "status": stop["metadata"]["status"],
-            "converged_at": evals[-1]["metadata"]["epoch_num"] if evals else None,
-            "accuracy": evals[-1]["value"] if evals else None}
+    """-> minutes from run_start to run_stop, status, and the epoch_num and accuracy of the last eval."""
+    run = scoring.parse_run(log)
+    return {"minutes": run["minutes"], "status": run["status"], "converged_at": run["convergence_point"],
+            "accuracy": run["last_accuracy"]}
 
 
 def train(division: str, bench: str, seed: int, system: Path, log: Path, overrides: list[str]) -> dict:

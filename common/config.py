@@ -56,6 +56,12 @@ def _convert(name: str, text: str, kind: Any) -> Any:
     raise UserError(f"{name}: cannot be overridden from the command line (type {kind})")
 
 
+def extend(cls: Callable[..., C], base: Any, **changes: Any) -> C:
+    """A config of subclass `cls` with every field of `base` (a preset of its parent class), then `changes`:
+    how an open-division preset starts from the closed one."""
+    return cls(**(dataclasses.asdict(base) | changes))
+
+
 def override(cfg: C, assignments: Sequence[str]) -> C:
     """Return `cfg` with `field=value` assignments applied, each type-checked against the field."""
     hints = typing.get_type_hints(type(cfg))

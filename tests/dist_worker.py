@@ -142,6 +142,7 @@ def main() -> None:
         error = bn_group_error(dist)
         if dist.is_main:
             args.out.write_text(json.dumps({"world_size": dist.world_size, "bn_group_error": error}))
+        distributed.shutdown()  # leaving with live gloo groups can abort at exit
         return
     launcher = "horovodrun" if dist.backend == "horovod" else distributed.launch_from_env(os.environ).source
     result = {"world_size": dist.world_size, "launcher": launcher,

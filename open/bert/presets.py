@@ -10,11 +10,11 @@ sequences costs about half the compute. `global_batch_size` still counts sequenc
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
 from mlperf_submission.closed.bert import presets as closed
+from mlperf_submission.common import config
 from mlperf_submission.common.cli import UserError
 from mlperf_submission.common.data import packing
 from mlperf_submission.open.bert.model import LossAveraging
@@ -33,10 +33,6 @@ class PackedBertConfig(closed.BertRunConfig):
         return self.global_batch_size // self.sequences_per_pack
 
 
-def _packed(base: closed.BertRunConfig, **changes) -> PackedBertConfig:
-    return PackedBertConfig(**(dataclasses.asdict(base) | changes))
-
-
 def smoke() -> PackedBertConfig:
     """Closed `smoke`'s toy language and model at sequence length 64 with Wikipedia's length mix (about half
     of the tokens of a padded batch are padding), packed by NNLSHP at most 3 to a pack: the same 32 sequences a
@@ -44,21 +40,22 @@ def smoke() -> PackedBertConfig:
     the demo's 500 steps, packed or not. The like-for-like closed run is `closed.bert.train --preset smoke --set
     synthetic_lengths=wikipedia --set max_seq_length=64 --set max_predictions_per_seq=10
     --set synthetic_train_samples=32000`."""
-    return _packed(closed.smoke(), synthetic_lengths="wikipedia", synthetic_train_samples=32000, max_seq_length=64,
-                   max_predictions_per_seq=10)
+    return config.extend(PackedBertConfig, closed.smoke(), synthetic_lengths="wikipedia",
+                         synthetic_train_samples=32000, max_seq_length=64, max_predictions_per_seq=10)
 
 
 def ipu_pod16() -> PackedBertConfig:
     """Graphcore's v1.1 IPU-POD16 open result (26.05 minutes) against its closed one (32.70): NNLSHP packs of at
     most 3 sequences, 1536 packs (GBS 3072 sequences) a step, and lr 0.0022, beta1 0.50, wd 0.008, 1150 steps,
     no gradient clipping, per-sequence loss averaging, fp16 (16.16)."""
-    return _packed(closed.ipu_pod16(), opt_base_learning_rate=0.0022, opt_lamb_beta_1=0.50,
-                   opt_lamb_weight_decay_rate=0.008, opt_learning_rate_training_steps=1150, max_grad_norm=0.0)
+    return config.extend(PackedBertConfig, closed.ipu_pod16(), opt_base_learning_rate=0.0022,
+                         opt_lamb_beta_1=0.50, opt_lamb_weight_decay_rate=0.008,
+                         opt_learning_rate_training_steps=1150, max_grad_norm=0.0)
 
 
 def h200() -> PackedBertConfig:
     """Closed `1xH200` packed: 128 packs (about 256 sequences) a step."""
-    return _packed(closed.h200(), gradient_accumulation_steps=2)
+    return config.extend(PackedBertConfig, closed.h200(), gradient_accumulation_steps=2)
 
 
 PRESETS = {"smoke": smoke, "pod16": ipu_pod16, "1xH200": h200}
