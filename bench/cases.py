@@ -14,6 +14,7 @@ which is exact): the embeddings, heads and their optimizer update are measured, 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import resource
 import statistics
@@ -35,13 +36,13 @@ from mlperf_submission.closed.bert.model import BertConfig, BertForPretraining
 from mlperf_submission.closed.resnet import presets as resnet_presets
 from mlperf_submission.closed.resnet.model import ResNet50
 from mlperf_submission.closed.resnet.optim import LARS, param_groups
-from mlperf_submission.common.data import bert_wiki, imagenet
+from mlperf_submission.common.data import bert_wiki, imagenet, packing
 from mlperf_submission.common.runtime.precision import autocast, notation
+from mlperf_submission.open.bert import presets as open_bert_presets
 
 FULL_LAYERS = BertConfig().num_hidden_layers  # 24
 MAX_PREDICTIONS = 76  # masked positions per sequence of the MLPerf data at 512
 MASKED_FRACTION = 0.15
-MAX_PER_PACK = 3  # sequences per packed row, as Graphcore's v1.1 packed BERT
 WIKIPEDIA_HISTOGRAM = Path(bert_wiki.__file__).with_name("wikipedia_seqlen_histogram.txt")
 
 
@@ -55,7 +56,10 @@ class Scale:
     bert_batches: tuple[int, int]         # sequences per step at each length
     bert_layers: tuple[int, ...]          # layer counts run; scaled to FULL_LAYERS when not already there
     bert_shape: tuple[int, int, int, int] = (1024, 16, 4096, 30522)  # hidden, heads, intermediate, vocab
-    packed_sequences: int                 # sequences per step, packed or not, at the longer length
+    packed_rows: int                      # rows of the longer length per step, packed or padded
+    packed_layers: tuple[int, ...]        # layer counts of the packed-vs-padded rows (bert_layers' rule)
+    packed_timed_steps: int               # their timed steps: the ratio of two extrapolations needs more
+    packing_sample: int = 16384           # Wikipedia-length sequences drawn and packed into the plan
     warmup_steps: int = 1
     timed_steps: int = 3
     decode_seconds: float = 3.0           # CPU-seconds per decode measurement
@@ -64,20 +68,23 @@ class Scale:
 def cpu() -> Scale:
     """A 2-core CPU: whole ResNet-50 at 224 px, BERT-Large at 1 and 2 layers, 1,024 tokens per step."""
     return Scale(name="cpu", matmul_size=2048, resnet_image_size=224, resnet_batch=16, bert_seq_lengths=(128, 512),
-                 bert_batches=(8, 2), bert_layers=(1, 2), packed_sequences=8)
+                 bert_batches=(8, 2), bert_layers=(1, 2), packed_rows=4,
+                 packed_layers=(1, 4), packed_timed_steps=6)
 
 
 def gpu() -> Scale:
     """One GPU: whole models at batches that keep a modern GPU busy."""
     return Scale(name="gpu", matmul_size=8192, resnet_image_size=224, resnet_batch=256, bert_seq_lengths=(128, 512),
-                 bert_batches=(256, 32), bert_layers=(FULL_LAYERS,), packed_sequences=64, warmup_steps=3,
+                 bert_batches=(256, 32), bert_layers=(FULL_LAYERS,), packed_rows=32,
+                 packed_layers=(FULL_LAYERS,), packed_timed_steps=10, warmup_steps=3,
                  timed_steps=10)
 
 
 def quick() -> Scale:
     """Seconds, for the tests: every code path at toy sizes. Its figures mean nothing."""
     return Scale(name="quick", matmul_size=128, resnet_image_size=32, resnet_batch=2, bert_seq_lengths=(16, 32),
-                 bert_batches=(2, 2), bert_layers=(1, 2), bert_shape=(64, 2, 128, 512), packed_sequences=4,
+                 bert_batches=(2, 2), bert_layers=(1, 2), bert_shape=(64, 2, 128, 512), packed_rows=2,
+                 packed_layers=(1, 2), packed_timed_steps=1, packing_sample=256,
                  timed_steps=1, decode_seconds=0.2)
 
 
@@ -114,18 +121,27 @@ def peak_memory_mib(device: torch.device) -> float:
 
 def measure(step: Callable[[], None], scale: Scale, device: torch.device) -> dict:
     """FLOPs of one step (counted in the first warm-up step) and the median seconds of the timed steps."""
-    with flop_counter.FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION) as counter:
-        step()
-    for _ in range(scale.warmup_steps - 1):
-        step()
+    return measure_alternating({"step": step}, scale, device)["step"]
+
+
+def measure_alternating(steps: dict[str, Callable[[], None]], scale: Scale, device: torch.device) -> dict:
+    """`measure` for steps that are compared with each other: warmed up one after the other, then timed in
+    turns (a, b, a, b, ...), so that a change in the machine's speed during the run hits each alike."""
+    out, times = {}, {name: [] for name in steps}
+    for name, step in steps.items():
+        with flop_counter.FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION) as counter:
+            step()
+        for _ in range(scale.warmup_steps - 1):
+            step()
+        out[name] = {"flops": counter.get_total_flops()}
     _sync(device)
-    times = []
     for _ in range(scale.timed_steps):
-        started = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - started)
-    return {"flops": counter.get_total_flops(), "step_s": statistics.median(times)}
+        for name, step in steps.items():
+            started = time.perf_counter()
+            step()
+            _sync(device)
+            times[name].append(time.perf_counter() - started)
+    return {name: {**out[name], "step_s": statistics.median(times[name])} for name in steps}
 
 
 def scaled(points: dict[int, dict]) -> dict:
@@ -271,13 +287,20 @@ def bert(scale: Scale, device_name: str, which: int, impl: str) -> dict:
 
 def _our_bert_step(cfg: bert_presets.BertRunConfig, batch: dict, device: torch.device, forward=bert_train.forward):
     """The training step of closed/bert/train.py, without the data loader and the distributed wrapper."""
+    return _our_bert_steps(cfg, {"step": batch}, device, forward)["step"]
+
+
+def _our_bert_steps(cfg: bert_presets.BertRunConfig, batches: dict, device: torch.device, forward=bert_train.forward):
+    """{name: training step on batches[name]}, all on one model and optimizer: steps compared with each other
+    then share their memory, which on a CPU moves a step's time by several per cent from one model to the
+    next."""
     model = BertForPretraining(cfg.model_config()).to(device)
     optimizer = bert_optim.Lamb(bert_optim.param_groups(model, cfg.opt_lamb_weight_decay_rate),
                                 lr=cfg.opt_base_learning_rate, betas=(cfg.opt_lamb_beta_1, cfg.opt_lamb_beta_2),
                                 eps=cfg.opt_epsilon, foreach=cfg.optimizer_foreach)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
 
-    def step():
+    def step(batch):
         loss, _, _ = forward(model, batch, cfg, device)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
@@ -286,7 +309,7 @@ def _our_bert_step(cfg: bert_presets.BertRunConfig, batch: dict, device: torch.d
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
 
-    return step
+    return {name: functools.partial(step, batch) for name, batch in batches.items()}
 
 
 def wikipedia_lengths(n: int, seq_len: int, seed: int = 0) -> np.ndarray:
@@ -296,25 +319,12 @@ def wikipedia_lengths(n: int, seq_len: int, seed: int = 0) -> np.ndarray:
     return np.clip(np.rint(drawn * seq_len / 512), 8, seq_len).astype(np.int64)
 
 
-def first_fit_decreasing(lengths: np.ndarray, capacity: int, max_per_pack: int) -> list[list[int]]:
-    """Indices of `lengths` in packs of at most `capacity` tokens and `max_per_pack` sequences, longest first."""
-    packs, room = [], []
-    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
-        for p, free in enumerate(room):
-            if lengths[i] <= free and len(packs[p]) < max_per_pack:
-                packs[p].append(i)
-                room[p] -= int(lengths[i])
-                break
-        else:
-            packs.append([i])
-            room.append(capacity - int(lengths[i]))
-    return packs
-
-
-def rows(lengths: np.ndarray, packs: list[list[int]], seq_len: int, vocab: int, seed: int = 0) -> dict:
+def rows(lengths: np.ndarray, packs: list[list[int]], seq_len: int, vocab: int, seed: int = 0,
+         width: int | None = None) -> dict:
     """A batch of rows holding the sequences of `packs` in model.py's input format. One sequence per row:
     a (B, S) padding mask; several: a block-diagonal (B, S, S) mask, positions restarting at each sequence,
-    the NSP heads at each sequence's first token (-100 labels on empty slots)."""
+    the NSP heads at each sequence's first token (-100 labels on empty slots). Masked-LM arrays are `width`
+    wide (as the data's fixed predictions per row), or as wide as the most any row holds."""
     gen = torch.Generator().manual_seed(seed)
     packed = max(len(p) for p in packs) > 1
     b, slots = len(packs), max(len(p) for p in packs)
@@ -340,7 +350,7 @@ def rows(lengths: np.ndarray, packs: list[list[int]], seq_len: int, vocab: int, 
             chosen = torch.randperm(n - 1, generator=gen)[: predictions(n)] + 1 + start
             masked[r] += chosen.tolist()
             start = end
-    width = max(len(m) for m in masked)
+    width = width or max(len(m) for m in masked)
     out["masked_lm_positions"] = torch.zeros(b, width, dtype=torch.long)
     out["masked_lm_ids"] = torch.zeros(b, width, dtype=torch.long)
     out["masked_lm_weights"] = torch.zeros(b, width)
@@ -364,25 +374,53 @@ def rows_forward(model, batch, cfg, device):
     return loss + bert_optim.nsp_loss(nsp_logits, b["next_sentence_labels"]), correct, count
 
 
-def bert_packing(scale: Scale, device_name: str, packed: bool) -> dict:
-    """Training steps of our BERT-Large on the same scale.packed_sequences sequences with Wikipedia's
-    length distribution at the longer length: padded, one per row, or packed first-fit-decreasing, at most
-    3 per row."""
+def bert_packing(scale: Scale, device_name: str) -> dict[str, dict]:
+    """Training steps of our BERT-Large at the longer length on Wikipedia-length sequences, padded (one per
+    row) and packed as open BERT packs them (the 1xH200 open preset's algorithm and sequences per pack),
+    timed in turns on one model: -> {"padded": row, "packed": row}.
+
+    `scale.packing_sample` lengths are drawn from the Wikipedia histogram and packed into a plan; a step
+    trains `scale.packed_rows` rows: the first sequences, one per row, or the first packs of the plan (in
+    the plan's seeded random order). Sequences per step = rows x sequences per row over the whole plan (1
+    padded), because over an epoch every pack is trained and a row costs the same whatever it holds: the
+    attention mask is (S, S) either way. The timed rows' own count is reported beside it."""
     device = pick_device(device_name)
     seq_len, precision = scale.bert_seq_lengths[1], bert_presets.h200().precision
-    lengths = wikipedia_lengths(scale.packed_sequences, seq_len)
-    packs = first_fit_decreasing(lengths, seq_len, MAX_PER_PACK) if packed else [[i] for i in range(len(lengths))]
-    batch = rows(lengths, packs, seq_len, scale.bert_shape[3])
-    points = {}
-    for layers in scale.bert_layers:
+    lengths = wikipedia_lengths(scale.packing_sample, seq_len)
+    open_cfg = open_bert_presets.h200()
+    plan = packing.ALGORITHMS[open_cfg.packing](packing.histogram(lengths, seq_len), seq_len,
+                                                open_cfg.max_sequences_per_pack)
+    layouts = {
+        "padded": ([[i] for i in range(len(lengths))], 1.0, "padded, one sequence per row"),
+        "packed": ([[int(i) for i in pack if i >= 0] for pack in packing.assign(lengths, plan, seed=0)],
+                   plan.speedup, f"{open_cfg.packing.upper()} plan of {plan.sequences:,} sequences: "
+                                 f"{plan.packs:,} rows, {plan.speedup:.3f} sequences per row, at most "
+                                 f"{open_cfg.max_sequences_per_pack}, block-diagonal attention"),
+    }
+    # Predictions per row as the data lays them out: 76 per padded sequence (max_predictions_per_seq), and
+    # per pack the most any pack of the plan holds (`make data PACK=`'s default max_pred_per_pack).
+    widths = {"padded": predictions(seq_len),
+              "packed": max(sum(predictions(int(lengths[i])) for i in pack) for pack in layouts["packed"][0])}
+    batches = {name: rows(lengths, packs[: scale.packed_rows], seq_len, scale.bert_shape[3], width=widths[name])
+               for name, (packs, _, _) in layouts.items()}
+    points, timing = {name: {} for name in layouts}, dataclasses.replace(scale, timed_steps=scale.packed_timed_steps)
+    for layers in scale.packed_layers:
         torch.manual_seed(0)
-        cfg = bert_config(scale, seq_len, layers, precision)
-        points[layers] = measure(_our_bert_step(cfg, batch, device, forward=rows_forward), scale, device)
-    return {**scaled(points), "samples": len(lengths), "rows": len(packs), "precision": notation(precision),
-            "settings": f"{len(lengths)} sequences in {len(packs)} rows of {seq_len}"
-                        + (f", at most {MAX_PER_PACK} per row, block-diagonal attention" if packed else ", padded"),
-            "padding": 1 - lengths.sum() / (len(packs) * seq_len), "peak_memory_mib": peak_memory_mib(device),
-            "threads": torch.get_num_threads()}
+        steps = _our_bert_steps(bert_config(scale, seq_len, layers, precision), batches, device, forward=rows_forward)
+        for name, point in measure_alternating(steps, timing, device).items():
+            points[name][layers] = point
+        del steps
+    out = {}
+    for name, (packs, per_row, how) in layouts.items():
+        real = lengths[[i for pack in packs for i in pack]].sum()
+        out[name] = {**scaled(points[name]), "samples": scale.packed_rows * per_row, "rows": scale.packed_rows,
+                     "sequences_per_row": per_row, "timed_sequences": sum(len(p) for p in packs[: scale.packed_rows]),
+                     "predictions_per_row": widths[name],
+                     "precision": notation(precision),
+                     "settings": f"{scale.packed_rows} rows of {seq_len} per step; {how}",
+                     "padding": float(1 - real / (len(packs) * seq_len)), "peak_memory_mib": peak_memory_mib(device),
+                     "threads": torch.get_num_threads()}
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- ImageNet decode

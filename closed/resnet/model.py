@@ -3,7 +3,8 @@
 v1.5 puts the stride 2 of each stage's first block on the 3x3 conv (v1 puts it on the first 1x1), and
 uses a 1x1 stride-2 conv + BN projection shortcut on each stage's first block. Initialisation follows
 the reference: convs He-normal (fan_in, ReLU gain) truncated at 2 std, FC N(0, 0.01) with zero bias,
-BN gamma 1 and beta 0 (no zero-init of the last BN in each block).
+BN gamma 1 and beta 0 (no zero-init of the last BN in each block: that is the open division's change,
+`zero_init_residual`).
 
 Parameter names follow torchvision (`conv1`, `layer1.0.conv2`, `layer1.0.downsample.0`, `fc`), so
 published checkpoints load directly; `mlperf_tensor_names` maps them to the MXNet-style tensor names
@@ -59,10 +60,14 @@ class Bottleneck(nn.Module):
 
 class ResNet50(nn.Module):
     """ResNet-50 v1.5. `width` is the stem and first-stage width: 64 gives the real model (25,557,032
-    parameters at 1000 classes); smaller widths keep the same topology and parameter names."""
+    parameters at 1000 classes); smaller widths keep the same topology and parameter names.
+    `zero_init_residual` starts each block's last BN at gamma 0, so that every block begins as the identity
+    (Goyal et al. 2017, "Accurate, Large Minibatch SGD", section 5.1); the reference does not, so closed
+    never sets it."""
 
-    def __init__(self, num_classes: int = 1000, width: int = 64):
+    def __init__(self, num_classes: int = 1000, width: int = 64, *, zero_init_residual: bool = False):
         super().__init__()
+        self.zero_init_residual = zero_init_residual
         self.conv1 = nn.Conv2d(3, width, 7, stride=2, padding=3, bias=False)
         self.bn1 = _bn(width)
         self.relu = nn.ReLU(inplace=True)
@@ -95,6 +100,10 @@ class ResNet50(nn.Module):
             elif isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, mean=0.0, std=0.01)
                 nn.init.zeros_(m.bias)
+        if self.zero_init_residual:
+            for m in self.modules():
+                if isinstance(m, Bottleneck):
+                    nn.init.zeros_(m.bn3.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(x)))  # [N, w, H/2, W/2]

@@ -166,9 +166,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def train(cfg: presets.ResNetConfig, args: argparse.Namespace, *, division: str,
-          train_batch: Callable[[torch.Tensor, int], torch.Tensor] | None = None) -> int:
+          train_batch: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+          zero_init_residual: bool = False) -> int:
     """One run with a resolved config; the open division calls this with its own config, and may change each
-    training batch on the device with `train_batch(images, epoch)` (e.g. its resolution)."""
+    training batch on the device with `train_batch(images, epoch)` (e.g. its resolution) and start each
+    residual block as the identity (`zero_init_residual`, see model.py)."""
     _, system = load_system(args.system)
     submission = Submission.from_system(system, division=division, benchmark="resnet")
     dist = distributed.init(cfg.device, backend=cfg.distributed_backend, timeout_s=cfg.distributed_timeout_s)
@@ -186,7 +188,7 @@ def train(cfg: presets.ResNetConfig, args: argparse.Namespace, *, division: str,
     eval_samples = cfg.synthetic_eval_samples if cfg.dataset == "synthetic" else presets.IMAGENET_VAL
     with Run(log, submission, seed=args.seed, hyperparameters=presets.hyperparameters(cfg, train_samples),
              train_samples=train_samples, eval_samples=eval_samples, clear_cache=cfg.dataset != "synthetic") as run:
-        model = ResNet50(num_classes=cfg.num_classes, width=cfg.model_width)
+        model = ResNet50(num_classes=cfg.num_classes, width=cfg.model_width, zero_init_residual=zero_init_residual)
         run.weights_initialization(mlperf_tensor_names(model)[name] for name, _ in model.named_parameters())
         memory = torch.channels_last if cfg.channels_last else torch.contiguous_format
         model = dist.batch_norm_groups(model.to(device, memory_format=memory), bn_replicas)

@@ -1,12 +1,13 @@
-"""Open-division ResNet-50 with progressive resizing: closed ResNet's run at growing image sizes.
+"""Open-division ResNet-50: closed ResNet's run with zero-init residual blocks (and optional progressive resizing).
 
     python -m mlperf_submission.open.resnet.train --preset smoke --seed 1 --system systems/1xH200.json \
         --result-log out/result_0.txt [--data IMAGENET_DIR] [--set field=value ...]
 
-Model, optimizer, schedule, eval and MLPerf log are closed ResNet's (`closed/resnet/train.py`); the only
-change is that each training batch is resized on the device to the epoch's side (`open/resnet/presets.py`).
-Images are decoded and cropped at full size and then downsampled with antialiasing, so the data pipeline
-is unchanged and the saving is in the model's compute.
+Model, optimizer, schedule, eval and MLPerf log are closed ResNet's (`closed/resnet/train.py`); what
+changes is the model's initialisation (`zero_init_residual`, `open/resnet/presets.py`) and, if a preset
+asks for it, each training batch's side: images are decoded and cropped at full size and then
+downsampled on the device with antialiasing, so the data pipeline is unchanged and the saving is in the
+model's compute.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from mlperf_submission.open.resnet import presets
 DIVISION = "open"
 
 
-def resize(cfg: presets.ProgressiveResNetConfig, images: torch.Tensor, epoch: int) -> torch.Tensor:
+def resize(cfg: presets.OpenResNetConfig, images: torch.Tensor, epoch: int) -> torch.Tensor:
     """(B, 3, S, S) -> (B, 3, s, s) with s the epoch's side; unchanged at full size."""
     side = presets.image_size(cfg, epoch)
     if side == images.shape[-1]:
@@ -39,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     args = closed.parse_args(argv, prog="python -m mlperf_submission.open.resnet.train", registry=presets.PRESETS,
                              description=__doc__)
     cfg = closed.resolve_config(args, presets.PRESETS, validate=presets.validate_open)
-    return closed.train(cfg, args, division=DIVISION, train_batch=functools.partial(resize, cfg))
+    resizing = cfg.resize_epochs > 0 and cfg.resize_start_size < cfg.image_size
+    return closed.train(cfg, args, division=DIVISION, train_batch=functools.partial(resize, cfg) if resizing else None,
+                        zero_init_residual=cfg.zero_init_residual)
 
 
 if __name__ == "__main__":
