@@ -382,8 +382,8 @@ def bert_packing(scale: Scale, device_name: str) -> dict[str, dict]:
     `scale.packing_sample` lengths are drawn from the Wikipedia histogram and packed into a plan; a step
     trains `scale.packed_rows` rows: the first sequences, one per row, or the first packs of the plan (in
     the plan's seeded random order). Sequences per step = rows x sequences per row over the whole plan (1
-    padded), because over an epoch every pack is trained and a row costs the same whatever it holds: the
-    attention mask is (S, S) either way. The timed rows' own count is reported beside it."""
+    padded), because over an epoch every pack is trained and a row costs the same whatever it holds: every
+    query attends over all S keys, masked or not. The timed rows' own count is reported beside it."""
     device = pick_device(device_name)
     seq_len, precision = scale.bert_seq_lengths[1], bert_presets.h200().precision
     lengths = wikipedia_lengths(scale.packing_sample, seq_len)
