@@ -13,6 +13,11 @@ from mlperf_submission.common.run import Run, Submission
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO.parent / "shared" / "fixtures" / "mlperf-v1.1"
+
+
+def one_line_error(code: int, err: str, message: str) -> None:
+    """A refused command: exit 2 and one `error: ...` line on stderr that contains `message`."""
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and message in err, (code, err)
 RULES = Path(constants.__file__).resolve().parents[1] / "compliance_checker" / "training_1.1.0"
 
 

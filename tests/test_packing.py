@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from fakes import FIXTURES, REPO
+from fakes import FIXTURES, REPO, one_line_error
 
 from mlperf_submission.common.data import bert_wiki, packing
 from mlperf_submission.common.data.packing import (
@@ -325,10 +325,6 @@ def test_cli_packs_both_splits_into_a_verified_folder(source, tmp_path, capsys, 
         assert entry["arrays"] == manifest["splits"][split]["arrays"]  # same sha256s
     code, stdout, _ = run_cli(capsys, "--verify", out)
     assert code == 0 and stdout.startswith(f"verify: {out}: train 240 sequences")
-
-
-def one_line_error(code, err, message):
-    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and message in err, (code, err)
 
 
 def test_cli_bad_input_is_one_line_and_writes_nothing(source, tmp_path, capsys):

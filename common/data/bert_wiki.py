@@ -220,6 +220,33 @@ def convert(tfrecord_files, out_dir, *, eval_files, seq_len: int = 512, max_pred
     return manifest
 
 
+def load_array(path: Path) -> np.ndarray:
+    """Memory-map one .npy file of a converted or packed folder. Raises DataError."""
+    if not path.is_file():
+        raise DataError(f"{path} is missing")
+    try:
+        return np.load(path, mmap_mode="r")
+    except (ValueError, OSError) as e:
+        raise DataError(f"{path}: not a .npy array ({e})") from None
+
+
+def verify_array(path: Path, info: dict, count: int, dtype: np.dtype | None = None,
+                 shape: tuple[int, ...] | None = None) -> None:
+    """One array file against its manifest entry `info` (shape, dtype, sha256) and the split's record
+    `count`, and, if given, against the dtype and per-record shape its format requires. Raises DataError."""
+    array = load_array(path)
+    stored = f"{path}: {array.dtype.str} {list(array.shape)}"
+    if list(array.shape) != info["shape"] or array.dtype.str != info["dtype"]:
+        raise DataError(f"{stored}, manifest says {info['dtype']} {info['shape']}")
+    if shape is not None and (list(array.shape) != [count, *shape] or array.dtype != dtype):
+        raise DataError(f"{stored}, expected {dtype.str} {[count, *shape]}")
+    if info["shape"][0] != count:
+        raise DataError(f"{path}: {info['shape'][0]} rows, manifest count is {count}")
+    del array
+    if sha256_file(path) != info["sha256"]:
+        raise DataError(f"{path}: sha256 differs from the manifest; the file is corrupt")
+
+
 def verify(out_dir) -> dict:
     """Check every array of out_dir against manifest.json (presence, shape, dtype, sha256); -> manifest."""
     out_dir = Path(out_dir)
@@ -235,20 +262,7 @@ def verify(out_dir) -> dict:
         if entry is None or set(entry["arrays"]) != set(specs):
             raise DataError(f"{manifest_path}: split {split!r} is missing or incomplete")
         for info in entry["arrays"].values():
-            path = out_dir / info["file"]
-            if not path.is_file():
-                raise DataError(f"{path} is missing")
-            array = np.load(path, mmap_mode="r")
-            if list(array.shape) != info["shape"] or array.dtype.str != info["dtype"]:
-                raise DataError(
-                    f"{path}: {array.dtype.str} {list(array.shape)}, "
-                    f"manifest says {info['dtype']} {info['shape']}"
-                )
-            if info["shape"][0] != entry["count"]:
-                raise DataError(f"{path}: {info['shape'][0]} rows, manifest count is {entry['count']}")
-            del array
-            if sha256_file(path) != info["sha256"]:
-                raise DataError(f"{path}: sha256 differs from the manifest; the file is corrupt")
+            verify_array(out_dir / info["file"], info, entry["count"])
     return manifest
 
 

@@ -671,16 +671,6 @@ def _manifest(folder: Path) -> dict:
     return manifest
 
 
-def _load(path: Path) -> np.ndarray:
-    """Memory-map one .npy file of a packed folder. Raises DataError."""
-    if not path.is_file():
-        raise DataError(f"{path} is missing")
-    try:
-        return np.load(path, mmap_mode="r")
-    except (ValueError, OSError) as e:
-        raise DataError(f"{path}: not a .npy array ({e})") from None
-
-
 def verify(folder) -> dict:
     """Check a packed folder against its manifest: every array (presence, shape, dtype, sha256) and the plans
     (checksum, and packs and sequences matching the arrays); -> manifest. Raises DataError."""
@@ -712,14 +702,7 @@ def verify(folder) -> dict:
             raise DataError(f"{plan_path}: the {split} plan does not match the manifest's pack and sequence counts")
         for name, (shape, dtype) in specs.items():
             info = entry["arrays"][name]
-            path = folder / info["file"]
-            array = _load(path)
-            expected = [entry["count"], *shape]
-            if list(array.shape) != expected or array.dtype != dtype or info["shape"] != expected:
-                raise DataError(f"{path}: {array.dtype.str} {list(array.shape)}, expected {dtype.str} {expected}")
-            del array
-            if sha256_file(path) != info["sha256"]:
-                raise DataError(f"{path}: sha256 differs from the manifest; the file is corrupt")
+            bert_wiki.verify_array(folder / info["file"], info, entry["count"], dtype, shape)
     return manifest
 
 
@@ -759,7 +742,7 @@ class PackedDataset(torch.utils.data.Dataset):
             info = entry["arrays"].get(name)
             if info is None:
                 raise DataError(f"{path}: split {split!r} lists no array {name!r}")
-            array = _load(folder / info["file"])
+            array = bert_wiki.load_array(folder / info["file"])
             expected = [self.count, *specs[name][0]]
             if list(array.shape) != expected or info["shape"] != expected or array.dtype.str != info["dtype"]:
                 raise DataError(f"{folder / info['file']}: does not match the manifest; run verify")

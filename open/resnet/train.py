@@ -40,8 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     args = closed.parse_args(argv, prog="python -m mlperf_submission.open.resnet.train", registry=presets.PRESETS,
                              description=__doc__)
     cfg = closed.resolve_config(args, presets.PRESETS, validate=presets.validate_open)
-    resizing = cfg.resize_epochs > 0 and cfg.resize_start_size < cfg.image_size
-    return closed.train(cfg, args, division=DIVISION, train_batch=functools.partial(resize, cfg) if resizing else None,
+    return closed.train(cfg, args, division=DIVISION, train_batch=functools.partial(resize, cfg),
                         zero_init_residual=cfg.zero_init_residual)
 
 
