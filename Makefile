@@ -5,6 +5,7 @@ BENCH ?= resnet
 PRESET ?=
 SYSTEM ?=
 DATA ?=
+CKPT ?=
 RUNS ?=
 OUT ?=
 SEEDS ?=
@@ -25,7 +26,7 @@ BENCH_JSON ?=
 
 submit_args = --division $(DIVISION) --bench $(BENCH) --nproc $(NPROC) \
 	$(if $(PRESET),--preset $(PRESET)) $(if $(SYSTEM),--system $(SYSTEM)) $(if $(DATA),--data $(DATA)) \
-	$(if $(RUNS),--runs $(RUNS)) $(if $(OUT),--out $(OUT)) $(if $(SEEDS),--seeds $(SEEDS))
+	$(if $(CKPT),--ckpt $(CKPT)) $(if $(RUNS),--runs $(RUNS)) $(if $(OUT),--out $(OUT)) $(if $(SEEDS),--seeds $(SEEDS))
 
 .PHONY: help setup horovod test lint submit time-to-target check score audit reproduce systems describe-system data clean bench report
 
@@ -34,7 +35,7 @@ help:
 	@echo "make horovod                       optional: build Horovod 0.28.1 (torch, gloo) into .venv (3-7 min)"
 	@echo "make test                          ruff, then the pytest suite"
 	@echo "make submit DIVISION= BENCH=       train the runs, check, package, score and archive a submission"
-	@echo "           [PRESET= SYSTEM= DATA= RUNS= OUT= SEEDS= NPROC=]"
+	@echo "           [PRESET= SYSTEM= DATA= CKPT= RUNS= OUT= SEEDS= NPROC=]   (CKPT: BERT phase-1 checkpoint)"
 	@echo "make check LOG=\"a.txt b.txt\"       official compliance checker (ruleset 1.1.0) on result logs"
 	@echo "make score SUB=folder              olympic-mean minutes and RCP verdict of a submission tree"
 	@echo "make audit SUB=folder|file.tar.gz [RESULT_ID=1.1-2040] [OUT=]   re-check and re-score, as 4.1.68 and"
@@ -49,6 +50,7 @@ help:
 	@echo "make systems                       official system description checker on systems/*.json"
 	@echo "make describe-system OUT=f.json    describe this machine as a system JSON"
 	@echo "make data BENCH=resnet SRC=dir     check and index ImageNet (counts, checksums)"
+	@echo "make data BENCH=bert               make the smoke phase-1 checkpoint (once; cached in out/cache)"
 	@echo "make data BENCH=bert SRC='train/part-*' EVAL=eval_10k OUT=dir   convert the MLPerf BERT TFRecords"
 	@echo "make data BENCH=bert PACK=nnlshp|spfhp SRC=converted OUT=dir [MAX_PER_PACK=3] [MAX_PRED_PER_PACK=Q]   pack both splits"
 
@@ -107,6 +109,8 @@ describe-system:
 data:
 ifeq ($(BENCH),resnet)
 	$(PY) -m mlperf_submission.common.data.imagenet $(SRC) --out $(or $(OUT),$(SRC))
+else ifeq ($(SRC),)
+	$(PY) -m mlperf_submission.closed.bert.phase1
 else ifneq ($(PACK),)
 	$(PY) -m mlperf_submission.common.data.packing --algorithm $(PACK) $(if $(MAX_PER_PACK),--max-per-pack $(MAX_PER_PACK)) $(if $(MAX_PRED_PER_PACK),--max-pred-per-pack $(MAX_PRED_PER_PACK)) $(SRC) $(OUT)
 else

@@ -1,6 +1,7 @@
 """The MLPerf run lifecycle, in the order the rules require.
 
-    with Run(log, submission, seed=s, hyperparameters=hp, train_samples=n, eval_samples=m) as run:
+    with Run(log, submission, seed=s, hyperparameters=hp, train_samples=n, eval_samples=m,
+             data_files=dataset_files(data_folder)) as run:   # None for data made in memory
         ...build the model...                       # untimed: between init_start and init_stop
         run.weights_initialization(names)
         run.start()                                  # init_stop, run_start: the clock starts
@@ -10,7 +11,9 @@
         run.block_stop(first_epoch_num=1)
         run.stop("success")                          # run_stop
 
-Entering logs cache_clear, init_start, the submission fields, the seed and the hyperparameters.
+Entering flushes the dataset's files from the page cache (a run that cannot fails before logging anything),
+then logs cache_clear (true only when flushed; false for data made in memory), init_start, the submission
+fields, the seed and the hyperparameters.
 Leaving the block by an exception, SIGTERM or SIGINT after `start()` logs run_stop with status
 "aborted", then re-raises. Epoch numbers follow the rules that the RCP checker reads: ResNet's
 `epoch_num` is the count of completed epochs (1-based); BERT's is the count of samples trained.
@@ -18,19 +21,25 @@ Leaving the block by an exception, SIGTERM or SIGINT after `start()` logs run_st
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import os
 import signal
+import sys
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 from mlperf_logging.mllog import constants
 
 from mlperf_submission.common.cli import UserError
 from mlperf_submission.common.mllog import MLLog
 
 BENCHMARKS = ("resnet", "bert")
+DROP_CACHES = Path("/proc/sys/vm/drop_caches")  # root only: every clean page of the OS cache
 DIVISIONS = ("closed", "open")
 QUALITY_TARGETS = {"resnet": 0.759, "bert": 0.720}
 
@@ -80,15 +89,67 @@ class Submission:
                    status=status, benchmark=benchmark)
 
 
-def drop_page_cache() -> bool:
-    """Flush the OS page cache so data is read from storage, as the rules require. Needs root."""
+def dataset_files(folder: str | os.PathLike) -> list[Path]:
+    """Every regular file under a dataset folder, sorted: what a run reads, so what it must flush."""
+    return sorted(Path(root) / name for root, _, names in os.walk(folder) for name in names
+                  if (Path(root) / name).is_file())
+
+
+def resident_pages(path: str | os.PathLike) -> int | None:
+    """How many pages of `path` are in the page cache (mincore(2) on a mapping that touches none of them);
+    None where mincore cannot be called (not Linux)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    size = os.path.getsize(path)
+    if size == 0:
+        return 0
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_ubyte)]
+    pages = -(-size // mmap.PAGESIZE)
+    vec = (ctypes.c_ubyte * pages)()
+    fd = os.open(path, os.O_RDONLY)
     try:
-        os.sync()
-        with open("/proc/sys/vm/drop_caches", "w") as f:
+        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        if addr in (None, ctypes.c_void_p(-1).value):
+            raise OSError(ctypes.get_errno(), f"mmap of {path} failed")
+        try:
+            if libc.mincore(addr, size, vec) != 0:
+                raise OSError(ctypes.get_errno(), f"mincore on {path} failed")
+        finally:
+            libc.munmap(addr, size)
+    finally:
+        os.close(fd)
+    return int((np.frombuffer(vec, np.uint8) & 1).sum())  # bit 0: resident; the others are reserved
+
+
+def drop_page_cache(files: Iterable[str | os.PathLike]) -> str:
+    """Flush a dataset from the OS page cache, as the rules require before each run; -> "" when done, else
+    why not, with what to do. As root, all of the cache (/proc/sys/vm/drop_caches); otherwise each file
+    (posix_fadvise POSIX_FADV_DONTNEED, which needs no privilege). Then, where mincore exists, no page of
+    any file may be left in the cache (a memory file system such as tmpfs keeps them all)."""
+    files = [Path(f) for f in files]
+    os.sync()  # drop_caches and DONTNEED drop clean pages only
+    try:
+        with open(DROP_CACHES, "w") as f:
             f.write("3\n")
-        return True
     except OSError:
-        return False
+        if not hasattr(os, "posix_fadvise"):
+            return ("this OS has neither a writable /proc/sys/vm/drop_caches nor posix_fadvise: run as root, or "
+                    "restart the machine before each run")
+        for path in files:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+    for path in files:
+        if resident := resident_pages(path):
+            return (f"{resident} pages of {path} stay in the page cache after eviction (is the data on a memory "
+                    "file system such as tmpfs?): put the dataset on durable storage")
+    return ""
 
 
 class Run:
@@ -101,7 +162,7 @@ class Run:
         hyperparameters: Mapping[str, Any],
         train_samples: int,
         eval_samples: int,
-        clear_cache: bool = False,
+        data_files: Iterable[str | os.PathLike] | None = None,
     ):
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise UserError(f"seed must be an int, got {seed!r}")
@@ -111,17 +172,17 @@ class Run:
         self.hyperparameters = dict(hyperparameters)
         self.train_samples = train_samples
         self.eval_samples = eval_samples
-        self.clear_cache = clear_cache
+        self.data_files = None if data_files is None else list(data_files)
         self.started = False
         self.stopped = False
         self._old_handlers: dict[int, Any] = {}
 
     def __enter__(self) -> Run:
+        flushed = self._clear_cache()
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._old_handlers[sig] = signal.signal(sig, self._on_signal)
         log, sub = self.log, self.submission
-        flushed = drop_page_cache() if self.clear_cache else False
         log.event(constants.CACHE_CLEAR, flushed, stack_offset=1)
         log.start(constants.INIT_START, stack_offset=1)
         log.event(constants.SUBMISSION_BENCHMARK, sub.benchmark, stack_offset=1)
@@ -135,6 +196,22 @@ class Run:
         log.event(constants.TRAIN_SAMPLES, self.train_samples, stack_offset=1)
         log.event(constants.EVAL_SAMPLES, self.eval_samples, stack_offset=1)
         return self
+
+    def _clear_cache(self) -> bool:
+        """Flush the dataset's files from the page cache (after any checksum pass, which reads them all),
+        or fail the run before it logs anything; data made in memory has nothing to flush."""
+        if self.data_files is None:
+            if self.log.active:
+                print("cache_clear: false (synthetic data made in memory: no dataset on storage to flush)",
+                      flush=True)
+            return False
+        why = drop_page_cache(self.data_files)
+        if why:
+            self.log.close(complete=False)
+            if self.log.active:
+                self.log.partial.unlink(missing_ok=True)  # nothing logged yet: leave nothing behind
+            raise UserError(f"cannot flush the page cache before the run: {why}")
+        return True
 
     def _on_signal(self, signum, frame):
         raise RunAborted(f"received {signal.Signals(signum).name}")

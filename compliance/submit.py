@@ -1,7 +1,7 @@
 """`make submit`: train RUNS fresh runs, check each log as it lands, then package, check, score, archive.
 
     python -m mlperf_submission.compliance submit --division closed --bench resnet \
-        [--preset smoke] [--system NAME|FILE] [--data DIR] [--runs 5] [--out DIR] [--seeds 1,2,3,4,5]
+        [--preset smoke] [--system NAME|FILE] [--data DIR] [--ckpt PHASE1] [--runs 5] [--out DIR] [--seeds 1,2,3,4,5]
 
 With no --data the runs use the built-in synthetic data at the `smoke` preset, on a description of
 this machine, and everything written says it is a demonstration, not a valid MLPerf result.
@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from mlperf_submission.closed.bert import phase1
 from mlperf_submission.common.cli import UserError
 from mlperf_submission.common.run import BENCHMARKS, DIVISIONS
 from mlperf_submission.compliance import package, report, tools
@@ -37,6 +38,8 @@ def add_arguments(p) -> None:
     p.add_argument("--preset", default="", help="preset name (default: smoke without --data)")
     p.add_argument("--system", default="", help="system description (default: this machine, as a demo)")
     p.add_argument("--data", default="", help="prepared dataset folder (default: built-in synthetic data)")
+    p.add_argument("--ckpt", default="", help="BERT phase-1 checkpoint: TF prefix or converted .pt (closed: "
+                   "required with --data; default for the demo: the smoke phase-1 checkpoint, made once)")
     p.add_argument("--runs", type=int, default=0, help="number of runs (default: what the rules require)")
     p.add_argument("--seeds", default="", help="comma-separated seeds, one per run (default: random)")
     p.add_argument("--out", type=Path, help="a new folder for the submission (default: out/<div>-<bench>-<time>)")
@@ -46,7 +49,7 @@ def add_arguments(p) -> None:
                    help="override a preset field (repeatable)")
 
 
-def train_command(args, *, preset: str, seed: int, system_file: Path, log: Path) -> list[str]:
+def train_command(args, *, preset: str, seed: int, system_file: Path, log: Path, ckpt: str = "") -> list[str]:
     module = f"mlperf_submission.{args.division}.{args.bench}.train"
     launcher = [sys.executable, "-m", module] if args.nproc == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}", "-m", module]
@@ -54,6 +57,8 @@ def train_command(args, *, preset: str, seed: int, system_file: Path, log: Path)
            "--result-log", str(log)]
     if args.data:
         cmd += ["--data", args.data]
+    if ckpt:
+        cmd += ["--ckpt", ckpt]
     for o in args.overrides:
         cmd += ["--set", o]
     return cmd
@@ -66,10 +71,10 @@ def demo_system(org: str, division: str) -> dict:
         system_name=f"DEMO {platform.machine()} CPU x{os.cpu_count()} (synthetic data, not a valid result)")
 
 
-def run_one(args, *, preset: str, seed: int, system_file: Path, log: Path) -> tools.LogVerdict:
+def run_one(args, *, preset: str, seed: int, system_file: Path, log: Path, ckpt: str = "") -> tools.LogVerdict:
     """Train one run into `log` and check the log as it lands; a failed run is a UserError."""
     started = time.time()
-    proc = subprocess.run(train_command(args, preset=preset, seed=seed, system_file=system_file, log=log))
+    proc = subprocess.run(train_command(args, preset=preset, seed=seed, system_file=system_file, log=log, ckpt=ckpt))
     if proc.returncode != 0:
         raise UserError(f"the run with seed {seed} ({log.name}) failed with exit status {proc.returncode}: "
                         "see its output")
@@ -118,11 +123,12 @@ def main(args) -> int:
         system_file.write_text(json.dumps(system_desc, indent=2) + "\n")
         print(f"== {args.division} {args.bench}: {runs} runs of preset {preset} on "
               f"{'built-in synthetic data (DEMONSTRATION)' if demo else args.data}, system {system_file.stem}")
+        ckpt = phase1.submission_checkpoint(args.division, args.bench, preset, args.overrides, args.ckpt)
         logs = []
         for i, seed in enumerate(seeds):
             log = scratch / "runs" / f"result_{i}.txt"
             print(f"== run {i + 1}/{runs}, seed {seed}", flush=True)
-            run_one(args, preset=preset, seed=seed, system_file=system_file, log=log)
+            run_one(args, preset=preset, seed=seed, system_file=system_file, log=log, ckpt=ckpt)
             logs.append(log)
         verdict, scores = package.build(
             division=args.division, benchmark=args.bench, system=str(system_file), logs=logs, out=out,

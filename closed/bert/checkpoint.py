@@ -434,6 +434,66 @@ def convert_checkpoint(prefix: str | os.PathLike) -> tuple[dict[str, torch.Tenso
     return state_dict_from_tf(read_tf_checkpoint(prefix, model_names), cfg), cfg, skipped
 
 
+def checkpoint_prefix(path: str | os.PathLike) -> str:
+    """A TF checkpoint named by its prefix or by one of its files -> the prefix."""
+    return re.sub(r"\.(index|data-\d{5}-of-\d{5})$", "", str(path))
+
+
+def _expected_shapes(cfg: BertConfig) -> dict[str, tuple[tuple[int, ...], str]]:
+    """TF name -> (shape as the checkpoint stores it, parameter name) for BertForPretraining(cfg)."""
+    with torch.device("meta"):
+        model = BertForPretraining(cfg)
+    out = {}
+    for name, p in model.named_parameters():
+        tf_name = tf_tensor_name(name)
+        out[tf_name] = (tuple(p.shape[::-1]) if _is_kernel(tf_name) else tuple(p.shape), name)
+    return out
+
+
+def check_init_checkpoint(path: str | os.PathLike, cfg: BertConfig) -> None:
+    """Cheap, before a run writes anything: `path` (a TF prefix, or a `.pt` state_dict written by this
+    module's CLI) holds every tensor of BertForPretraining(cfg) with its shape, and nothing unknown.
+    Reads the TF index or the .pt's metadata only (memory-mapped); raises CheckpointError."""
+    expected = _expected_shapes(cfg)
+    if str(path).endswith(".pt"):
+        if not Path(path).is_file():
+            raise CheckpointError(f"{path} not found")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except (RuntimeError, OSError, ValueError) as e:
+            raise CheckpointError(f"{path}: not a torch state_dict ({e})") from None
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{path}: holds a {type(state).__name__}, not a state_dict")
+        to_tf = {param: tf for tf, (_, param) in expected.items()}
+        found = {}
+        for name, tensor in state.items():
+            tf = to_tf.get(name, name)
+            found[tf] = tuple(tensor.shape)[::-1] if name in to_tf and _is_kernel(tf) else tuple(tensor.shape)
+    else:
+        _, entries = read_index(checkpoint_prefix(path))
+        found = {name: entry.shape for name, entry in entries.items() if not _SKIPPED.search(name)}
+    missing = sorted(set(expected) - set(found))
+    unknown = sorted(set(found) - set(expected))
+    wrong = sorted(name for name in set(expected) & set(found) if tuple(found[name]) != expected[name][0])
+    for problem, names in (("is missing", missing), ("is not a weight of this model", unknown)):
+        if names:
+            more = f" (and {len(names) - 1} more)" if len(names) > 1 else ""
+            raise CheckpointError(f"{path}: tensor {names[0]!r}{more} {problem}")
+    if wrong:
+        raise CheckpointError(f"{path}: tensor {wrong[0]!r} has shape {tuple(found[wrong[0]])}, this model's is "
+                              f"{expected[wrong[0]][0]} (a checkpoint of another model size?)")
+
+
+def load_init_checkpoint(path: str | os.PathLike, cfg: BertConfig) -> dict[str, torch.Tensor]:
+    """The state_dict of BertForPretraining(cfg) from a TF checkpoint (converted here, every tensor checked
+    against its crc32c) or from a converted `.pt`; raises CheckpointError."""
+    check_init_checkpoint(path, cfg)
+    if str(path).endswith(".pt"):
+        return torch.load(path, map_location="cpu", weights_only=True)
+    state, _, _ = convert_checkpoint(checkpoint_prefix(path))
+    return state
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m mlperf_submission.closed.bert.checkpoint",
@@ -444,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", required=True, type=Path, help="output .pt file")
     args = parser.parse_args(argv)
-    prefix = re.sub(r"\.(index|data-\d{5}-of-\d{5})$", "", args.tf)
+    prefix = checkpoint_prefix(args.tf)
     try:
         state, cfg, skipped = convert_checkpoint(prefix)
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -17,9 +17,10 @@ from mlperf_logging.mllog import constants
 
 from mlperf_submission.closed.bert.model import BertConfig
 from mlperf_submission.common.cli import UserError
+from mlperf_submission.common.run import QUALITY_TARGETS
 
-TARGET = 0.720
-WIKI_EVAL_SAMPLES = 10_000
+TARGET = QUALITY_TARGETS["bert"]
+WIKI_EVAL_SAMPLES = 10_000  # the closed rules' eval set (eval_10k), asserted from the data
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -139,22 +140,49 @@ def h200() -> BertRunConfig:
 PRESETS = {"smoke": smoke, "8xA100": dgxa100, "pod16": ipu_pod16, "1xH200": h200}
 
 
+# What the closed rules and the reference fix, with the value the reference has. The synthetic demonstration
+# (`smoke`) keeps every one of these that is not a size: it scales the width, the sequence length and the
+# corpus, and it may be changed with --set as a demonstration may; a Wikipedia run may change none of them.
+BERT_LARGE = {"hidden_size": 1024, "num_attention_heads": 16, "intermediate_size": 4096, "vocab_size": 30522,
+              "dropout": 0.1, "max_seq_length": 512, "max_predictions_per_seq": 76}
+FIXED_EVERYWHERE = {"num_hidden_layers": 24, "max_grad_norm": 1.0, "target_accuracy": TARGET}
+CKPT_HINT = ("phase 2 starts from the phase-1 checkpoint: give `make submit ... CKPT=/data/bert/phase1/"
+             "model.ckpt-28252` (the TF prefix, converted in the untimed init) or a converted .pt (--ckpt)")
+
+
 def validate_closed(cfg: BertRunConfig) -> None:
-    """Raise UserError for anything the v1.1 closed BERT rules forbid."""
+    """Raise UserError for anything the v1.1 closed BERT rules forbid.
+
+    Fixed in every closed run: 24 layers (the 398 tensors), gradient clipping to global norm 1.0 (the
+    reference's `clip_by_global_norm(grads, 1.0)`), the target 0.720. On Wikipedia also: BERT-Large's
+    dimensions and dropout 0.1, sequence length 512 with 76 predictions (the MLPerf data), the eval cadence
+    FLOOR(0.05 * (230.23 * GBS + 3e6), 25000), the phase-1 checkpoint, a sample limit within the schedule;
+    the 10,000-sample eval set is asserted from the data (train.verify). The LAMB hyperparameters the rules
+    list (batch, learning rate, epsilon, steps, warmup, start_warmup_step, betas, weight decay) are
+    unconstrained; the rest of LAMB (bias correction, trust ratio, the LayerNorm/bias exclusions) and the
+    schedule's shape (linear decay to 0) are the reference's code and no config field can change them.
+    """
     problems = []
-    if cfg.num_hidden_layers != 24:
-        problems.append("BERT-Large has 24 layers")
+    for name, value in FIXED_EVERYWHERE.items():
+        if getattr(cfg, name) != value:
+            problems.append(f"{name} is {value} (the reference's)")
     if cfg.dataset == "wiki":
-        if (cfg.hidden_size, cfg.num_attention_heads, cfg.intermediate_size, cfg.vocab_size) != (1024, 16, 4096, 30522):
-            problems.append("BERT-Large is hidden 1024, 16 heads, intermediate 4096, vocab 30522")
-        if (cfg.max_seq_length, cfg.max_predictions_per_seq) != (512, 76):
-            problems.append("the MLPerf data is sequence length 512 with 76 predictions")
+        changed = [f"{name}={value}" for name, value in BERT_LARGE.items() if getattr(cfg, name) != value]
+        if changed:
+            problems.append(f"BERT-Large on the MLPerf data has {', '.join(changed)}")
         if cfg.eval_interval_samples not in (0, reference_eval_interval(cfg.global_batch_size)):
             problems.append(f"closed evaluation is every {reference_eval_interval(cfg.global_batch_size)} samples")
-    if cfg.target_accuracy != TARGET:
-        problems.append(f"the closed quality target is masked-LM accuracy {TARGET}")
-    if cfg.global_batch_size % cfg.gradient_accumulation_steps:
-        problems.append("global_batch_size must be a multiple of gradient_accumulation_steps")
+        if cfg.max_samples > cfg.opt_learning_rate_training_steps * cfg.global_batch_size:
+            problems.append("max_samples beyond the schedule's end (training steps x global_batch_size)")
+        if not cfg.init_checkpoint:
+            problems.append(CKPT_HINT)
+    if not (0 <= cfg.opt_lamb_beta_1 < 1 and 0 <= cfg.opt_lamb_beta_2 < 1 and cfg.opt_epsilon > 0
+            and cfg.opt_lamb_weight_decay_rate >= 0 and cfg.opt_base_learning_rate > 0):
+        problems.append("LAMB needs betas in [0, 1), epsilon > 0, weight decay >= 0, learning rate > 0")
+    if cfg.opt_learning_rate_training_steps <= 0 or cfg.opt_learning_rate_warmup_steps < 0:
+        problems.append("opt_learning_rate_training_steps must be > 0 and the warmup steps >= 0")
+    if cfg.gradient_accumulation_steps < 1 or cfg.global_batch_size % cfg.gradient_accumulation_steps:
+        problems.append("global_batch_size must be a multiple of gradient_accumulation_steps (>= 1)")
     if problems:
         raise UserError("not allowed in the closed division: " + "; ".join(problems))
 

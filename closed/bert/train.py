@@ -1,15 +1,21 @@
 """Closed-division BERT-Large (phase 2 pretraining): one MLPerf Training v1.1 run in one process or job.
 
     python -m mlperf_submission.closed.bert.train --preset smoke --seed 1 --system systems/1xH200.json \
-        --result-log out/result_0.txt [--data CONVERTED_DIR] [--set field=value ...]
+        --result-log out/result_0.txt [--data CONVERTED_DIR --ckpt /data/bert/phase1/model.ckpt-28252] \
+        [--set field=value ...]
 
 Writes one MLPerf result log (a new file; never appended to) and prints progress for humans. Eval
-`epoch_num` is the number of training samples seen, as the RCP checker reads it. With the `smoke`
-preset it trains on the built-in synthetic corpus (figures in the preset's docstring).
+`epoch_num` is the number of training samples seen, as the RCP checker reads it. Phase 2 starts from the
+phase-1 checkpoint, loaded in the untimed init: `--ckpt` takes the TF prefix (converted there by
+`checkpoint.py`) or a converted `.pt`, and a closed run on real data refuses to start without it. With the
+`smoke` preset it trains on the built-in synthetic corpus from the smoke phase-1 checkpoint of its config
+(`phase1.py`, made once and cached when no --ckpt is given; figures in the preset's docstring). Evals come
+only on the cadence; a run that reaches its sample limit unconverged stops there, `aborted`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from collections.abc import Callable
@@ -19,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mlperf_submission.closed.bert import presets
+from mlperf_submission.closed.bert import checkpoint, phase1, presets
 from mlperf_submission.closed.bert.model import BertForPretraining, mlperf_tensor_names
 from mlperf_submission.closed.bert.optim import (
     Lamb,
@@ -34,7 +40,7 @@ from mlperf_submission.common.cli import ArgumentParser, UserError, entry_point
 from mlperf_submission.common.data import bert_wiki
 from mlperf_submission.common.data.loader import loader
 from mlperf_submission.common.mllog import MLLog
-from mlperf_submission.common.run import Run, Submission
+from mlperf_submission.common.run import Run, Submission, dataset_files
 from mlperf_submission.common.runtime import distributed
 from mlperf_submission.common.runtime.compile import batch_sizes, compiled, undone
 from mlperf_submission.common.runtime.precision import autocast, notation
@@ -51,21 +57,36 @@ def parse_args(argv, *, prog="python -m mlperf_submission.closed.bert.train", re
     p.add_argument("--system", required=True, help="system description JSON (path or name in systems/)")
     p.add_argument("--result-log", type=Path, required=True, help="the result log to create")
     p.add_argument("--data", type=Path, help="folder written by `make data BENCH=bert`")
+    p.add_argument("--ckpt", default="", help="phase-1 checkpoint: TF prefix (e.g. /data/bert/phase1/model.ckpt-"
+                   "28252, converted in the untimed init) or a converted .pt; sets init_checkpoint")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE")
     return p.parse_args(argv)
 
 
 def resolve_config(args, registry=presets.PRESETS, validate=presets.validate_closed) -> presets.BertRunConfig:
     cfg = config.override(config.select(registry, args.preset), args.overrides)
+    if args.ckpt:
+        cfg = dataclasses.replace(cfg, init_checkpoint=args.ckpt)
     if args.data is not None and cfg.dataset == "synthetic":
         raise UserError(f"preset {args.preset} trains on the synthetic corpus; with DATA, choose a Wikipedia preset")
     if args.data is None and cfg.dataset == "wiki":
         raise UserError(f"preset {args.preset} needs the MLPerf Wikipedia data: give DATA=<folder> (`make data`)")
-    if cfg.init_checkpoint and not Path(cfg.init_checkpoint).is_file():
-        raise UserError(f"init_checkpoint {cfg.init_checkpoint} not found: convert it with "
-                        "`python -m mlperf_submission.closed.bert.checkpoint`")
     validate(cfg)
+    if cfg.init_checkpoint:
+        try:  # the index or the .pt's metadata only: the weights are read in the untimed init
+            checkpoint.check_init_checkpoint(cfg.init_checkpoint, cfg.model_config())
+        except checkpoint.CheckpointError as e:
+            raise UserError(f"init checkpoint: {e} (give the phase-1 TF prefix, e.g. CKPT=/data/bert/phase1/"
+                            "model.ckpt-28252, or a .pt from closed/bert/checkpoint.py)") from None
     return cfg
+
+
+def with_phase1(cfg: presets.BertRunConfig) -> presets.BertRunConfig:
+    """A closed synthetic run without a checkpoint starts from the smoke phase-1 checkpoint of its config
+    (made once, before any log; `make submit` makes it before the first run)."""
+    if cfg.init_checkpoint or cfg.dataset != "synthetic":
+        return cfg
+    return dataclasses.replace(cfg, init_checkpoint=str(phase1.smoke_checkpoint(cfg)))
 
 
 def synthetic_arrays(cfg: presets.BertRunConfig, split: str) -> dict[str, np.ndarray]:
@@ -93,10 +114,14 @@ class ArrayDataset(torch.utils.data.Dataset):
 
 
 def verify(cfg, data: Path) -> None:
+    """Checksums of the whole converted folder, and the closed rules' eval set of 10,000 samples."""
     try:
-        bert_wiki.verify(data)
+        manifest = bert_wiki.verify(data)
     except bert_wiki.DataError as e:
         raise UserError(f"{e} (prepare the data with `make data BENCH=bert`)") from None
+    if (count := manifest["splits"]["eval"]["count"]) != presets.WIKI_EVAL_SAMPLES:
+        raise UserError(f"{data}: the eval split holds {count:,} samples; the closed rules evaluate on the "
+                        f"{presets.WIKI_EVAL_SAMPLES:,} of eval_10k (`make data BENCH=bert ... EVAL=eval_10k`)")
 
 
 def datasets(cfg, data: Path | None):
@@ -157,6 +182,21 @@ def evaluate(model, val, cfg, device, dist, forward=forward) -> float:
     return (totals[0] / totals[1]).item()
 
 
+def load_checkpoint(model, cfg, dist) -> None:
+    """The phase-1 weights, read and (a TF prefix) converted here, between init_start and init_stop, where
+    the rules count them as initialisation; the clock starts only after."""
+    started = time.time()
+    try:
+        state = checkpoint.load_init_checkpoint(cfg.init_checkpoint, cfg.model_config())
+    except checkpoint.CheckpointError as e:
+        raise UserError(f"init checkpoint: {e}") from None
+    model.load_state_dict(state)
+    if dist.is_main:
+        print(f"init checkpoint {cfg.init_checkpoint}: {len(state)} tensors, "
+              f"{sum(t.numel() for t in state.values()):,} parameters, loaded in {time.time() - started:.1f} s "
+              "(untimed init)", flush=True)
+
+
 def warm_up(model, replica, optimizer, scaler, cfg, device, inputs: Inputs, train_sizes, eval_sizes) -> None:
     """Untimed, on synthetic batches: one training step at learning rate 0 per training batch size and one
     eval forward per eval batch size, so that torch.compile compiles nothing inside the timed region. The
@@ -181,7 +221,7 @@ def warm_up(model, replica, optimizer, scaler, cfg, device, inputs: Inputs, trai
 @entry_point
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    return train(resolve_config(args), args, division=DIVISION)
+    return train(with_phase1(resolve_config(args)), args, division=DIVISION)
 
 
 def train(cfg: presets.BertRunConfig, args, *, division: str, inputs: Inputs = Inputs()) -> int:
@@ -210,10 +250,11 @@ def train(cfg: presets.BertRunConfig, args, *, division: str, inputs: Inputs = I
     interval, limit = presets.eval_interval(cfg), presets.max_samples(cfg)
     with Run(log, submission, seed=args.seed, hyperparameters=presets.hyperparameters(cfg),
              train_samples=inputs.dataset_sequences(train_set),
-             eval_samples=inputs.dataset_sequences(val_set), clear_cache=cfg.dataset != "synthetic") as run:
+             eval_samples=inputs.dataset_sequences(val_set),
+             data_files=dataset_files(args.data) if cfg.dataset != "synthetic" else None) as run:
         model = BertForPretraining(cfg.model_config())
         if cfg.init_checkpoint:
-            model.load_state_dict(torch.load(cfg.init_checkpoint, map_location="cpu", weights_only=True))
+            load_checkpoint(model, cfg, dist)
         run.weights_initialization(mlperf_tensor_names(model)[name] for name, _ in model.named_parameters())
         model = model.to(device)
         optimizer = Lamb(param_groups(model, cfg.opt_lamb_weight_decay_rate), lr=0.0,
@@ -270,21 +311,25 @@ def train(cfg: presets.BertRunConfig, args, *, division: str, inputs: Inputs = I
                 step += 1
                 step_samples = inputs.sequences_in_step(cfg, dist, local_sequences, device)
                 samples, local_sequences = samples + step_samples, 0
-                if samples // interval > (samples - step_samples) // interval or samples >= limit:
-                    run.eval_start(samples)
-                    accuracy = evaluate(model, val_loader, cfg, device, dist, inputs.forward)
-                    run.eval_stop(samples, accuracy)
-                    run.block_stop(first_epoch_num=block_first)
-                    if dist.is_main:
-                        print(f"{samples:,} samples: loss {loss.item():.3f}, lr {lr:.5f}, masked-LM accuracy "
-                              f"{accuracy:.4f}, {samples / (time.time() - started):,.1f} sequences/s", flush=True)
-                    if accuracy >= cfg.target_accuracy:
-                        status = "success"
-                        break
+                if samples // interval == (samples - step_samples) // interval:  # off the cadence
                     if samples >= limit:
+                        run.block_stop(first_epoch_num=block_first)
                         break
-                    block_first = samples
-                    run.block_start(first_epoch_num=block_first, epoch_count=interval)
+                    continue
+                run.eval_start(samples)
+                accuracy = evaluate(model, val_loader, cfg, device, dist, inputs.forward)
+                run.eval_stop(samples, accuracy)
+                run.block_stop(first_epoch_num=block_first)
+                if dist.is_main:
+                    print(f"{samples:,} samples: loss {loss.item():.3f}, lr {lr:.5f}, masked-LM accuracy "
+                          f"{accuracy:.4f}, {samples / (time.time() - started):,.1f} sequences/s", flush=True)
+                if accuracy >= cfg.target_accuracy:
+                    status = "success"
+                    break
+                if samples >= limit:
+                    break
+                block_first = samples
+                run.block_start(first_epoch_num=block_first, epoch_count=interval)
         run.stop(status)
     if dist.is_main:
         print(f"run_stop: {status} after {samples:,} samples", flush=True)

@@ -28,7 +28,7 @@ from mlperf_submission.common.cli import ArgumentParser, UserError, entry_point
 from mlperf_submission.common.data.loader import loader
 from mlperf_submission.common.data.synthetic import synthetic_images
 from mlperf_submission.common.mllog import MLLog
-from mlperf_submission.common.run import Run, Submission
+from mlperf_submission.common.run import Run, Submission, dataset_files
 from mlperf_submission.common.runtime import distributed
 from mlperf_submission.common.runtime.compile import batch_sizes, compiled, undone
 from mlperf_submission.common.runtime.precision import autocast, notation
@@ -187,7 +187,8 @@ def train(cfg: presets.ResNetConfig, args: argparse.Namespace, *, division: str,
     train_samples = cfg.synthetic_train_samples if cfg.dataset == "synthetic" else presets.IMAGENET_TRAIN
     eval_samples = cfg.synthetic_eval_samples if cfg.dataset == "synthetic" else presets.IMAGENET_VAL
     with Run(log, submission, seed=args.seed, hyperparameters=presets.hyperparameters(cfg, train_samples),
-             train_samples=train_samples, eval_samples=eval_samples, clear_cache=cfg.dataset != "synthetic") as run:
+             train_samples=train_samples, eval_samples=eval_samples,
+             data_files=dataset_files(args.data) if cfg.dataset != "synthetic" else None) as run:
         model = ResNet50(num_classes=cfg.num_classes, width=cfg.model_width, zero_init_residual=zero_init_residual)
         run.weights_initialization(mlperf_tensor_names(model)[name] for name, _ in model.named_parameters())
         memory = torch.channels_last if cfg.channels_last else torch.contiguous_format
