@@ -1,9 +1,11 @@
-"""Closed BERT: presets and rules, the eval cadence, and a one-run smoke training whose log passes."""
+"""Closed BERT: presets and rules, the eval cadence and the stop rule, the phase-1 checkpoint required, and a
+one-run smoke training whose log passes."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 
@@ -12,6 +14,7 @@ from fakes import reference_tensors
 
 from mlperf_submission.closed.bert import presets
 from mlperf_submission.closed.bert.train import main as train_main
+from mlperf_submission.common import config
 from mlperf_submission.common.cli import UserError
 from mlperf_submission.compliance.tools import check_log
 
@@ -22,24 +25,75 @@ def test_reference_eval_interval(gbs, interval):
     assert presets.reference_eval_interval(gbs) == interval
 
 
+CKPT = "/data/bert/phase1/model.ckpt-28252"
+
+
 @pytest.mark.parametrize("name", list(presets.PRESETS))
 def test_every_preset_is_closed_compliant(name):
     cfg = presets.PRESETS[name]()
+    if cfg.dataset == "wiki":
+        with pytest.raises(UserError, match="CKPT=/data/bert/phase1/model.ckpt-28252"):
+            presets.validate_closed(cfg)  # a real run needs the phase-1 checkpoint
+        cfg = dataclasses.replace(cfg, init_checkpoint=CKPT)
     presets.validate_closed(cfg)
     hp = presets.hyperparameters(cfg)
     assert {"opt_epsilon", "opt_lamb_weight_decay_rate", "start_warmup_step", "num_warmup_steps"} <= set(hp)
 
 
-@pytest.mark.parametrize("change,message", [
-    ({"num_hidden_layers": 12}, "24 layers"),
-    ({"dataset": "wiki", "hidden_size": 64}, "hidden 1024"),
-    ({"eval_interval_samples": 1000}, "every 175000 samples"),
-    ({"target_accuracy": 0.7}, "target"),
-    ({"gradient_accumulation_steps": 5}, "multiple"),
+@pytest.mark.parametrize("assignment,message", [
+    ("num_hidden_layers=12", "num_hidden_layers is 24"),
+    ("hidden_size=64", "hidden_size 1024 (not 64)"),
+    ("num_attention_heads=8", "num_attention_heads 16 (not 8)"),
+    ("intermediate_size=1024", "intermediate_size 4096 (not 1024)"),
+    ("vocab_size=30528", "vocab_size 30522 (not 30528)"),
+    ("dropout=0.0", "dropout 0.1 (not 0.0)"),
+    ("max_seq_length=128", "max_seq_length 512 (not 128)"),
+    ("max_predictions_per_seq=20", "max_predictions_per_seq 76 (not 20)"),
+    ("max_grad_norm=100", "max_grad_norm is 1.0 (the reference's; not 100.0)"),
+    ("eval_interval_samples=1000", "every 175000 samples"),
+    ("max_samples=99999999", "beyond the schedule"),
+    ("target_accuracy=0.7", "target_accuracy is 0.72"),
+    ("gradient_accumulation_steps=5", "multiple"),
+    ("opt_lamb_beta_2=1.0", "betas in"),
+    ("init_checkpoint=", "phase-1 checkpoint"),
 ])
-def test_validate_closed_rejects_what_the_rules_forbid(change, message):
-    with pytest.raises(UserError, match=message):
-        presets.validate_closed(dataclasses.replace(presets.dgxa100(), **change))
+def test_validate_closed_rejects_set_changes_of_what_the_rules_fix(assignment, message):
+    cfg = config.override(dataclasses.replace(presets.dgxa100(), init_checkpoint=CKPT), [assignment])
+    with pytest.raises(UserError, match=re.escape(message)):
+        presets.validate_closed(cfg)
+
+
+def test_the_smoke_demonstration_may_change_sizes_but_not_the_recipe():
+    presets.validate_closed(config.override(presets.smoke(), ["hidden_size=64", "max_seq_length=64",
+                                                              "synthetic_eval_samples=100"]))
+    for fixed in ("max_grad_norm=0.5", "num_hidden_layers=2", "target_accuracy=0.5"):
+        with pytest.raises(UserError):
+            presets.validate_closed(config.override(presets.smoke(), [fixed]))
+
+
+def test_a_real_preset_without_the_phase1_checkpoint_is_one_line_and_writes_nothing(tmp_path, capsys):
+    data, log = tmp_path / "data", tmp_path / "out" / "result_0.txt"
+    data.mkdir()
+    assert train_main(["--preset", "1xH200", "--seed", "1", "--system", "1xH200", "--result-log", str(log),
+                       "--data", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "make submit ... CKPT=" in err
+    assert not (tmp_path / "out").exists() and not list(data.iterdir())
+    # A checkpoint that is not there, or of another model size, is refused just as early.
+    assert train_main(["--preset", "1xH200", "--seed", "1", "--system", "1xH200", "--result-log", str(log),
+                       "--data", str(data), "--ckpt", str(tmp_path / "model.ckpt-1")]) == 2
+    assert "model.ckpt-1.index not found" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_real_data_must_hold_the_10000_eval_samples(tmp_path):
+    from mlperf_submission.closed.bert.train import verify
+    from mlperf_submission.common.data import bert_wiki
+
+    bert_wiki.write_synthetic(tmp_path / "d", num_train=16, num_eval=12, seq_len=16, vocab_size=200, max_pred=3,
+                              seed=0)
+    with pytest.raises(UserError, match="eval split holds 12 samples; the closed rules evaluate on the 10,000"):
+        verify(presets.h200(), tmp_path / "d")
 
 
 def test_smoke_model_keeps_the_398_tensors():
@@ -72,3 +126,20 @@ def test_one_smoke_run_reaches_the_target_and_passes_the_checker(tmp_path):
     interval = presets.eval_interval(presets.smoke())
     assert [e["metadata"]["epoch_num"] for e in evals] == [interval * (i + 1) for i in range(len(evals))]
     assert evals[-1]["value"] >= 0.72
+
+
+def events(log):
+    return [json.loads(ln.split(":::MLLOG ", 1)[1]) for ln in log.read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_an_unconverged_run_evaluates_on_the_cadence_only_and_stops_aborted_at_its_limit(tmp_path, one_thread):
+    """Limit 2,000 samples, cadence 1,600, 32 a step: one eval at 1,600, none at the limit (2,016 trained)."""
+    log = tmp_path / "result_0.txt"
+    assert train_main(["--preset", "smoke", "--seed", "1", "--system", "1xH200", "--result-log", str(log),
+                       "--set", "max_samples=2000"]) == 0
+    logged = events(log)
+    assert [e["metadata"]["epoch_num"] for e in logged if e["key"] == "eval_accuracy"] == [1600]
+    assert logged[-1]["key"] == "run_stop" and logged[-1]["metadata"]["status"] == "aborted"
+    blocks = [e["key"] for e in logged if e["key"] in ("block_start", "block_stop")]
+    assert blocks == ["block_start", "block_stop"] * 2

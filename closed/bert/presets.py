@@ -165,9 +165,10 @@ def validate_closed(cfg: BertRunConfig) -> None:
     problems = []
     for name, value in FIXED_EVERYWHERE.items():
         if getattr(cfg, name) != value:
-            problems.append(f"{name} is {value} (the reference's)")
+            problems.append(f"{name} is {value} (the reference's; not {getattr(cfg, name)})")
     if cfg.dataset == "wiki":
-        changed = [f"{name}={value}" for name, value in BERT_LARGE.items() if getattr(cfg, name) != value]
+        changed = [f"{name} {value} (not {getattr(cfg, name)})" for name, value in BERT_LARGE.items()
+                   if getattr(cfg, name) != value]
         if changed:
             problems.append(f"BERT-Large on the MLPerf data has {', '.join(changed)}")
         if cfg.eval_interval_samples not in (0, reference_eval_interval(cfg.global_batch_size)):

@@ -1,0 +1,86 @@
+"""The smoke phase-1 checkpoint: keyed by what determines it, written as TensorFlow writes ckpt-28252, read
+back through the converter a real checkpoint goes through; and the golden per-eval accuracy of a seeded smoke
+run that starts from it (tests/golden/bert_smoke.json)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mlperf_submission.closed.bert import phase1, presets
+from mlperf_submission.closed.bert.checkpoint import convert_checkpoint, read_index
+from mlperf_submission.closed.bert.model import BertForPretraining
+from mlperf_submission.common.cli import UserError
+
+GOLDEN = Path(__file__).with_name("golden") / "bert_smoke.json"
+
+
+def test_the_cache_key_is_what_determines_the_checkpoint():
+    smoke = presets.smoke()
+    key = phase1.cache_key(smoke)
+    for runtime_only in ({"opt_base_learning_rate": 0.02}, {"global_batch_size": 64}, {"cpu_threads": 2},
+                         {"clip_before_allreduce": True}, {"eval_interval_samples": 3200}):
+        assert phase1.cache_key(dataclasses.replace(smoke, **runtime_only)) == key, runtime_only
+    for determining in ({"hidden_size": 64}, {"max_seq_length": 64}, {"synthetic_seed": 1}, {"vocab_size": 2000},
+                        {"synthetic_lengths": "wikipedia"}, {"dropout": 0.1}):
+        assert phase1.cache_key(dataclasses.replace(smoke, **determining)) != key, determining
+
+
+def test_make_submit_gets_a_checkpoint_only_where_one_belongs():
+    assert phase1.submission_checkpoint("open", "bert", "smoke", [], "") == ""  # open: from scratch
+    assert phase1.submission_checkpoint("closed", "bert", "1xH200", [], "") == ""  # train.py says what to give
+    assert phase1.submission_checkpoint("closed", "bert", "1xH200", [], "/d/model.ckpt-28252") == "/d/model.ckpt-28252"
+    with pytest.raises(UserError, match="ResNet starts from random weights"):
+        phase1.submission_checkpoint("closed", "resnet", "smoke", [], "/d/model.ckpt-28252")
+
+
+@pytest.fixture(scope="module")
+def smoke_phase1() -> Path:
+    """The smoke preset's checkpoint in the default cache (out/cache), shared with every smoke run."""
+    torch.set_flush_denormal(True)
+    return phase1.smoke_checkpoint(presets.smoke())
+
+
+@pytest.mark.slow
+def test_smoke_phase1_checkpoint_is_a_tf_checkpoint_at_the_phase1_accuracy(smoke_phase1, one_thread):
+    meta = json.loads((smoke_phase1.parent / "phase1.json").read_text())
+    low, high = phase1.ACCEPTED
+    assert low <= meta["masked_lm_accuracy"] <= high and smoke_phase1.name == f"model.ckpt-{meta['steps']}"
+    _, entries = read_index(smoke_phase1)
+    slots = [n for n in entries if n.endswith(("/adam_m", "/adam_v"))]
+    assert len(entries) == 398 + len(slots) + 1 and len(slots) == 2 * 398 and "global_step" in entries
+    state, cfg, skipped = convert_checkpoint(smoke_phase1)
+    assert len(skipped) == len(slots) + 1
+    model = BertForPretraining(presets.smoke().model_config())
+    model.load_state_dict(state)
+    accuracy = phase1.masked_lm_accuracy(model, phase1._arrays(presets.smoke(), "eval"))
+    assert accuracy == pytest.approx(meta["masked_lm_accuracy"], abs=1e-6)  # the weights it was measured with
+    assert phase1.smoke_checkpoint(presets.smoke()) == smoke_phase1  # cached: made once
+
+
+def eval_accuracies(log: Path) -> list[tuple[int, float]]:
+    events = [json.loads(ln.split(":::MLLOG ", 1)[1]) for ln in log.read_text().splitlines()]
+    return [(e["metadata"]["epoch_num"], e["value"]) for e in events if e["key"] == "eval_accuracy"]
+
+
+@pytest.mark.slow
+def test_seeded_smoke_run_from_phase1_follows_the_golden_accuracies(smoke_phase1, tmp_path):
+    golden = json.loads(GOLDEN.read_text())
+    made = json.loads((smoke_phase1.parent / "phase1.json").read_text())
+    assert made["masked_lm_accuracy"] == pytest.approx(golden["phase1"]["masked_lm_accuracy"], abs=golden["tolerance"])
+    log = tmp_path / "result_0.txt"
+    proc = subprocess.run([sys.executable, "-m", "mlperf_submission.closed.bert.train", "--preset", "smoke",
+                           "--seed", str(golden["seed"]), "--system", "1xH200", "--result-log", str(log),
+                           "--ckpt", str(smoke_phase1)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = eval_accuracies(log)
+    assert [samples for samples, _ in got] == [samples for samples, _ in golden["evals"]]
+    for (samples, ours), (_, expected) in zip(got, golden["evals"], strict=True):
+        assert ours == pytest.approx(expected, abs=golden["tolerance"]), samples
+    assert got[0][1] >= 0.25  # phase 2 starts where phase 1 left off, not from scratch (~0.10)
