@@ -28,6 +28,7 @@ from pathlib import Path
 from mlperf_logging.compliance_checker import mlp_parser
 
 from mlperf_submission.common.cli import UserError, atomic_dir
+from mlperf_submission.common.run import QUALITY_TARGETS
 from mlperf_submission.compliance import score as scoring
 from mlperf_submission.compliance import tools
 from mlperf_submission.compliance.package import git_commit
@@ -36,7 +37,6 @@ DEFAULT_BENCH = Path("out/bench/bench.json")
 _NOTATION = re.compile(r"\b(32\.32|16\.32|16\.16|8\.16|8\.8)\b")
 _WORDS = {"fp32": "32.32", "float32": "32.32", "bf16": "16.32", "bfloat16": "16.32", "fp16": "16.32",
           "float16": "16.32", "mixed precision": "16.32", "amp": "16.32"}
-_TARGET = {"resnet": 0.759, "bert": 0.720}
 _X_LABEL = {"resnet": "epochs", "bert": "training samples"}
 
 
@@ -142,7 +142,7 @@ def curves_plot(entry: dict, path: Path) -> None:
         if points:
             style, note = ("-", "") if run.counted else (":", " (not counted)")
             ax.plot([p[0] for p in points], [p[1] for p in points], style, marker=".", label=run.file + note)
-    target = _TARGET.get(s.benchmark)
+    target = QUALITY_TARGETS.get(s.benchmark)
     if target is not None:
         ax.axhline(target, color="black", linewidth=0.8, linestyle="--", label=f"target {target}")
     ax.set_xlabel(_X_LABEL.get(s.benchmark, "epoch_num"))

@@ -4,6 +4,7 @@ run that starts from it (tests/golden/bert_smoke.json)."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import subprocess
@@ -17,6 +18,7 @@ from mlperf_submission.closed.bert import phase1, presets
 from mlperf_submission.closed.bert.checkpoint import convert_checkpoint, read_index
 from mlperf_submission.closed.bert.model import BertForPretraining
 from mlperf_submission.common.cli import UserError
+from mlperf_submission.compliance import submit
 
 GOLDEN = Path(__file__).with_name("golden") / "bert_smoke.json"
 
@@ -32,9 +34,19 @@ def test_the_cache_key_is_what_determines_the_checkpoint():
         assert phase1.cache_key(dataclasses.replace(smoke, **determining)) != key, determining
 
 
+def test_make_submit_passes_the_checkpoint_to_every_run():
+    args = argparse.Namespace(division="closed", bench="bert", nproc=1, data="", overrides=[])
+    cmd = submit.train_command(args, preset="smoke", seed=1, system_file=Path("s.json"), log=Path("r.txt"),
+                               ckpt="out/cache/x/model.ckpt-170")
+    assert cmd[cmd.index("--ckpt") + 1] == "out/cache/x/model.ckpt-170"
+    assert "--ckpt" not in submit.train_command(args, preset="smoke", seed=1, system_file=Path("s.json"),
+                                                log=Path("r.txt"))
+
+
 def test_make_submit_gets_a_checkpoint_only_where_one_belongs():
     assert phase1.submission_checkpoint("open", "bert", "smoke", [], "") == ""  # open: from scratch
-    assert phase1.submission_checkpoint("closed", "bert", "1xH200", [], "") == ""  # train.py says what to give
+    with pytest.raises(UserError, match=r"make submit \.\.\. CKPT=/data/bert/phase1/model.ckpt-28252"):
+        phase1.submission_checkpoint("closed", "bert", "1xH200", [], "")
     assert phase1.submission_checkpoint("closed", "bert", "1xH200", [], "/d/model.ckpt-28252") == "/d/model.ckpt-28252"
     with pytest.raises(UserError, match="ResNet starts from random weights"):
         phase1.submission_checkpoint("closed", "resnet", "smoke", [], "/d/model.ckpt-28252")

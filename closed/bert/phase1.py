@@ -215,14 +215,15 @@ def smoke_checkpoint(cfg: presets.BertRunConfig, cache: Path = DEFAULT_CACHE) ->
 
 def submission_checkpoint(division: str, bench: str, preset: str, overrides, given: str) -> str:
     """`make submit`'s CKPT: as given; for a closed BERT demonstration without one, the smoke phase-1
-    checkpoint, made here once before the timed runs. Other cases get none (open BERT may give one)."""
+    checkpoint, made here once before the timed runs; for a real closed BERT preset without one, a UserError
+    before anything runs. Other cases get none (open BERT may give one)."""
     if given and bench != "bert":
         raise UserError("CKPT is the BERT phase-1 checkpoint; ResNet starts from random weights")
     if given or (division, bench) != ("closed", "bert"):
         return given
     cfg = config.override(config.select(presets.PRESETS, preset), overrides)
     if cfg.dataset != "synthetic":
-        return ""  # the training command says what to give
+        raise UserError(f"closed BERT {preset}: {presets.CKPT_HINT}")  # before any run starts
     return str(smoke_checkpoint(cfg))
 
 

@@ -3,8 +3,9 @@
     python -m mlperf_submission.closed.bert.train --preset NAME ...
 
 `smoke` is the embedded default: all 24 layers (the 398 tensors of the closed rules) at a tiny width,
-on the built-in synthetic corpus; one run reaches masked-LM accuracy 0.720 in well under a minute on a
-2-core CPU. It is a demonstration: its convergence says nothing about Wikipedia.
+on the built-in synthetic corpus, from the smoke phase-1 checkpoint (`phase1.py`); one run reaches
+masked-LM accuracy 0.720 in well under a minute on a 2-core CPU. It is a demonstration: its convergence
+says nothing about Wikipedia.
 The real presets carry published hyperparameters and need the converted MLPerf data (`make data`).
 """
 
@@ -98,9 +99,12 @@ def eval_interval(cfg: BertRunConfig) -> int:
 
 def smoke() -> BertRunConfig:
     """24 layers at hidden 32 on the synthetic corpus (seq 32, vocab 1000), evaluated every 1,600 samples
-    (the cadence is scaled to the demo corpus, as the real one is to Wikipedia). One intra-op thread: at
-    these widths a second one costs more in synchronisation than it gives (about 295 sequences/s on one
-    core of a 2-core AMD EPYC, fp32, torch 2.13); target reached after about 10,000-11,000 samples. fp32: at
+    (the cadence is scaled to the demo corpus, as the real one is to Wikipedia), from the smoke phase-1
+    checkpoint (phase1.py: masked-LM accuracy 0.39 after 170 steps at seq 16, as ckpt-28252 is at 0.34). One
+    intra-op thread: at these widths a second one costs more in synchronisation than it gives (300-520
+    sequences/s on one core of the shared 2-core AMD EPYC, fp32, torch 2.13); first eval 0.41-0.50, target
+    after 3,200 or 4,800 samples, 9-25 s a run (`make submit`, 10 seeds). From scratch (`--ckpt` of a randomly
+    initialised model) the first eval is ~0.10 and the target comes after 10,000-11,000 samples. fp32: at
     hidden 32 bf16 autocast costs more in casts than it saves (forward and backward of a batch took 227 ms
     against 160 ms, one busy core); the foreach LAMB step pays (22 ms against 55 ms)."""
     return BertRunConfig(

@@ -17,10 +17,11 @@ from typing import Literal
 from mlperf_logging.mllog import constants
 
 from mlperf_submission.common.cli import UserError
+from mlperf_submission.common.run import QUALITY_TARGETS
 
 IMAGENET_TRAIN = 1_281_167
 IMAGENET_VAL = 50_000
-TARGET = 0.759
+TARGET = QUALITY_TARGETS["resnet"]
 
 
 @dataclass(frozen=True, kw_only=True)
