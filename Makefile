@@ -89,7 +89,8 @@ reproduce:
 		$(if $(SUB),--sub $(SUB)) $(if $(RESULTS),--results-root $(RESULTS)) \
 		$(if $(RESULT_SYSTEM),--result-system $(RESULT_SYSTEM)) \
 		$(if $(filter command line,$(origin BENCH)),--bench $(BENCH)) $(if $(RUNS),--runs $(RUNS)) \
-		$(if $(DATA),--data $(DATA)) $(if $(SYSTEM),--system $(SYSTEM)) --nproc $(NPROC) $(if $(OUT),--out $(OUT))
+		$(if $(DATA),--data $(DATA)) $(if $(CKPT),--ckpt $(CKPT)) $(if $(SYSTEM),--system $(SYSTEM)) --nproc $(NPROC) \
+		$(if $(OUT),--out $(OUT))
 
 bench:
 	$(PY) -m mlperf_submission.bench $(if $(QUICK),--quick) $(if $(THREADS),--threads $(THREADS)) $(if $(OUT),--out $(OUT))

@@ -186,6 +186,9 @@ def plan(benchmark: str, division: str, logged: dict, *, first_eval=None, eval_i
     problem = ""
     try:
         resolved = config.override(cfg, overrides)
+        if not getattr(resolved, "init_checkpoint", "x"):
+            # The phase-1 checkpoint is a run input (CKPT), not a logged hyperparameter: asked for at run time.
+            resolved = dataclasses.replace(resolved, init_checkpoint="CKPT")
         validate = getattr(presets, "validate_closed" if trainer == "closed" else "validate_open", None)
         if validate is not None:
             validate(resolved)
@@ -306,6 +309,7 @@ def add_arguments(p) -> None:
     p.add_argument("--bench", default="", choices=("", *BENCHMARKS), help="which benchmark of SUB")
     p.add_argument("--data", default="", help="prepared dataset: run the mapped real preset instead of smoke")
     p.add_argument("--system", default="", help="this machine's system description (required with --data)")
+    p.add_argument("--ckpt", default="", help="BERT phase-1 checkpoint (closed, with --data): TF prefix or .pt")
     p.add_argument("--runs", type=int, default=0, help="number of runs (default: as many as were audited)")
     p.add_argument("--nproc", type=int, default=1, help="processes per run (torchrun, data-parallel)")
     p.add_argument("--out", type=Path, help="a new folder (default out/reproduce-<id>-<time>)")
@@ -372,7 +376,7 @@ def main(args) -> int:
             log = scratch / "runs" / f"result_{i}.txt"
             print(f"== run {i + 1}/{runs}, seed {seed}", flush=True)
             try:
-                submit.run_one(ns, preset=preset, seed=seed, system_file=system_file, log=log)
+                submit.run_one(ns, preset=preset, seed=seed, system_file=system_file, log=log, ckpt=args.ckpt)
             except UserError as e:
                 if not logs:
                     raise

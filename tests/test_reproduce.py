@@ -97,7 +97,7 @@ def test_reproduce_end_to_end_with_a_stand_in_trainer(tmp_path, monkeypatch):
 
 def stand_in_trainer(calls: list, fail_seed: int | None = None):
     """A train_command for submit.run_one that writes a converged fake log, or exits 1 for `fail_seed`."""
-    def train_command(args, *, preset, seed, system_file, log):
+    def train_command(args, *, preset, seed, system_file, log, ckpt=""):
         calls.append((args.division, args.bench, preset, seed))
         if seed == fail_seed:
             return [sys.executable, "-c", "raise SystemExit(1)"]

@@ -103,8 +103,8 @@ def smoke() -> BertRunConfig:
     checkpoint (phase1.py: masked-LM accuracy 0.39 after 170 steps at seq 16, as ckpt-28252 is at 0.34). One
     intra-op thread: at these widths a second one costs more in synchronisation than it gives (300-520
     sequences/s on one core of the shared 2-core AMD EPYC, fp32, torch 2.13); first eval 0.41-0.50, target
-    after 3,200 or 4,800 samples, 9-25 s a run (`make submit`, 10 seeds). From scratch (`--ckpt` of a randomly
-    initialised model) the first eval is ~0.10 and the target comes after 10,000-11,000 samples. fp32: at
+    after 3,200 or 4,800 samples, 9-25 s a run (`make submit`, 10 seeds); from scratch, as before issue 18, the
+    first eval was ~0.10 and the target came after 10,000-11,000 samples. fp32: at
     hidden 32 bf16 autocast costs more in casts than it saves (forward and backward of a batch took 227 ms
     against 160 ms, one busy core); the foreach LAMB step pays (22 ms against 55 ms)."""
     return BertRunConfig(
