@@ -5,9 +5,10 @@ Check a dataset and write its manifest (counts, undecodable images, sha256 of ev
 writes DIR/imagenet_manifest.json; on bad input it prints one line `error: ...` and exits 2.
     python -m mlperf_submission.common.data.imagenet --bench
 prints decode+augment throughput per core (images per CPU-second) for a synthetic 500x375 JPEG of 110 KB.
-Measured on a shared 2-core AMD EPYC VM (Python 3.11, Pillow 13.0 with libjpeg-turbo, torch 2.13 CPU):
-train_transform(224) 510-555 images/s, eval_transform(224) 490-515 images/s. Decoding is ~70% of it;
-cropping and resizing with PIL's resize(box=...) instead of torch's uint8 resize gave 445-460 images/s.
+Measured on a shared 2-core AMD EPYC VM (Python 3.11, simplejpeg 1.9.0, torch 2.13 CPU, other jobs
+running: load average 5): train_transform(224) 586 images/s, eval_transform(224) 635 images/s. Per image:
+the full-size decode 0.83 ms, the TF1 bilinear resize to 224 x 224 0.71 ms (gathering HWC rows with
+index_select; gathering from CHW took 2.6-3.2 ms), TF's crop sampler 0.06 ms.
 
 Layouts (found automatically):
   jpeg      SRC/train/<wnid>/*.JPEG, and either SRC/val/<wnid>/*.JPEG or SRC/val/*.JPEG with a labels
@@ -253,25 +254,30 @@ def _tf1_axis(in_size: int, out_size: int, start: int, count: int) -> tuple[torc
 
 def tf1_resize_bilinear(
     x: torch.Tensor, height: int, width: int, *, rows: tuple[int, int] | None = None,
-    cols: tuple[int, int] | None = None,
+    cols: tuple[int, int] | None = None, mirror: bool = False,
 ) -> torch.Tensor:
     """(C, H, W) -> float32 (C, height, width): `tf.compat.v1.image.resize(..., BILINEAR, align_corners=False)`,
     the reference's `_resize_image` (no antialiasing, no half-pixel centres). `rows` / `cols` = (start, count)
     compute only that window of the output (exact: each output pixel depends on its own index only), so a
-    central crop costs what the crop does. Same operation order as TF's kernel: top and bottom rows
+    central crop costs what the crop does. `mirror` resizes the left-right mirror image of `x` (exactly
+    `x.flip(-1)` first, without the copy). Same operation order as TF's kernel: top and bottom rows
     interpolated along x, then between them along y."""
     rows = rows or (0, height)
     cols = cols or (0, width)
     y0, y1, yl = _tf1_axis(x.shape[1], height, *rows)
     x0, x1, xl = _tf1_axis(x.shape[2], width, *cols)
-    x = x.float()
+    if mirror:
+        x0, x1 = x.shape[2] - 1 - x0, x.shape[2] - 1 - x1
+    hwc = x.permute(1, 2, 0)  # decoded images are HWC in memory: gather whole rows, then pixels of a row
 
-    def along_x(r: torch.Tensor) -> torch.Tensor:  # (C, count_y, W) -> (C, count_y, count_x)
-        left, right = r[:, :, x0], r[:, :, x1]
-        return left + (right - left) * xl
+    def along_x(index: torch.Tensor) -> torch.Tensor:  # rows `index` -> (count_y, count_x, C) float32
+        r = hwc.index_select(0, index)
+        left, right = r.index_select(1, x0).float(), r.index_select(1, x1).float()
+        return left + (right - left) * xl[:, None]
 
-    top, bottom = along_x(x[:, y0]), along_x(x[:, y1])
-    return (top + (bottom - top) * yl[:, None]).contiguous()
+    top, bottom = along_x(y0), along_x(y1)
+    out = top + (bottom - top) * yl[:, None, None]  # (count_y, count_x, C)
+    return out.permute(2, 0, 1).contiguous()
 
 
 _MEAN_T = torch.tensor(MEAN, dtype=torch.float32).view(3, 1, 1)
@@ -302,8 +308,7 @@ class _TrainTransform:
             left, top, right, bottom = (round(v / s) for v in (left, top, left + w, top + h))
         else:
             right, bottom = left + w, top + h
-        x = x[:, top:bottom, left:right]
-        return tf1_resize_bilinear(x.flip(-1) if flip else x, self.size, self.size)
+        return tf1_resize_bilinear(x[:, top:bottom, left:right], self.size, self.size, mirror=flip)
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         return _normalize(self.pixels(img))
