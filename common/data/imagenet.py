@@ -27,7 +27,7 @@ Layouts (found automatically):
 
 Training checks the data against its manifest and leaves out what the checker skipped:
     manifest = verify_manifest(root, "DIR/imagenet_manifest.json")
-    data = ImageNet(root, "train", train_transform(), exclude=manifest["splits"]["train"]["skipped"])
+    data = ImageNet(root, "train", train_transform(), manifest=manifest)
 """
 
 from __future__ import annotations
