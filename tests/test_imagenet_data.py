@@ -138,6 +138,18 @@ def test_val_image_without_label_is_an_error(jpeg_root):
         ImageNet(jpeg_root, "val", eval_transform(32))
 
 
+def test_manifest_indexes_the_record_offsets(tf_root, monkeypatch):
+    """`make data` stores every record's offset; training then indexes the shards without reading them."""
+    manifest = index_dataset(tf_root)
+    shards = manifest["splits"]["train"]["shards"]
+    assert all(len(s["offsets"]) == s["records"] and s["offsets"][0] == 0 for s in shards.values())
+    plain = ImageNet(tf_root, "train", eval_transform(32))
+    monkeypatch.setattr(imagenet, "_record_offsets", lambda path: pytest.fail(f"read {path} during init"))
+    indexed = ImageNet(tf_root, "train", eval_transform(32), manifest=manifest)
+    assert [indexed.key(i) for i in range(len(indexed))] == [plain.key(i) for i in range(len(plain))]
+    assert torch.equal(indexed[1][0], plain[1][0]) and indexed[1][1] == plain[1][1]
+
+
 def test_corrupt_record_raises_naming_the_shard(tf_root):
     shard = tf_root / "imagenet2012-train.tfrecord-00000-of-00002"
     raw = bytearray(shard.read_bytes())
@@ -170,20 +182,34 @@ def test_eval_transform_is_deterministic_and_normalised():
     assert eval_transform(32)(grey).abs().max() < 0.02
 
 
-def test_draft_decode_matches_full_decode():
-    """A large JPEG is decoded at 1/8 scale; the crop must still land on the same pixels: the outputs differ
-    far less than the full-decode output does from itself moved by one pixel."""
-    data = jpeg_bytes(2, width=1200, height=900)
-    full = Image.open(io.BytesIO(data))
-    full.load()  # a loaded image cannot be drafted
-    drafted = Image.open(io.BytesIO(data))
-    a, b = eval_transform(32)(drafted), eval_transform(32)(full)
-    assert drafted.size == (150, 113)
-    assert (a - b).abs().mean() < 0.25 * (b - b.roll(1, -1)).abs().mean()
+def test_reduced_decode_lands_on_the_same_pixels():
+    """`reduced_decode` decodes a large JPEG at a libjpeg scale; the crop must still land on the same pixels:
+    on a smooth image the outputs differ far less than the full-decode output does from itself moved by one
+    pixel. (On noisy pixels it moves them by grey levels: test_resnet_reference.py.)"""
+    grid = np.random.default_rng(2).integers(0, 256, (9, 12, 3), dtype=np.uint8)  # smooth at every scale used
+    buf = io.BytesIO()
+    Image.fromarray(grid).resize((1200, 900), Image.Resampling.BICUBIC).save(buf, "JPEG", quality=90)
+    data = buf.getvalue()
     for seed in range(4):
-        a = train_transform(32, generator=torch.Generator().manual_seed(seed))(Image.open(io.BytesIO(data)))
-        b = train_transform(32, generator=torch.Generator().manual_seed(seed))(full)
+        a, b = (train_transform(32, generator=torch.Generator().manual_seed(seed), reduced_decode=r)(
+            Image.open(io.BytesIO(data))) for r in (True, False))
+        assert not torch.equal(a, b)  # 32 px crops of a 1200 x 900 image: always a reduced decode
         assert (a - b).abs().mean() < 0.5 * (b - b.roll(1, -1)).abs().mean()
+
+
+def test_jpeg_decode_is_tensorflows_and_pillow_is_the_fallback():
+    """Not yet loaded JPEGs decode with libjpeg-turbo's fast DCT, as TF does; a loaded image, a CMYK JPEG
+    or another format goes through Pillow, whose accurate DCT differs by about one grey level."""
+    data = jpeg_bytes(3, width=300, height=200)
+    fast, _ = imagenet._decode_rgb(Image.open(io.BytesIO(data)))
+    loaded = Image.open(io.BytesIO(data))
+    loaded.load()
+    accurate, _ = imagenet._decode_rgb(loaded)
+    assert fast.shape == accurate.shape == (3, 200, 300)
+    assert 0 < (fast.float() - accurate.float()).abs().mean() < 2
+    png = io.BytesIO()
+    Image.open(io.BytesIO(data)).save(png, "PNG")
+    assert torch.equal(imagenet._decode_rgb(Image.open(io.BytesIO(png.getvalue())))[0], accurate)
 
 
 def test_train_transform_follows_the_seed():

@@ -11,6 +11,7 @@ from mlperf_submission.closed.resnet.optim import (
     param_groups,
     poly_schedule,
     sgd,
+    sgd_param_groups,
     smoothed_cross_entropy,
 )
 
@@ -22,11 +23,11 @@ def t(*values: float) -> torch.Tensor:
 
 
 def toy_lars(w: torch.Tensor, b: torch.Tensor, epsilon: float = 0.0) -> LARS:
-    """w is a LARS-scaled weight; b is excluded (weight_decay set to show it is ignored)."""
+    """w is a LARS-scaled weight; b is excluded without decay, as param_groups makes BN and bias groups."""
     return LARS(
         [
             {"params": [w], "weight_decay": WD, "lars_exclude": False},
-            {"params": [b], "weight_decay": 0.5, "lars_exclude": True},
+            {"params": [b], "weight_decay": 0.0, "lars_exclude": True},
         ],
         lr=LR,
         momentum=MOMENTUM,
@@ -172,13 +173,40 @@ def test_param_groups_on_resnet():
     assert len(decayed["params"]) + len(excluded["params"]) == len(list(model.parameters()))
 
 
-def test_sgd_uses_same_grouping():
+def test_sgd_groups_are_the_references_l2_regularisers():
+    """Keras l2(wd) on every conv and dense kernel and on the dense bias (gradient 2 x wd x w); none on BN."""
     model = ResNet50(num_classes=10, width=8)
-    opt = sgd(model, lr=0.256, momentum=0.875, weight_decay=1e-4, nesterov=True)
-    assert isinstance(opt, torch.optim.SGD)
-    assert [g["weight_decay"] for g in opt.param_groups] == [1e-4, 0.0]
-    assert [len(g["params"]) for g in opt.param_groups] == [54, 107]
-    assert all(g["momentum"] == 0.875 and g["nesterov"] and g["lr"] == 0.256 for g in opt.param_groups)
+    decayed, plain = sgd_param_groups(model, 1e-4)
+    bn = {id(p) for m in model.modules() if isinstance(m, nn.BatchNorm2d) for p in m.parameters()}
+    assert decayed["weight_decay"] == 2e-4 and plain["weight_decay"] == 0.0
+    assert decayed["lars_exclude"] and plain["lars_exclude"]
+    assert {id(p) for p in plain["params"]} == bn
+    assert len(decayed["params"]) == 53 + 2  # 53 conv kernels, the FC kernel and the FC bias
+    assert any(p is model.fc.bias for p in decayed["params"])
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+def test_sgd_step_is_keras_momentum_with_l2(foreach):
+    """Keras SGD(momentum): accum = m * accum - lr * (g + 2 wd w); w += accum. Two steps at different lr show
+    the learning rate sits inside the buffer."""
+    model = nn.Sequential(nn.Linear(2, 1))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[1.0, -2.0]]))
+        model[0].bias.fill_(0.5)
+    opt = sgd(model, lr=0.1, momentum=0.9, weight_decay=0.05, foreach=foreach)
+    w, b = torch.tensor([[1.0, -2.0]]), torch.tensor([0.5])
+    accum_w, accum_b = torch.zeros(1, 2), torch.zeros(1)
+    for lr, g in ((0.1, 1.0), (0.4, -0.5)):
+        for group in opt.param_groups:
+            group["lr"] = lr
+        model[0].weight.grad = torch.full((1, 2), g)
+        model[0].bias.grad = torch.full((1,), g)
+        opt.step()
+        accum_w = 0.9 * accum_w - lr * (g + 2 * 0.05 * w)
+        accum_b = 0.9 * accum_b - lr * (g + 2 * 0.05 * b)
+        w, b = w + accum_w, b + accum_b
+        torch.testing.assert_close(model[0].weight.detach(), w)
+        torch.testing.assert_close(model[0].bias.detach(), b)
 
 
 def test_smoothed_cross_entropy_by_hand():

@@ -2,9 +2,9 @@
 
 v1.5 puts the stride 2 of each stage's first block on the 3x3 conv (v1 puts it on the first 1x1), and
 uses a 1x1 stride-2 conv + BN projection shortcut on each stage's first block. Initialisation follows
-the reference: convs He-normal (fan_in, ReLU gain) truncated at 2 std, FC N(0, 0.01) with zero bias,
-BN gamma 1 and beta 0 (no zero-init of the last BN in each block: that is the open division's change,
-`zero_init_residual`).
+the v1.1 TF2 reference (`resnet_model.py`): convs Keras `he_normal`, FC kernel `RandomNormal(0.01)` with
+Keras' default zero bias, BN gamma 1 and beta 0 (no zero-init of the last BN in each block: that is the
+open division's change, `zero_init_residual`).
 
 Parameter names follow torchvision (`conv1`, `layer1.0.conv2`, `layer1.0.downsample.0`, `fc`), so
 published checkpoints load directly; `mlperf_tensor_names` maps them to the MXNet-style tensor names
@@ -23,6 +23,9 @@ STAGE_BLOCKS = (3, 4, 6, 3)
 EXPANSION = 4
 BN_MOMENTUM = 0.1  # PyTorch sense: running = (1 - 0.1) * running + 0.1 * batch; MXNet/TF momentum 0.9
 BN_EPS = 1e-5
+# Keras `he_normal` is VarianceScaling(2, fan_in, truncated_normal): a normal truncated at 2 std whose std
+# is divided by this, the std of a unit normal truncated to [-2, 2], so the kept draws have std sqrt(2/fan_in).
+TRUNCATED_NORMAL_STD = 0.87962566103423978
 
 
 def _bn(channels: int) -> nn.BatchNorm2d:
@@ -91,7 +94,7 @@ class ResNet50(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 fan_in = m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
-                std = math.sqrt(2.0 / fan_in)  # He, ReLU gain
+                std = math.sqrt(2.0 / fan_in) / TRUNCATED_NORMAL_STD  # Keras he_normal
                 nn.init.trunc_normal_(m.weight, mean=0.0, std=std, a=-2 * std, b=2 * std)
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)

@@ -1,7 +1,9 @@
 """Closed-division ResNet-50 optimizers and learning-rate schedule.
 
-LARS follows the MLPerf reference (`MLPERF_LARSOptimizer` / TF contrib `LARSOptimizer` with
-`skip_list=['batch_normalization', 'bias']`); the schedule follows the reference `poly_rate_schedule`.
+LARS follows the v1.1 TF2 reference's `lars_optimizer.LARSOptimizer` (mlcommons/training
+image_classification/tensorflow2, `skip_list=['batch_normalization', 'bias', 'bn']`), the schedule its
+`lars_util.PolynomialDecayWithWarmup`, and the SGD variant its Keras `SGD(momentum)` with the model's L2
+regularisers; tests/test_resnet_reference.py compares them with the reference's own outputs.
 """
 
 from __future__ import annotations
@@ -13,6 +15,14 @@ import torch.nn.functional as F
 from torch import nn
 
 LABEL_SMOOTHING = 0.1
+# The reference logs lars_epsilon 0 (the closed rules fix it to 0) but computes with
+# `epsilon or backend_config.epsilon()`, i.e. Keras' 1e-7 whenever 0 is given.
+KERAS_EPSILON = 1e-7
+
+
+def reference_epsilon(logged: float) -> float:
+    """The LARS epsilon the reference computes with for the `lars_epsilon` it logs."""
+    return logged or KERAS_EPSILON
 
 
 class LARS(torch.optim.Optimizer):
@@ -22,8 +32,9 @@ class LARS(torch.optim.Optimizer):
         trust = eeta * |w| / (|g| + weight_decay * |w| + epsilon)   if |w| > 0 and |g| > 0, else 1
         v <- momentum * v + lr * trust * (g + weight_decay * w)
         w <- w - v
-    For a group with `lars_exclude=True` (BN and bias), plain momentum SGD without decay:
-        v <- momentum * v + lr * g
+    For a group with `lars_exclude=True`, momentum SGD with plain L2 decay (LARS gives BN and bias
+    groups weight_decay 0; the SGD variant, `sgd`, puts every tensor in such groups):
+        v <- momentum * v + lr * (g + weight_decay * w)
         w <- w - v
     The learning rate sits inside the momentum buffer (TF `MomentumOptimizer` form), unlike
     `torch.optim.SGD`, which scales the buffer by lr at the update.
@@ -90,7 +101,7 @@ def _lars_one(p: torch.Tensor, buf: torch.Tensor, group: dict) -> None:
     """The reference arithmetic for one tensor."""
     lr, g, wd = group["lr"], p.grad, group["weight_decay"]
     if group["lars_exclude"]:
-        update = g * lr
+        update = (g + wd * p) * lr if wd else g * lr
     else:
         # Norms in at least fp32 for low-precision params; no .item(), so no host sync on GPU.
         norm_dtype = torch.promote_types(p.dtype, torch.float32)
@@ -111,6 +122,8 @@ def _lars_foreach(params: list[torch.Tensor], bufs: list[torch.Tensor], group: d
     torch._foreach_mul_(bufs, group["momentum"])
     if group["lars_exclude"]:
         torch._foreach_add_(bufs, grads, alpha=lr)
+        if wd:
+            torch._foreach_add_(bufs, params, alpha=lr * wd)
     else:
         norm_dtype = torch.promote_types(params[0].dtype, torch.float32)
         w_norm = torch.stack(torch._foreach_norm(params, 2, dtype=norm_dtype))  # (n,)
@@ -145,14 +158,25 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def sgd(
-    model: nn.Module, lr: float, momentum: float, weight_decay: float, nesterov: bool = False, *, foreach: bool = True
-) -> torch.optim.SGD:
-    """Momentum SGD for the closed SGD variant, with no weight decay on BN and bias parameters."""
-    groups = [
-        {"params": g["params"], "weight_decay": g["weight_decay"]} for g in param_groups(model, weight_decay)
+def sgd_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """The SGD variant's groups, as the TF2 reference's Keras model: `kernel_regularizer=l2(wd)` on every
+    conv and dense kernel and `bias_regularizer=l2(wd)` on the dense bias add wd * sum(w^2) to the loss,
+    so gradient 2 * wd * w; batch-norm gammas and betas have no regulariser (its single_l2_loss_op form,
+    wd * 2 * l2_loss over every variable not named bn, is the same). No trust ratio (`lars_exclude`)."""
+    bn = {id(p) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) for p in m.parameters()}
+    decayed = [p for p in model.parameters() if p.requires_grad and id(p) not in bn]
+    plain = [p for p in model.parameters() if p.requires_grad and id(p) in bn]
+    return [
+        {"params": decayed, "weight_decay": 2.0 * weight_decay, "lars_exclude": True},
+        {"params": plain, "weight_decay": 0.0, "lars_exclude": True},
     ]
-    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov, foreach=foreach)
+
+
+def sgd(model: nn.Module, lr: float, momentum: float, weight_decay: float, *, foreach: bool = True) -> LARS:
+    """The closed SGD variant as the reference's Keras `SGD(momentum)`: heavy-ball momentum with the learning
+    rate inside the buffer (Keras' `accum = m * accum - lr * g; w += accum`), the groups of
+    `sgd_param_groups`. `LARS` with every group excluded from the trust ratio computes exactly that."""
+    return LARS(sgd_param_groups(model, weight_decay), lr=lr, momentum=momentum, foreach=foreach)
 
 
 def poly_schedule(
@@ -164,8 +188,9 @@ def poly_schedule(
     `plr * current_epoch / w_epochs` with current_epoch = step / steps_per_epoch).
     Decay, step >= warmup_steps: (base_lr - end_lr) * (1 - k / decay_steps)**power + end_lr with
     k = min(step - warmup_steps, decay_steps), so base_lr at the end of warmup and end_lr from
-    step warmup_steps + decay_steps on. `decay_steps` counts steps after warmup only; it is the value
-    logged as `lars_opt_learning_rate_decay_steps` (the reference logs train_steps - warmup_steps + 1).
+    step warmup_steps + decay_steps on. `decay_steps` counts steps after warmup; the reference's
+    `PolynomialDecayWithWarmup` passes train_steps - warmup_steps + 1 (`presets.schedule_steps`) to Keras'
+    `PolynomialDecay` and logs that value as `*_opt_learning_rate_decay_steps`.
     """
     if step < 0 or warmup_steps < 0 or decay_steps < 1:
         raise ValueError(

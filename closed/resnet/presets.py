@@ -21,7 +21,11 @@ from mlperf_submission.common.run import QUALITY_TARGETS
 
 IMAGENET_TRAIN = 1_281_167
 IMAGENET_VAL = 50_000
+IMAGENET_CLASSES = 1000
 TARGET = QUALITY_TARGETS["resnet"]
+# What the closed rules fix about the task on ImageNet: the reference's model and input (ResNet-50 v1.5 at
+# width 64, 224 px crops, 1,000 classes). The smoke preset scales them down as a declared demonstration.
+CLOSED_TASK = {"image_size": 224, "model_width": 64, "num_classes": IMAGENET_CLASSES}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,6 +38,8 @@ class ResNetConfig:
     synthetic_eval_samples: int = 1024
     synthetic_seed: int = 0          # fixes the synthetic dataset; the run seed varies per run
     data_workers: int = 8
+    reduced_decode: bool = False     # decode large JPEGs at 1/8-step scales where the crop allows: faster, but it
+                                     # moves training pixels 3.0 grey levels mean abs (COMPLIANCE.md); not closed
     # model
     model_width: int = 64
     # batch: global = local x replicas x gradient_accumulation_steps
@@ -45,7 +51,8 @@ class ResNetConfig:
     opt_end_learning_rate: float = 0.0001
     opt_learning_rate_decay_poly_power: float = 2.0
     opt_learning_rate_warmup_epochs: int = 2
-    train_epochs: int = 39           # the schedule's length: decay runs over train - warmup epochs
+    train_epochs: int = 39           # the schedule's length (schedule_steps); the run stops, unconverged,
+                                     # at the first eval at or after it, as the reference's controller
     opt_momentum: float = 0.9
     opt_weight_decay: float = 5e-05
     lars_epsilon: float = 0.0
@@ -55,7 +62,7 @@ class ResNetConfig:
     # eval: every eval_every epochs, the first after eval_offset epochs (or eval_every if 0)
     eval_every: int = 4
     eval_offset: int = 0
-    max_epochs: int = 60
+    max_epochs: int = 0              # 0: none; else stop (aborted) after this many epochs if that is earlier
     target_accuracy: float = TARGET
     # runtime
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -78,7 +85,7 @@ def smoke() -> ResNetConfig:
     return ResNetConfig(
         dataset="synthetic", num_classes=10, image_size=32, model_width=8, data_workers=0,
         global_batch_size=128, opt_base_learning_rate=2.0, opt_learning_rate_warmup_epochs=1, train_epochs=8,
-        eval_offset=0, max_epochs=16, device="cpu")
+        eval_offset=0, device="cpu")
 
 
 def dgxa100() -> ResNetConfig:
@@ -115,16 +122,26 @@ PRESETS = {"smoke": smoke, "8xA100": dgxa100, "pod16": ipu_pod16, "1xH200": h200
 
 
 def validate_closed(cfg: ResNetConfig) -> None:
-    """Raise UserError for anything the v1.1 closed ResNet rules forbid."""
+    """Raise UserError for anything the v1.1 closed ResNet rules forbid.
+
+    On ImageNet the task is fixed too (CLOSED_TASK: image size, model width, class count); the dataset's
+    own counts are checked against the rules by `check_counts` once the data is known. On synthetic data
+    (the `smoke` preset, a declared demonstration that never yields a result on ImageNet) the scaled sizes
+    are free, and every optimizer, schedule, evaluation and target rule still applies."""
     problems = []
+    if cfg.dataset == "imagenet":
+        problems += [f"{field} is fixed to {value} on ImageNet" for field, value in CLOSED_TASK.items()
+                     if getattr(cfg, field) != value]
+        if cfg.reduced_decode:
+            problems.append("reduced_decode changes the reference's training pixels: decode at full size")
     if cfg.opt_end_learning_rate != 0.0001:
         problems.append("the end learning rate is fixed to 0.0001")
     if not math.isclose(math.log2(cfg.opt_weight_decay / 0.0001), round(math.log2(cfg.opt_weight_decay / 0.0001)),
                         abs_tol=1e-5):
         problems.append(f"weight decay must be 0.0001 x 2^k, not {cfg.opt_weight_decay}")
+    if cfg.opt_learning_rate_decay_poly_power != 2:
+        problems.append(f"the {cfg.opt_name.upper()} polynomial decay power is fixed to 2")
     if cfg.opt_name == "lars":
-        if cfg.opt_learning_rate_decay_poly_power != 2:
-            problems.append("LARS polynomial decay power is fixed to 2")
         if cfg.lars_epsilon != 0.0:
             problems.append("LARS epsilon is fixed to 0")
         if cfg.global_batch_size < 32768 and cfg.opt_momentum != 0.9:
@@ -140,20 +157,41 @@ def validate_closed(cfg: ResNetConfig) -> None:
         problems.append("closed evaluation is every 4 epochs with an offset of 0, 1, 2 or 3")
     if cfg.target_accuracy != TARGET:
         problems.append(f"the closed quality target is top-1 {TARGET}")
+    if cfg.train_epochs < 1 or cfg.opt_learning_rate_warmup_epochs < 0:
+        problems.append("train_epochs must be >= 1 and opt_learning_rate_warmup_epochs >= 0")
     if cfg.global_batch_size % cfg.gradient_accumulation_steps:
         problems.append("global_batch_size must be a multiple of gradient_accumulation_steps")
     if problems:
         raise UserError("not allowed in the closed division: " + "; ".join(problems))
 
 
+def check_counts(train_samples: int, eval_samples: int, classes: int) -> None:
+    """Raise UserError unless the dataset, as counted by `make data`, is the full ILSVRC2012 the rules name:
+    1,281,167 training and 50,000 validation images in 1,000 classes (every eval uses the whole val set)."""
+    if (train_samples, eval_samples, classes) != (IMAGENET_TRAIN, IMAGENET_VAL, IMAGENET_CLASSES):
+        raise UserError(f"the closed division trains on all of ILSVRC2012 ({IMAGENET_TRAIN:,} train / "
+                        f"{IMAGENET_VAL:,} val images, {IMAGENET_CLASSES:,} classes); this dataset has "
+                        f"{train_samples:,} / {eval_samples:,} images in {classes:,} classes: restore the "
+                        "missing images and re-run `make data`")
+
+
 def steps_per_epoch(cfg: ResNetConfig, train_samples: int) -> int:
     return math.ceil(train_samples / cfg.global_batch_size)
 
 
+def schedule_steps(cfg: ResNetConfig, train_samples: int) -> tuple[int, int]:
+    """(warmup_steps, decay_steps) of the learning-rate schedule, as the reference's
+    `PolynomialDecayWithWarmup`: warmup = warmup_epochs x steps per epoch, decay = train_steps - warmup + 1
+    with train_steps = train_epochs x steps per epoch. The one place both are computed: the run's schedule
+    and its logged `*_opt_learning_rate_decay_steps` use it with the same count, the training set's size."""
+    spe = steps_per_epoch(cfg, train_samples)
+    warmup = cfg.opt_learning_rate_warmup_epochs * spe
+    return warmup, cfg.train_epochs * spe - warmup + 1
+
+
 def hyperparameters(cfg: ResNetConfig, train_samples: int) -> dict:
     """The hyperparameter keys the v1.1 closed rules require, for the chosen optimizer."""
-    spe = steps_per_epoch(cfg, train_samples)
-    decay_steps = (cfg.train_epochs - cfg.opt_learning_rate_warmup_epochs) * spe
+    _, decay_steps = schedule_steps(cfg, train_samples)
     common = {constants.GLOBAL_BATCH_SIZE: cfg.global_batch_size,
               constants.GRADIENT_ACCUMULATION_STEPS: cfg.gradient_accumulation_steps,
               constants.OPT_NAME: cfg.opt_name}
@@ -182,7 +220,12 @@ def hyperparameters(cfg: ResNetConfig, train_samples: int) -> dict:
 
 
 def eval_epochs(cfg: ResNetConfig) -> list[int]:
-    """The completed-epoch counts after which an eval runs (1-based), up to max_epochs."""
+    """The completed-epoch counts after which an eval runs (1-based): every eval_every epochs from the first
+    (eval_offset, or eval_every if 0) up to the first at or after the schedule's end (train_epochs), where
+    the reference's controller stops training, or up to max_epochs if that is set and earlier (but no
+    earlier than the first eval)."""
     first = cfg.eval_offset or cfg.eval_every
-    return list(range(first, cfg.max_epochs + 1, cfg.eval_every))
-
+    last = first + max(0, math.ceil((cfg.train_epochs - first) / cfg.eval_every)) * cfg.eval_every
+    if cfg.max_epochs:
+        last = max(first, min(last, cfg.max_epochs))  # the first eval always runs
+    return list(range(first, last + 1, cfg.eval_every))

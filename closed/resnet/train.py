@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from mlperf_submission.closed.resnet import presets
 from mlperf_submission.closed.resnet.model import ResNet50, mlperf_tensor_names
-from mlperf_submission.closed.resnet.optim import LARS, param_groups, poly_schedule, sgd
+from mlperf_submission.closed.resnet.optim import LARS, param_groups, poly_schedule, reference_epsilon, sgd
 from mlperf_submission.common import config
 from mlperf_submission.common.cli import ArgumentParser, UserError, entry_point
 from mlperf_submission.common.data.loader import loader
@@ -98,10 +98,21 @@ def datasets(cfg: presets.ResNetConfig, data: Path | None, manifest: dict | None
         return SyntheticBatches(cfg, "train"), SyntheticBatches(cfg, "val")
     from mlperf_submission.common.data import imagenet
 
-    skipped = {split: manifest["splits"][split]["skipped"] for split in ("train", "val")}
-    train = imagenet.ImageNet(data, "train", imagenet.train_transform(cfg.image_size), exclude=skipped["train"])
-    val = imagenet.ImageNet(data, "val", imagenet.eval_transform(cfg.image_size), exclude=skipped["val"])
+    augment = imagenet.train_transform(cfg.image_size, reduced_decode=cfg.reduced_decode)
+    train = imagenet.ImageNet(data, "train", augment, manifest=manifest)
+    val = imagenet.ImageNet(data, "val", imagenet.eval_transform(cfg.image_size), manifest=manifest)
     return train, val
+
+
+def sample_counts(cfg: presets.ResNetConfig, manifest: dict | None) -> tuple[int, int, int]:
+    """(train, eval, classes) as counted from the data: by `make data` (the manifest) for ImageNet."""
+    if manifest is None:
+        return cfg.synthetic_train_samples, cfg.synthetic_eval_samples, cfg.num_classes
+    splits = manifest["splits"]
+    if "train" not in splits or "val" not in splits:
+        raise UserError("the dataset needs both a train and a val split: add the missing one and re-run "
+                        "`make data BENCH=resnet SRC=...`")
+    return splits["train"]["images"], splits["val"]["images"], splits["train"]["classes"]
 
 
 def loaders(cfg, train_set, val_set, dist: distributed.Dist, seed: int, local_batch: int):
@@ -162,15 +173,18 @@ def evaluate(model, val, cfg, device, dist) -> float:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cfg = resolve_config(args)
-    return train(cfg, args, division=DIVISION)
+    return train(cfg, args, division=DIVISION, check_counts=presets.check_counts)
 
 
 def train(cfg: presets.ResNetConfig, args: argparse.Namespace, *, division: str,
           train_batch: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
-          zero_init_residual: bool = False) -> int:
+          zero_init_residual: bool = False,
+          check_counts: Callable[[int, int, int], None] | None = None) -> int:
     """One run with a resolved config; the open division calls this with its own config, and may change each
     training batch on the device with `train_batch(images, epoch)` (e.g. its resolution) and start each
-    residual block as the identity (`zero_init_residual`, see model.py)."""
+    residual block as the identity (`zero_init_residual`, see model.py). On ImageNet, `check_counts(train,
+    eval, classes)` vets the dataset's counts before any log is written (the closed entry point passes
+    `presets.check_counts`; a test of the real-data path on a tiny folder passes None)."""
     _, system = load_system(args.system)
     submission = Submission.from_system(system, division=division, benchmark="resnet")
     dist = distributed.init(cfg.device, backend=cfg.distributed_backend, timeout_s=cfg.distributed_timeout_s)
@@ -182,10 +196,11 @@ def train(cfg: presets.ResNetConfig, args: argparse.Namespace, *, division: str,
         print(f"resnet {division}, preset {args.preset}, seed {args.seed}, {dist.world_size} rank(s) on {device}, "
               f"local batch {local_batch}, precision {notation(cfg.precision)}:\n{config.describe(cfg)}", flush=True)
     manifest = checked_manifest(args.data) if cfg.dataset == "imagenet" else None
+    train_samples, eval_samples, classes = sample_counts(cfg, manifest)
+    if manifest is not None and check_counts is not None:
+        check_counts(train_samples, eval_samples, classes)
     torch.manual_seed(args.seed)
     log = MLLog(args.result_log, rank=dist.rank, barrier=dist.barrier)
-    train_samples = cfg.synthetic_train_samples if cfg.dataset == "synthetic" else presets.IMAGENET_TRAIN
-    eval_samples = cfg.synthetic_eval_samples if cfg.dataset == "synthetic" else presets.IMAGENET_VAL
     with Run(log, submission, seed=args.seed, hyperparameters=presets.hyperparameters(cfg, train_samples),
              train_samples=train_samples, eval_samples=eval_samples,
              data_files=dataset_files(args.data) if cfg.dataset != "synthetic" else None) as run:
@@ -195,17 +210,18 @@ def train(cfg: presets.ResNetConfig, args: argparse.Namespace, *, division: str,
         model = dist.batch_norm_groups(model.to(device, memory_format=memory), bn_replicas)
         if cfg.opt_name == "lars":
             optimizer = LARS(param_groups(model, cfg.opt_weight_decay), lr=0.0, momentum=cfg.opt_momentum,
-                             epsilon=cfg.lars_epsilon, foreach=cfg.optimizer_foreach)
+                             epsilon=reference_epsilon(cfg.lars_epsilon), foreach=cfg.optimizer_foreach)
         else:
             optimizer = sgd(model, 0.0, cfg.opt_momentum, cfg.opt_weight_decay, foreach=cfg.optimizer_foreach)
         replica = dist.replicate(model, optimizer, accumulation_steps=cfg.gradient_accumulation_steps)
         model, optimizer = replica.module, replica.optimizer
         scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
         train_set, val_set = datasets(cfg, args.data, manifest)
+        if (len(train_set), len(val_set)) != (train_samples, eval_samples):
+            raise RuntimeError(f"{len(train_set)} / {len(val_set)} images loaded where {train_samples} / "
+                               f"{eval_samples} were counted and logged")
         train_loader, sampler, val_loader = loaders(cfg, train_set, val_set, dist, args.seed, local_batch)
-        steps_per_epoch = presets.steps_per_epoch(cfg, len(train_set))
-        warmup_steps = cfg.opt_learning_rate_warmup_epochs * steps_per_epoch
-        decay_steps = (cfg.train_epochs - cfg.opt_learning_rate_warmup_epochs) * steps_per_epoch
+        warmup_steps, decay_steps = presets.schedule_steps(cfg, train_samples)
         evals = presets.eval_epochs(cfg)
         if cfg.torch_compile != "off":
             plain, model = model, compiled(model, cfg.torch_compile)
@@ -217,7 +233,7 @@ def train(cfg: presets.ResNetConfig, args: argparse.Namespace, *, division: str,
         run.start()
         step, block_first, status = 0, 1, "aborted"
         run.block_start(first_epoch_num=1, epoch_count=evals[0])
-        for epoch in range(1, cfg.max_epochs + 1):
+        for epoch in range(1, evals[-1] + 1):
             sampler.set_epoch(epoch)
             started, seen, loss_sum = time.time(), 0, torch.zeros((), device=device)
             for i, (x, y) in enumerate(train_loader):
@@ -254,13 +270,14 @@ def train(cfg: presets.ResNetConfig, args: argparse.Namespace, *, division: str,
                 line += f", top-1 {accuracy:.4f}"
                 if accuracy >= cfg.target_accuracy:
                     status = "success"
-                elif epoch + cfg.eval_every <= cfg.max_epochs:
+                elif epoch < evals[-1]:
                     block_first = epoch + 1
                     run.block_start(first_epoch_num=block_first, epoch_count=cfg.eval_every)
             if dist.is_main:
                 print(line, flush=True)
-            if status == "success" or epoch + cfg.eval_every > cfg.max_epochs and epoch in evals:
+            if status == "success":
                 break
+        # Unconverged at the first eval at or after the schedule's end: status stays "aborted".
         run.stop(status)
     if dist.is_main:
         print(f"run_stop: {status} after {epoch} epochs", flush=True)
