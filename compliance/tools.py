@@ -155,16 +155,21 @@ def rcp_bypass_requested(benchmark_dir: Path) -> bool:
     return False
 
 
-def check_rcp(benchmark_dir: str | Path, *, bypass: bool | None = None) -> RcpVerdict:
-    """The official RCP checker (pruned RCPs, as the package checker runs it) on one benchmark folder.
-    `bypass` None follows the folder's package_checker_params, as the package checker does."""
+def check_rcp(benchmark_dir: str | Path, *, bypass: bool | None = None, bert_train_samples: bool = False,
+              rcp_pass: str = "pruned_rcps") -> RcpVerdict:
+    """The official RCP checker on one benchmark folder: pruned RCPs, as the package checker runs it, or
+    `rcp_pass="full_rcps"` (every RCP, as the v1.1 round's checker had them). `bypass` None follows the
+    folder's package_checker_params, as the package checker does; `bert_train_samples` is the checker's
+    `--bert_train_samples` (read BERT samples from train_samples, for logs whose epoch_num stays constant)."""
+    if rcp_pass not in ("pruned_rcps", "full_rcps"):
+        raise ValueError(f"rcp_pass {rcp_pass!r}: the RCP checker knows pruned_rcps and full_rcps")
     if bypass is None:
         bypass = rcp_bypass_requested(Path(benchmark_dir))
     with captured_logging():
         try:
             passed, message, factor = rcp_checker.check_directory(
-                str(benchmark_dir), USAGE, RULESET, False, False,
-                rcp_pass="pruned_rcps", rcp_bypass=bypass, set_scaling=False)
+                str(benchmark_dir), USAGE, RULESET, False, bert_train_samples,
+                rcp_pass=rcp_pass, rcp_bypass=bypass, set_scaling=False)
         except Exception as e:  # e.g. a benchmark without RCPs, or unreadable logs
             return RcpVerdict(False, f"RCP checker crashed: {type(e).__name__}: {e}", 1.0)
     return RcpVerdict(bool(passed), message, float(factor))
