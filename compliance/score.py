@@ -18,7 +18,6 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from mlperf_logging.compliance_checker import mlp_parser
 from mlperf_logging.result_summarizer.result_summarizer import _compute_olympic_average
 
 from mlperf_submission.common.cli import UserError
@@ -90,7 +89,7 @@ def convergence(benchmark: str, evals: list, train_samples: float | None) -> tup
 def parse_run(path: Path) -> dict:
     """Times, status and run facts of one log, read with the official parser."""
     try:
-        loglines, errors = mlp_parser.parse_file(str(path), ruleset=tools.RULESET)
+        loglines, errors = tools.parse_log(path)
     except (KeyError, TypeError) as e:
         # The parser raises on an MLLOG line without time_ms, key, value or metadata. The compliance
         # checker fails such a log, so it is dropped like any failed run: no facts, one parse error.

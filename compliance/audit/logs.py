@@ -46,7 +46,7 @@ def unparseable_line(path: Path) -> str:
 def read_log(path: Path) -> LogFacts:
     """The facts of one log that the scorer does not read, with the official parser."""
     try:
-        loglines, _ = mlp_parser.parse_file(str(path), ruleset=tools.RULESET)
+        loglines, _ = tools.parse_log(path)
     except PARSER_CRASHES as e:
         return LogFacts(hyperparameters={}, seeds=[], first_eval=None, eval_interval=None, ttt_minutes=None,
                         clock_steps=[], unparseable=f"{type(e).__name__}: {e} ({unparseable_line(path)})")
