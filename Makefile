@@ -39,8 +39,9 @@ help:
 	@echo "make check LOG=\"a.txt b.txt\"       official compliance checker (ruleset 1.1.0) on result logs"
 	@echo "make score SUB=folder              olympic-mean minutes and RCP verdict of a submission tree"
 	@echo "make audit SUB=folder|file.tar.gz [RESULT_ID=1.1-2040] [OUT=]   re-check and re-score, as 4.1.68 and"
-	@echo "           the v1.1 round's tool judge it; RESULT_ID compares with the published minutes"
+	@echo "           the v1.1 round's tools judge it; RESULT_ID compares with the published minutes"
 	@echo "           (RESULT_ID= RESULTS=<checkout of training_results_v1.1> instead of SUB= finds its folder)"
+	@echo "make audit RESULTS=<checkout>      every submitter folder: a report each and one summary table"
 	@echo "make reproduce RESULT_ID=1.1-2040 RESULTS=dir | SUB=folder [RESULT_SYSTEM= BENCH= RUNS= DATA= SYSTEM= OUT=]"
 	@echo "           re-run an audited result with its seeds and mapped hyperparameters (smoke scale without DATA)"
 	@echo "make bench [QUICK=1 THREADS= OUT=] throughput vs peers side by side (out/bench/bench.{json,md}; <15 min"
@@ -79,6 +80,7 @@ check:
 score:
 	$(PY) -m mlperf_submission.compliance score $(SUB)
 
+# SUB= one folder or archive; RESULT_ID= (with SUB= or RESULTS=) one result; RESULTS= alone every submitter.
 audit:
 	$(PY) -m mlperf_submission.compliance audit $(SUB) $(if $(RESULT_ID),--result-id $(RESULT_ID)) \
 		$(if $(RESULTS),--results-root $(RESULTS)) $(if $(OUT),--out $(OUT))

@@ -316,7 +316,7 @@ def add_arguments(p) -> None:
 
 
 def main(args) -> int:
-    entry = audit.lookup(args.result_id) if args.result_id else None
+    entry = audit.lookup(args.result_id, args.bench) if args.result_id else None
     if entry is None and args.sub is None:
         raise UserError("give RESULT_ID=<a v1.1 result ID> or SUB=<an audited submitter folder or archive>")
     if args.data and not Path(args.data).exists():

@@ -3,6 +3,13 @@
 The v1.1 rule: time to train is run_stop - run_start; drop the fastest and the slowest run and average
 the rest; one run that fails compliance (e.g. did not converge) counts as the slowest and is dropped,
 more than one makes the result invalid. The averaging is the official summarizer's own function.
+
+The convergence point is the one the RCP checker reads: the epoch (ResNet) or the training samples (BERT) at
+the last eval before run_stop. BERT logs say it one of two ways, and `convergence_source` names which:
+`epoch_num` counts samples (Graphcore, Habana, Google's TF code), or it stays constant (NVIDIA's code and
+every submitter that reused it, Google's JAX code log epoch_num 1 at every eval) and the count is the eval's
+own samples metadata (`train_samples_since_beginning`) or the final `train_samples` line after run_start;
+the RCP checker then has to be run with `--bert_train_samples`.
 """
 
 from __future__ import annotations
@@ -11,7 +18,6 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from mlperf_logging.compliance_checker import mlp_parser
 from mlperf_logging.result_summarizer.result_summarizer import _compute_olympic_average
 
 from mlperf_submission.common.cli import UserError
@@ -26,6 +32,7 @@ class RunScore:
     seed: int | None
     global_batch_size: float | None
     convergence_point: float | None   # epochs (ResNet) or samples (BERT) at the last eval
+    convergence_source: str           # where the point was read: epoch_num, train_samples, eval metadata ...
     last_accuracy: float | None
     init_minutes: float | None
     passed: bool                      # mlperf-logging 4.1.68
@@ -51,27 +58,60 @@ class BenchmarkScore:
     dropped: int
     valid: bool
     problem: str
-    rcp: tools.RcpVerdict | None
+    rcp: tools.RcpVerdict | None      # mlperf-logging 4.1.68 as its package checker runs it (pruned RCPs)
+
+    @property
+    def bert_train_samples(self) -> bool:
+        """Whether the RCP checker must read BERT samples from train_samples, as these logs give them."""
+        return any(r.convergence_source == "train_samples" for r in self.runs)
+
+
+# Where a BERT eval's metadata gives the samples trained so far when epoch_num does not (Google's JAX code).
+SAMPLE_METADATA = ("train_samples_since_beginning", "samples_count")
+
+
+def convergence(benchmark: str, evals: list, train_samples: float | None) -> tuple[float | None, str]:
+    """(convergence point, its source) from the evals' metadata before run_stop, in order, and the last
+    train_samples value logged after run_start."""
+    if not evals:
+        return None, ""
+    epochs = [m.get("epoch_num") for m in evals]
+    if benchmark != "bert" or len(set(epochs)) > 1:
+        return epochs[-1], "epoch_num"
+    for key in SAMPLE_METADATA:
+        if isinstance(evals[-1].get(key), (int, float)):
+            return evals[-1][key], f"eval metadata {key}"
+    if isinstance(train_samples, (int, float)):
+        return train_samples, "train_samples"
+    return epochs[-1], "epoch_num (constant, no sample count logged)"
 
 
 def parse_run(path: Path) -> dict:
     """Times, status and run facts of one log, read with the official parser."""
     try:
-        loglines, errors = mlp_parser.parse_file(str(path), ruleset=tools.RULESET)
+        loglines, errors = tools.parse_log(path)
     except (KeyError, TypeError) as e:
         # The parser raises on an MLLOG line without time_ms, key, value or metadata. The compliance
         # checker fails such a log, so it is dropped like any failed run: no facts, one parse error.
         loglines, errors = [], [repr(e)]
     first: dict[str, object] = {}
-    last_eval = None
+    last_eval, evals, train_samples = None, [], None
     for line in loglines:
         first.setdefault(line.key, line)
-        if line.key == "eval_accuracy" and "run_stop" not in first:
+        if "run_stop" in first:
+            continue
+        if line.key == "eval_accuracy":
             last_eval = line
+            meta = line.value.get("metadata")
+            evals.append(meta if isinstance(meta, dict) else {})
+        elif line.key == "train_samples" and "run_start" in first:
+            train_samples = line.value["value"]
 
     def ms(key):
         return first[key].timestamp if key in first else None
 
+    benchmark = first["submission_benchmark"].value["value"] if "submission_benchmark" in first else ""
+    point, source = convergence(benchmark, evals, train_samples)
     start, stop, init_start, init_stop = ms("run_start"), ms("run_stop"), ms("init_start"), ms("init_stop")
     return {
         "minutes": (stop - start) / 60000 if start is not None and stop is not None else None,
@@ -79,7 +119,8 @@ def parse_run(path: Path) -> dict:
         "status": first["run_stop"].value.get("metadata", {}).get("status", "") if "run_stop" in first else "",
         "seed": first["seed"].value["value"] if "seed" in first else None,
         "global_batch_size": first["global_batch_size"].value["value"] if "global_batch_size" in first else None,
-        "convergence_point": last_eval.value["metadata"].get("epoch_num") if last_eval else None,
+        "convergence_point": point,
+        "convergence_source": source,
         "last_accuracy": last_eval.value["value"] if last_eval else None,
         "parse_errors": len(errors),
     }
@@ -111,7 +152,8 @@ def score_benchmark(bench_dir: Path, system: dict, *, verdict: str = "auto") -> 
         problem = f"{dropped} runs fail compliance; at most one may be dropped"
     minutes = _compute_olympic_average(counted, dropped, 1) if dropped <= 1 else None
     division = system.get("division", "")
-    rcp = tools.check_rcp(bench_dir) if division == "closed" else None
+    train_samples = any(r.convergence_source == "train_samples" for r in runs)
+    rcp = tools.check_rcp(bench_dir, bert_train_samples=train_samples) if division == "closed" else None
     return BenchmarkScore(
         submitter=system.get("submitter", ""), division=division, system=bench_dir.parent.name,
         system_name=system.get("system_name", ""), benchmark=benchmark, runs=runs, minutes=minutes,
@@ -174,7 +216,7 @@ def table(scores: list[BenchmarkScore]) -> str:
             flag = "" if r.counted else "  [dropped]"
             lines.append(
                 f"    {r.file}: {fmt(r.minutes)} min, seed {r.seed}, status {r.status}, "
-                f"converged at {r.convergence_point}, accuracy {fmt(r.last_accuracy, 4)}, "
+                f"converged at {r.convergence_point} ({r.convergence_source}), accuracy {fmt(r.last_accuracy, 4)}, "
                 f"verdict {'PASS' if r.passed else 'FAIL'}/{'PASS' if r.round_passed else 'FAIL'} "
                 f"(scored with {r.used}){flag}")
     return "\n".join(lines)
