@@ -20,7 +20,7 @@ from mlperf_submission.closed.bert.model import BertForPretraining, tf_tensor_na
 from mlperf_submission.closed.bert.optim import EXCLUDE_FROM_WEIGHT_DECAY, Lamb, clip_grad_norm, lr_schedule
 
 REFERENCE = Path(__file__).with_name("reference")
-LAMB_RTOL = 1e-5  # issue 18: trajectories agree to 1e-5 relative (measured: see COMPLIANCE-bert.md)
+LAMB_RTOL = 1e-5  # issue 18: trajectories agree to 1e-5 relative (measured: see COMPLIANCE.md)
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
