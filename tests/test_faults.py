@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from fakes import REPO, fake_run
+from fakes import REPO
 from test_imagenet_data import make_samples, write_jpeg_tree
 
 from mlperf_submission.common.data import bert_wiki
@@ -38,7 +38,7 @@ sys.exit(entry.main(sys.argv[6:]))
 """
 
 
-def interrupted(module: str, target: str, nth: int, sig: int, entry: str, argv: list[str]) -> subprocess.CompletedProcess:
+def interrupted(module: str, target: str, nth: int, sig: int, entry: str, argv: list[str]):
     proc = subprocess.run([sys.executable, "-c", KILLER, module, target, str(nth), str(int(sig)), entry, *argv],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == -sig, (proc.returncode, proc.stderr[-2000:])
