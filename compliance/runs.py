@@ -395,10 +395,11 @@ def tee(cmd: list[str], console: Path, signals: Signals, *, keep_fd: int | None 
     """Run `cmd` in its own process group, its output to `console` and (until a signal) the terminal; its exit
     status. Its own group, so that a Ctrl-C reaches it once, through `signals`, and not twice."""
     with open(console, "wb") as f:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-                                pass_fds=(keep_fd,) if keep_fd is not None else ())
-        signals.child = proc
+        proc = None
         try:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                                    pass_fds=(keep_fd,) if keep_fd is not None else ())
+            signals.child = proc
             for line in proc.stdout:
                 f.write(line)
                 f.flush()
@@ -408,7 +409,7 @@ def tee(cmd: list[str], console: Path, signals: Signals, *, keep_fd: int | None 
             return proc.wait()
         finally:
             signals.child = None
-            if proc.poll() is None:  # we are leaving on an error of our own: do not leave the run behind
+            if proc is not None and proc.poll() is None:  # leaving on an error of our own: do not leave the run
                 Signals._kill(proc)
                 proc.wait()
 

@@ -178,9 +178,9 @@ def test_sigterm_to_make_run_stops_the_run_aborted_and_exits_143(tmp_path):
     printed = (tmp_path / "out.txt").read_text()
     assert "Traceback" not in printed and "interrupted by SIGTERM during run 1 (result_0.txt)" in printed
     log = out / "runs" / "result_0.txt"
-    assert '"status": "aborted"' in log.read_text().splitlines()[-1] and check_log(log).passed
+    assert '"status": "aborted"' in log.read_text().splitlines()[-1]
     record, why = runs.run_state(out, runs.load_plan(out), 0)
-    assert record is None and "no record of passing" in why  # an aborted log that passes still does not count
+    assert record is None and "no record of passing" in why  # an aborted log never counts, checker or not
 
 
 @pytest.mark.slow
