@@ -123,6 +123,27 @@ def test_run_and_package_refuse_bad_input(tmp_path):
     one_line_error(proc.returncode, proc.stderr, "holds no plan.json")
 
 
+RUN_SIGNALLED = """
+import os, signal, sys, time
+from mlperf_submission.common.mllog import MLLog
+from mlperf_submission.common.run import Run, Submission
+sub = Submission(org="a", platform="p", division="open", status="onprem", benchmark="resnet")
+with Run(MLLog(sys.argv[1]), sub, seed=1, hyperparameters={}, train_samples=1, eval_samples=1) as run:
+    run.start()
+    os.kill(os.getpid(), int(sys.argv[2]))
+    time.sleep(30)
+"""
+
+
+@pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_inside_a_run_logs_aborted_and_exits_quietly_with_the_shells_status(tmp_path, sig, status):
+    log = tmp_path / "r.txt"
+    proc = subprocess.run([sys.executable, "-c", RUN_SIGNALLED, str(log), str(int(sig))], capture_output=True,
+                          text=True, timeout=60)
+    assert (proc.returncode, proc.stderr) == (status, "")
+    assert json.loads(log.read_text().splitlines()[-1].split(":::MLLOG ", 1)[1])["metadata"]["status"] == "aborted"
+
+
 # --- interruption and resume: real smoke runs ---------------------------------------------------------------
 
 
