@@ -404,7 +404,9 @@ def tee(cmd: list[str], console: Path, signals: Signals, *, keep_fd: int | None 
                 f.write(line)
                 f.flush()
                 if echo and not signals.signum:
-                    sys.stdout.buffer.write(line)
+                    # bytes where stdout has them; a text-only stream (a caller capturing it) gets text
+                    raw = getattr(sys.stdout, "buffer", None)
+                    raw.write(line) if raw is not None else sys.stdout.write(line.decode(errors="replace"))
                     sys.stdout.flush()
             return proc.wait()
         finally:
