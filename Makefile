@@ -10,6 +10,10 @@ RUNS ?=
 OUT ?=
 SEEDS ?=
 NPROC ?= 1
+FORCE ?=
+INDEX ?=
+LAUNCH ?=
+NODE ?=
 LOG ?=
 SUB ?=
 SRC ?=
@@ -27,15 +31,20 @@ BENCH_JSON ?=
 submit_args = --division $(DIVISION) --bench $(BENCH) --nproc $(NPROC) \
 	$(if $(PRESET),--preset $(PRESET)) $(if $(SYSTEM),--system $(SYSTEM)) $(if $(DATA),--data $(DATA)) \
 	$(if $(CKPT),--ckpt $(CKPT)) $(if $(RUNS),--runs $(RUNS)) $(if $(OUT),--out $(OUT)) $(if $(SEEDS),--seeds $(SEEDS))
+run_args = $(submit_args) --index $(INDEX) $(if $(LAUNCH),--launcher '$(LAUNCH)') $(if $(NODE),--node $(NODE))
 
-.PHONY: help setup horovod test lint submit time-to-target check score audit reproduce systems describe-system data clean bench report
+.PHONY: help setup horovod test lint submit run package time-to-target check score audit reproduce systems describe-system data clean bench report
 
 help:
 	@echo "make setup                         create .venv and install the package with its pinned dependencies"
 	@echo "make horovod                       optional: build Horovod 0.28.1 (torch, gloo) into .venv (3-7 min)"
 	@echo "make test                          ruff, then the pytest suite"
 	@echo "make submit DIVISION= BENCH=       train the runs, check, package, score and archive a submission"
-	@echo "           [PRESET= SYSTEM= DATA= CKPT= RUNS= OUT= SEEDS= NPROC=]   (CKPT: BERT phase-1 checkpoint)"
+	@echo "           [PRESET= SYSTEM= DATA= RUNS= OUT= SEEDS= NPROC= CKPT= FORCE=1]   the same command again resumes OUT;"
+	@echo "           FORCE=1 starts OUT over; CKPT: the BERT phase-1 checkpoint"
+	@echo "make run DIVISION= BENCH= INDEX=i OUT=dir [same options, LAUNCH='torchrun ...' NODE=n]"
+	@echo "                                   train run i of the plan in OUT (one job per run; the first writes the plan)"
+	@echo "make package OUT=dir               package, check and score OUT's runs once they all pass"
 	@echo "make check LOG=\"a.txt b.txt\"       official compliance checker (ruleset 1.1.0) on result logs"
 	@echo "make score SUB=folder              olympic-mean minutes and RCP verdict of a submission tree"
 	@echo "make audit SUB=folder|file.tar.gz [RESULT_ID=1.1-2040] [OUT=]   re-check and re-score, as 4.1.68 and"
@@ -72,7 +81,15 @@ lint:
 	$(PY) -m ruff check .
 
 submit:
-	$(PY) -m mlperf_submission.compliance submit $(submit_args)
+	$(PY) -m mlperf_submission.compliance submit $(submit_args) $(if $(FORCE),--force)
+
+run:
+	$(if $(INDEX),,$(error give INDEX=<run number, 0-based> and OUT=<submission folder>))
+	$(PY) -m mlperf_submission.compliance run $(run_args)
+
+package:
+	$(if $(OUT),,$(error give OUT=<the submission folder of make submit or make run>))
+	$(PY) -m mlperf_submission.compliance package --out $(OUT)
 
 check:
 	$(PY) -m mlperf_submission.compliance check $(LOG)

@@ -26,6 +26,14 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 _logger_ids = itertools.count()
 
 
+class _FileHandler(logging.StreamHandler):
+    """A failed write (a full disk) raises, instead of logging's default of printing it and going on, which
+    would leave a log with lines missing that looks whole."""
+
+    def handleError(self, record):
+        raise
+
+
 class MLLog:
     """An MLPerf result log for one run, written to `<path>.partial` and renamed to `path` when closed.
 
@@ -58,7 +66,7 @@ class MLLog:
                     raise UserError(f"{existing} already exists; MLPerf logs are never appended to: "
                                     "choose a new path or remove it")
             self._stream = open(self.partial, "x", encoding="utf-8")  # closed in close()
-            self._handlers.append(logging.StreamHandler(self._stream))
+            self._handlers.append(_FileHandler(self._stream))
         if echo and self.path is not None:
             self._handlers.append(logging.StreamHandler())
         for handler in self._handlers:

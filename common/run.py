@@ -15,8 +15,10 @@ Entering flushes the dataset's files from the page cache (a run that cannot fail
 then logs cache_clear (true only when flushed; false for data made in memory), init_start, the submission
 fields, the seed and the hyperparameters.
 Leaving the block by an exception, SIGTERM or SIGINT after `start()` logs run_stop with status
-"aborted", then re-raises. Epoch numbers follow the rules that the RCP checker reads: ResNet's
-`epoch_num` is the count of completed epochs (1-based); BERT's is the count of samples trained.
+"aborted", then re-raises. SIGTERM and SIGINT raise RunAborted, a SystemExit with status 143 or 130: the
+process ends quietly, without a traceback, and the caller (`make submit`) sees which signal stopped it.
+Epoch numbers follow the rules that the RCP checker reads: ResNet's `epoch_num` is the count of completed
+epochs (1-based); BERT's is the count of samples trained.
 """
 
 from __future__ import annotations
@@ -53,8 +55,15 @@ _STATUS = {
 }
 
 
-class RunAborted(Exception):
-    """Raised inside a run when the process receives SIGTERM or SIGINT."""
+class RunAborted(SystemExit):
+    """Raised inside a run when the process receives SIGTERM or SIGINT. A SystemExit, so that `except Exception`
+    in training code does not swallow it, and so that, uncaught, the process exits 128 + the signal's number
+    (130 SIGINT, 143 SIGTERM) without a traceback."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"received {signal.Signals(signum).name}")
+        self.signum = signum
+        self.code = 128 + signum
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -176,6 +185,7 @@ class Run:
         self.started = False
         self.stopped = False
         self._old_handlers: dict[int, Any] = {}
+        self._aborting = False
 
     def __enter__(self) -> Run:
         flushed = self._clear_cache()
@@ -214,7 +224,10 @@ class Run:
         return True
 
     def _on_signal(self, signum, frame):
-        raise RunAborted(f"received {signal.Signals(signum).name}")
+        if self._aborting:
+            return  # the same signal again (a launcher passing it on): the first one is being handled
+        self._aborting = True
+        raise RunAborted(signum)
 
     def weights_initialization(self, tensor_names: Iterable[str]) -> None:
         for name in tensor_names:
@@ -256,8 +269,6 @@ class Run:
         self.stopped = True
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        for sig, handler in self._old_handlers.items():
-            signal.signal(sig, handler)
         try:
             if exc_type is not None and self.started and not self.stopped:
                 # Other ranks may be dead (the reason we are here): log without waiting for them at a barrier.
@@ -265,3 +276,6 @@ class Run:
                 self.stop(constants.ABORTED)
         finally:
             self.log.close(complete=self.stopped)
+            # Restored last: a signal while run_stop aborted is written finds the handler that ignores it.
+            for sig, handler in self._old_handlers.items():
+                signal.signal(sig, handler)

@@ -4,12 +4,14 @@
     python -m mlperf_submission.compliance systems [FILE...]       system description checker
     python -m mlperf_submission.compliance score DIR [--json F]     olympic-mean minutes and RCP verdicts
     python -m mlperf_submission.compliance package ...             assemble, check, score and archive
-    python -m mlperf_submission.compliance submit ...              train RUNS runs, then package
+    python -m mlperf_submission.compliance submit ...              train RUNS runs into OUT (resumable), then package
+    python -m mlperf_submission.compliance run --index I --out OUT ...  train run I of OUT's plan (one job per run)
     python -m mlperf_submission.compliance audit SUB [--result-id ID]  re-check and re-score, both tools' verdicts
     python -m mlperf_submission.compliance reproduce --result-id ID    re-run a published or audited result
     python -m mlperf_submission.compliance report [SUB...] [--bench F]  results page (HTML, PNG plots)
 
-Exit status 0 when everything passes, 1 when a verdict fails, 2 on bad input.
+Exit status 0 when everything passes, 1 when a verdict fails, 2 on bad input, 130 or 143 when SIGINT or
+SIGTERM interrupted submit or run.
 """
 
 from __future__ import annotations
@@ -76,9 +78,12 @@ def parser() -> argparse.ArgumentParser:
     pk = sub.add_parser("package", help="assemble, check, score and archive a submission")
     package.add_arguments(pk)
     pk.set_defaults(func=package.main)
-    sm = sub.add_parser("submit", help="train the runs, then package them")
-    submit.add_arguments(sm)
+    sm = sub.add_parser("submit", help="train the runs, then package them; the same command again resumes")
+    submit.add_submit_arguments(sm)
     sm.set_defaults(func=submit.main)
+    rn = sub.add_parser("run", help="train one run of a submission folder's plan (one job per run)")
+    submit.add_run_arguments(rn)
+    rn.set_defaults(func=submit.run_main)
     au = sub.add_parser("audit", help="re-check and re-score a submission folder or archive, as 4.1.68 and the "
                                       "v1.1 round's tool judge it")
     audit.add_arguments(au)

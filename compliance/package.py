@@ -1,5 +1,6 @@
 """Assemble result logs into the official submission layout, check it, score it and archive it.
 
+    python -m mlperf_submission.compliance package --out OUT      (`make package OUT=`: the runs of OUT's plan)
     python -m mlperf_submission.compliance package --division closed --benchmark resnet \
         --system systems/mybox.json --logs runs/result_*.txt --out out/mysub [--rcp-bypass REASON]
 
@@ -15,8 +16,10 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import tarfile
 from pathlib import Path
@@ -33,11 +36,12 @@ SKIP_PARTS = {".git", ".venv", "out", "__pycache__", ".pytest_cache", ".ruff_cac
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--division", required=True, choices=DIVISIONS)
-    p.add_argument("--benchmark", required=True, choices=BENCHMARKS)
-    p.add_argument("--system", required=True, help="system description: a JSON path or a name in systems/")
-    p.add_argument("--logs", required=True, nargs="+", type=Path, help="the result logs, one per run")
-    p.add_argument("--out", required=True, type=Path, help="a new folder for the package")
+    p.add_argument("--out", required=True, type=Path, help="a new folder for the package, or alone: a submission "
+                   "folder with a plan (`make submit`/`make run`), packaged in place once all its runs count")
+    p.add_argument("--division", choices=DIVISIONS)
+    p.add_argument("--benchmark", choices=BENCHMARKS)
+    p.add_argument("--system", help="system description: a JSON path or a name in systems/")
+    p.add_argument("--logs", nargs="+", type=Path, help="the result logs, one per run")
     p.add_argument("--impl", default="pytorch", help="implementation folder name under benchmarks/")
     p.add_argument("--rcp-bypass", metavar="REASON", default="",
                    help="record the official RCP bypass for this benchmark, with the reason in the README")
@@ -176,7 +180,54 @@ def build(*, division: str, benchmark: str, system: str, logs: list[Path], out: 
     return verdict, scores
 
 
+def package_plan(out: Path, plan: dict) -> tuple[tools.PackageVerdict, list[scoring.BenchmarkScore]]:
+    """Package the runs of OUT's plan into OUT, beside the plan and the runs, once every run counts.
+
+    The package is built whole in a temporary folder inside OUT (removed if anything fails, e.g. a full disk),
+    then its entries replace the previous package's, with signals held off for those few renames."""
+    from mlperf_submission.compliance import runs, submit
+
+    missing = runs.missing_runs(out, plan)
+    if missing:
+        raise UserError(f"{out} is not ready to package: {'; '.join(missing)}. Train them with `make submit` "
+                        f"(the same arguments and OUT) or `make run INDEX=i OUT={out}`")
+    for stale in out.glob(".package.*"):  # left by a process killed while packaging
+        shutil.rmtree(stale, ignore_errors=True)
+    fresh = out / f".package.{os.getpid()}"
+    try:
+        verdict, scores = build(
+            division=plan["division"], benchmark=plan["benchmark"], system=str(runs.system_file(out, plan)),
+            logs=[runs.run_paths(out, i)["log"] for i in range(plan["runs"])], out=fresh,
+            rcp_bypass=submit.DEMO_RCP_REASON if plan["demo"] else "", demo=plan["demo"])
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            for old in out.iterdir():
+                if old.name not in runs.NOT_PACKAGE and old != fresh:
+                    shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
+            for entry in fresh.iterdir():
+                os.replace(entry, out / entry.name)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+    finally:
+        shutil.rmtree(fresh, ignore_errors=True)
+    return verdict, scores
+
+
 def main(args) -> int:
+    if args.logs is None:
+        from mlperf_submission.compliance import runs
+
+        with runs.disk_errors(str(args.out), f"`make package OUT={args.out}`"):
+            plan = runs.load_plan(args.out)
+            verdict, scores = package_plan(args.out, plan)
+        print(scoring.table(scores))
+        print(tools.PACKAGE_SUCCESS if verdict.passed else
+              "PACKAGE CHECKER FOUND ERRORS:\n" + "\n".join(verdict.errors))
+        print(f"package written to {args.out}")
+        return 0 if verdict.passed and all(s.valid for s in scores) else 1
+    missing = [name for name in ("division", "benchmark", "system") if not getattr(args, name)]
+    if missing:
+        raise UserError(f"with --logs, give --{' --'.join(missing)} too (or only --out DIR to package a plan's runs)")
     verdict, scores = build(division=args.division, benchmark=args.benchmark, system=args.system, logs=args.logs,
                             out=args.out, impl=args.impl, rcp_bypass=args.rcp_bypass, demo=args.demo)
     print(scoring.table(scores))

@@ -6,18 +6,18 @@
 
 Reads the audited runs' hyperparameters, batch size and seeds from their logs, maps them onto the closest
 preset of this package for that benchmark and division (plus `--set` overrides for what differs), and
-trains runs with the audited seeds on this machine through `make submit`'s machinery. Without --data
+trains runs with the audited seeds on this machine through `make submit`'s machinery (a plan in OUT, each run
+into OUT/runs as it passes, progress per run; the same command again resumes, `compliance/runs.py`). Without --data
 the runs use the `smoke` preset on built-in synthetic data: a DEMONSTRATION of the pipeline whose minutes
 and convergence say nothing about the published result, as the output says loudly. With as many runs as
 the rules require (5 ResNet, 10 BERT) the runs are packaged (tree, manifest, archive) and audited like
-any submission; with fewer (--runs) their logs are kept in OUT/runs/ unpackaged. Prints, and writes to
-OUT/reproduce.md and OUT/reproduce.json, the published score and convergence points beside ours. When a
-run fails, the runs finished before it are kept in OUT/runs/<benchmark>/ and the exit status is 2.
+any submission (the package in OUT, beside the runs); with fewer (--runs) their logs stay in OUT/runs/
+unpackaged. Prints, and writes to OUT/reproduce.md and OUT/reproduce.json, the published score and convergence
+points beside ours. When a run fails, the runs finished before it are kept in OUT/runs/ and the exit status is 2.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import importlib
 import json
@@ -29,10 +29,11 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlperf_submission.closed.bert import phase1
 from mlperf_submission.common import config
-from mlperf_submission.common.cli import ArgumentParser, UserError, atomic_dir, atomic_write_text
+from mlperf_submission.common.cli import UserError, atomic_write_text
 from mlperf_submission.common.run import BENCHMARKS
-from mlperf_submission.compliance import audit, package, submit, tools
+from mlperf_submission.compliance import audit, package, runs, submit, tools
 from mlperf_submission.compliance import score as scoring
 from mlperf_submission.systems import load as load_system
 
@@ -218,40 +219,6 @@ def find_benchmark(sub: Path, system: str, benchmark: str) -> tuple[audit.Benchm
         return audit.audit_benchmark(bench_dir, desc, root, verdict="auto")
 
 
-def local_system(system_arg: str, division: str, scratch: Path) -> tuple[Path, dict]:
-    if system_arg:
-        stem, desc = load_system(system_arg)
-        if desc["division"] != division:
-            raise UserError(f"system {stem} is described for division {desc['division']!r}; "
-                            f"the {division} trainer runs")
-    else:
-        stem, desc = submit.DEMO_SYSTEM, submit.demo_system("DEMO", division)
-    path = scratch / f"{stem}.json"
-    path.write_text(json.dumps(desc, indent=2) + "\n")
-    return path, desc
-
-
-def submit_args(division: str, benchmark: str, *, preset: str, data: str, nproc: int, overrides) -> argparse.Namespace:
-    """The arguments `make submit` would parse, for its train_command."""
-    p = ArgumentParser(prog="submit")
-    submit.add_arguments(p)
-    argv = ["--division", division, "--bench", benchmark, "--preset", preset, "--nproc", str(nproc)]
-    argv += ["--data", data] if data else []
-    for o in overrides:
-        argv += ["--set", o]
-    return p.parse_args(argv)
-
-
-def keep_logs(logs: list[Path], out: Path, benchmark: str) -> Path:
-    """Copy finished run logs into OUT/runs/<benchmark>/ (written whole or not at all)."""
-    with atomic_dir(out) as tmp:
-        folder = tmp / "runs" / benchmark
-        folder.mkdir(parents=True)
-        for log in logs:
-            shutil.copyfile(log, folder / log.name)
-    return out / "runs" / benchmark
-
-
 def side(runs: list, minutes: float | None, unit: str) -> dict:
     """Score, per-run facts and olympic convergence of one side of the comparison."""
     return {"minutes": minutes, "unit": unit, "olympic_convergence": audit.olympic_convergence(runs),
@@ -338,12 +305,12 @@ def main(args) -> int:
                                                                 "run's values are used"))
 
     seeds = [r.seed for r in source.runs]
-    runs = args.runs or len(seeds)
-    if runs < 1 or runs > len(seeds):
+    count = args.runs or len(seeds)
+    if count < 1 or count > len(seeds):
         raise UserError(f"RUNS must be 1..{len(seeds)}: the audited result has {len(seeds)} runs (seeds {seeds})")
-    seeds = seeds[:runs]
-    if any(not isinstance(s, int) for s in seeds) or len(set(seeds)) != runs:
-        raise UserError(f"the audited runs' seeds {seeds} are not {runs} distinct ints: they cannot be re-used")
+    seeds = seeds[:count]
+    if any(not isinstance(s, int) for s in seeds) or len(set(seeds)) != count:
+        raise UserError(f"the audited runs' seeds {seeds} are not {count} distinct ints: they cannot be re-used")
     real = bool(args.data)
     if real and plan_.problem:
         raise UserError(f"the mapped preset {plan_.preset} {' '.join(plan_.overrides)} breaks our rules: "
@@ -351,8 +318,6 @@ def main(args) -> int:
     preset, overrides = (plan_.preset, plan_.overrides) if real else ("smoke", ())
     out = args.out or Path("out") / f"reproduce-{entry['id'] if entry else source.system + '-' + bench}-" \
                                     f"{time.strftime('%Y%m%d-%H%M%S')}"
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"{out} exists and is not empty: choose a new OUT or remove it")
     banner = ("SMOKE SCALE, DEMONSTRATION: no DATA given, so these runs train the `smoke` preset on built-in "
               "synthetic data on this machine, with the audited seeds. Their minutes and convergence points say "
               f"NOTHING about the published result. At real scale: DATA=<prepared data> SYSTEM=<this machine> "
@@ -365,51 +330,59 @@ def main(args) -> int:
     if not real:
         print("\n" + "!" * 100 + f"\n!!! {banner}\n" + "!" * 100 + "\n", flush=True)
 
-    packaged = runs == tools.REQUIRED_RUNS[bench]
-    ns = submit_args(plan_.trainer_division, bench, preset=preset, data=args.data, nproc=args.nproc,
-                     overrides=overrides)
-    with tempfile.TemporaryDirectory(prefix="mlperf-reproduce.") as scratch:
-        scratch = Path(scratch)
-        system_file, system_desc = local_system(args.system, plan_.trainer_division, scratch)
-        logs = []
-        for i, seed in enumerate(seeds):
-            log = scratch / "runs" / f"result_{i}.txt"
-            print(f"== run {i + 1}/{runs}, seed {seed}", flush=True)
-            try:
-                submit.run_one(ns, preset=preset, seed=seed, system_file=system_file, log=log, ckpt=args.ckpt)
-            except UserError as e:
-                if not logs:
-                    raise
-                kept = keep_logs(logs, out, bench)
-                raise UserError(f"{e}; the {len(logs)} finished run log(s) are kept in {kept}") from None
-            logs.append(log)
-        with atomic_dir(out) as tmp:
-            if packaged:
-                package.build(division=plan_.trainer_division, benchmark=bench, system=str(system_file), logs=logs,
-                              out=tmp / "submission", rcp_bypass="" if real else submit.DEMO_RCP_REASON, demo=not real)
-                report = audit.audit(tmp / "submission")
-                audit.write_report(report, tmp / "submission")
-                ours, findings = report.benchmarks[0], report.findings
-            else:
-                folder = tmp / "runs" / bench
-                folder.mkdir(parents=True)
-                for log in logs:
-                    shutil.copyfile(log, folder / log.name)
-                ours, findings = audit.audit_benchmark(folder, system_desc, tmp, verdict="auto")
-            record = {
-                "label": label, "benchmark": bench, "result_id": entry, "scale": "real" if real else "smoke",
-                "banner": "" if real else banner, "plan": dataclasses.asdict(plan_), "ran_preset": preset,
-                "ran_overrides": list(overrides), "seeds": seeds, "packaged": packaged, "out": str(out),
-                "published_minutes": entry["minutes"] if entry else source.minutes,
-                "audited_batch": source.hyperparameters.get("global_batch_size"),
-                "our_batch": ours.hyperparameters.get("global_batch_size"),
-                "audited": side(source.runs, source.minutes, audit.UNITS[bench]),
-                "ours": side(ours.runs, ours.minutes if packaged else None, audit.UNITS[bench]),
-                "our_findings": [dataclasses.asdict(f) for f in findings],
-            }
-            text = comparison_markdown(record)
-            atomic_write_text(tmp / "reproduce.json", json.dumps(record, indent=2, default=str) + "\n")
-            atomic_write_text(tmp / "reproduce.md", text)
+    packaged = count == tools.REQUIRED_RUNS[bench]
+    division = plan_.trainer_division
+    if args.system:
+        system_name, system_desc = load_system(args.system)
+        if system_desc["division"] != division:
+            raise UserError(f"system {system_name} is described for division {system_desc['division']!r}; "
+                            f"the {division} trainer runs")
+    else:
+        system_name, system_desc = submit.DEMO_SYSTEM, submit.demo_system("DEMO", division)
+    ckpt = phase1.submission_checkpoint(division, bench, preset, tuple(overrides), args.ckpt)
+    if ckpt:
+        overrides = [*overrides, f"init_checkpoint={Path(ckpt).resolve()}"]
+    req = runs.Request(division=division, benchmark=bench, preset=preset, overrides=tuple(overrides),
+                       system_name=system_name, system=system_desc,
+                       data=str(Path(args.data).resolve()) if args.data else "", runs=count, seeds=tuple(seeds),
+                       demo=not real)
+    again = (f"make reproduce {'RESULT_ID=' + args.result_id if args.result_id else f'SUB={args.sub}'} "
+             f"RUNS={count}{' CKPT=' + args.ckpt if args.ckpt else ''} OUT={out}")
+    with runs.Signals() as signals:
+        try:
+            with runs.disk_errors(str(out), f"`{again}`"):
+                run_plan = runs.settle_plan(out, req, code_commit=package.git_commit())
+                logs = runs.train_all(out, run_plan, signals, nproc=args.nproc,
+                                      resume_hint=f"The runs that passed are kept: resume with `{again}`")
+                signals.during = "packaging and auditing"
+                if packaged:
+                    package.package_plan(out, run_plan)
+                    report = audit.audit(out)
+                    audit.write_report(report, out)
+                    ours, findings = report.benchmarks[0], report.findings
+                else:
+                    with tempfile.TemporaryDirectory(prefix="mlperf-reproduce.") as scratch:
+                        folder = Path(scratch) / bench
+                        folder.mkdir()
+                        for log in logs:
+                            shutil.copyfile(log, folder / log.name)
+                        ours, findings = audit.audit_benchmark(folder, system_desc, Path(scratch), verdict="auto")
+                record = {
+                    "label": label, "benchmark": bench, "result_id": entry, "scale": "real" if real else "smoke",
+                    "banner": "" if real else banner, "plan": dataclasses.asdict(plan_), "ran_preset": preset,
+                    "ran_overrides": list(overrides), "seeds": seeds, "packaged": packaged, "out": str(out),
+                    "published_minutes": entry["minutes"] if entry else source.minutes,
+                    "audited_batch": source.hyperparameters.get("global_batch_size"),
+                    "our_batch": ours.hyperparameters.get("global_batch_size"),
+                    "audited": side(source.runs, source.minutes, audit.UNITS[bench]),
+                    "ours": side(ours.runs, ours.minutes if packaged else None, audit.UNITS[bench]),
+                    "our_findings": [dataclasses.asdict(f) for f in findings],
+                }
+                text = comparison_markdown(record)
+                atomic_write_text(out / "reproduce.json", json.dumps(record, indent=2, default=str) + "\n")
+                atomic_write_text(out / "reproduce.md", text)
+        except runs.Interrupted as e:
+            return submit.interrupted(e, out, again)
     print(text)
     if not real:
         print(f"NOTE: {banner}")

@@ -1,29 +1,33 @@
-"""`make submit`: train RUNS fresh runs, check each log as it lands, then package, check, score, archive.
+"""`make submit`: plan the runs in OUT, train each one that does not count yet, then package, check, score, archive.
 
     python -m mlperf_submission.compliance submit --division closed --bench resnet \
-        [--preset smoke] [--system NAME|FILE] [--data DIR] [--ckpt PHASE1] [--runs 5] [--out DIR] [--seeds 1,2,3,4,5]
+        [--preset smoke] [--system NAME|FILE] [--data DIR] [--ckpt PHASE1] [--runs 5] [--out DIR]
+        [--seeds 1,2,3,4,5] [--force]
+    python -m mlperf_submission.compliance run --division closed --bench resnet --index I --out DIR [same options]
 
-With no --data the runs use the built-in synthetic data at the `smoke` preset, on a description of
-this machine, and everything written says it is a demonstration, not a valid MLPerf result.
+`submit` writes OUT/plan.json first (seeds drawn up front), trains the runs one after the other into OUT/runs
+(each log checked by the official compliance checker as it lands), then packages OUT. Interrupted (SIGINT,
+SIGTERM), it stops the current run, which then does not count, and exits 130 or 143; the same command again
+keeps every run that passed and matches the plan and redoes the rest (`compliance/runs.py` has the layout).
+`run` trains run I of the plan in OUT (writing the plan first if it is the first), for one job per run;
+`make package OUT=DIR` packages once all runs are there. With no --data the runs use the built-in synthetic
+data at the `smoke` preset, on a description of this machine, and everything written says it is a
+demonstration, not a valid MLPerf result.
 """
 
 from __future__ import annotations
 
-import importlib
-import json
 import os
 import platform
-import secrets
-import subprocess
-import sys
-import tempfile
+import shlex
+import signal
 import time
 from pathlib import Path
 
 from mlperf_submission.closed.bert import phase1
 from mlperf_submission.common.cli import UserError
 from mlperf_submission.common.run import BENCHMARKS, DIVISIONS
-from mlperf_submission.compliance import package, report, tools
+from mlperf_submission.compliance import package, report, runs, tools
 from mlperf_submission.systems import DEMO_NOTE, describe_local
 from mlperf_submission.systems import load as load_system
 
@@ -42,26 +46,27 @@ def add_arguments(p) -> None:
                    "required with --data; default for the demo: the smoke phase-1 checkpoint, made once)")
     p.add_argument("--runs", type=int, default=0, help="number of runs (default: what the rules require)")
     p.add_argument("--seeds", default="", help="comma-separated seeds, one per run (default: random)")
-    p.add_argument("--out", type=Path, help="a new folder for the submission (default: out/<div>-<bench>-<time>)")
+    p.add_argument("--out", type=Path, help="the submission folder: new, or one to resume "
+                                             "(default for submit: out/<div>-<bench>-<time>)")
     p.add_argument("--org", default="DEMO", help="submitter name for the generated demo system description")
     p.add_argument("--nproc", type=int, default=1, help="processes per run (torchrun, data-parallel)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a preset field (repeatable)")
 
 
-def train_command(args, *, preset: str, seed: int, system_file: Path, log: Path, ckpt: str = "") -> list[str]:
-    module = f"mlperf_submission.{args.division}.{args.bench}.train"
-    launcher = [sys.executable, "-m", module] if args.nproc == 1 else [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}", "-m", module]
-    cmd = [*launcher, "--preset", preset, "--seed", str(seed), "--system", str(system_file),
-           "--result-log", str(log)]
-    if args.data:
-        cmd += ["--data", args.data]
-    if ckpt:
-        cmd += ["--ckpt", ckpt]
-    for o in args.overrides:
-        cmd += ["--set", o]
-    return cmd
+def add_submit_arguments(p) -> None:
+    add_arguments(p)
+    p.add_argument("--force", action="store_true", help="start OUT over: remove its plan, runs and package")
+
+
+def add_run_arguments(p) -> None:
+    add_arguments(p)
+    p.add_argument("--index", type=int, required=True, help="which run of the plan, 0-based")
+    p.add_argument("--launcher", default="", help="launch the trainer with this instead of python (e.g. "
+                   "'torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 "
+                   "--rdzv_id=JOB'): the command to run on every node")
+    p.add_argument("--node", type=int, default=0, help="this node's number in a multi-node run: node 0 keeps the "
+                   "books (lock, record, compliance check), the others only launch their share")
 
 
 def demo_system(org: str, division: str) -> dict:
@@ -71,73 +76,130 @@ def demo_system(org: str, division: str) -> dict:
         system_name=f"DEMO {platform.machine()} CPU x{os.cpu_count()} (synthetic data, not a valid result)")
 
 
-def run_one(args, *, preset: str, seed: int, system_file: Path, log: Path, ckpt: str = "") -> tools.LogVerdict:
-    """Train one run into `log` and check the log as it lands; a failed run is a UserError."""
-    started = time.time()
-    proc = subprocess.run(train_command(args, preset=preset, seed=seed, system_file=system_file, log=log, ckpt=ckpt))
-    if proc.returncode != 0:
-        raise UserError(f"the run with seed {seed} ({log.name}) failed with exit status {proc.returncode}: "
-                        "see its output")
-    verdict = tools.check_log(log)
-    print(f"== {log.name}: {time.time() - started:.1f} s, compliance "
-          f"{'PASS' if verdict.passed else 'FAIL: ' + '; '.join(verdict.summary_lines())}", flush=True)
-    return verdict
 
 
-def main(args) -> int:
+def request(args) -> runs.Request:
+    """What the arguments ask for; bad input is a UserError before anything is written."""
     demo = not args.data
     preset = args.preset or ("smoke" if demo else "")
     if args.data and not Path(args.data).exists():
         raise UserError(f"DATA path {args.data} does not exist: prepare it with `make data` first")
     if not preset:
         raise UserError("with DATA given, name a PRESET too (e.g. PRESET=1xH200): see the presets in the README")
-    try:
-        presets = importlib.import_module(f"mlperf_submission.{args.division}.{args.bench}.presets")
-    except ModuleNotFoundError:
-        raise UserError(f"the {args.division}-division {args.bench} benchmark is not in this version") from None
-    if preset not in presets.PRESETS:
-        raise UserError(f"unknown preset {preset!r} for {args.division} {args.bench}: "
-                        f"choose one of {', '.join(presets.PRESETS)}")
-    runs = args.runs or tools.REQUIRED_RUNS[args.bench]
+    count = args.runs or tools.REQUIRED_RUNS[args.bench]
+    seeds = None
     if args.seeds:
         try:
-            seeds = [int(s) for s in args.seeds.split(",")]
+            seeds = tuple(int(s) for s in args.seeds.split(","))
         except ValueError:
             raise UserError(f"seeds {args.seeds!r} must be comma-separated integers") from None
-        if len(seeds) != runs or len(set(seeds)) != runs:
-            raise UserError(f"give {runs} distinct seeds, one per run (got {args.seeds!r})")
+        if len(seeds) != count or len(set(seeds)) != count:
+            raise UserError(f"give {count} distinct seeds, one per run (got {args.seeds!r})")
+    if args.system:
+        stem, system = load_system(args.system)
+        if system["division"] != args.division:
+            raise UserError(f"system {stem} is described for division {system['division']!r}, not {args.division!r}")
     else:
-        seeds = [secrets.randbelow(2**31 - 1) + 1 for _ in range(runs)]
+        stem, system = DEMO_SYSTEM, demo_system(args.org, args.division)
+    overrides = tuple(args.overrides)
+    # Closed BERT's phase-1 checkpoint: CKPT, or for the demonstration the smoke one, made once before any run;
+    # as a config field it is part of the plan (path and sha256), so a changed checkpoint is a changed run.
+    ckpt = phase1.submission_checkpoint(args.division, args.bench, preset, overrides, args.ckpt)
+    if ckpt:
+        overrides += (f"init_checkpoint={Path(ckpt).resolve()}",)
+    return runs.Request(division=args.division, benchmark=args.bench, preset=preset, overrides=overrides,
+                        system_name=stem, system=system, data=str(Path(args.data).resolve()) if args.data else "",
+                        runs=count, seeds=seeds, demo=demo)
+
+
+def command_line(args, out: Path, target: str = "submit") -> str:
+    """The command that resumes this one: make's, or python's when it has --set overrides (make has no variable
+    for them)."""
+    if args.overrides or getattr(args, "launcher", ""):
+        argv = ["python", "-m", "mlperf_submission.compliance", target, "--division", args.division, "--bench",
+                args.bench]
+        for flag, value in (("--preset", args.preset), ("--system", args.system), ("--data", args.data),
+                            ("--ckpt", args.ckpt), ("--runs", args.runs or ""), ("--seeds", args.seeds),
+                            ("--nproc", args.nproc if args.nproc > 1 else ""), ("--index", getattr(args, "index", "")),
+                            ("--launcher", getattr(args, "launcher", ""))):
+            if value != "" and value is not None:
+                argv += [flag, str(value)]
+        for o in args.overrides:
+            argv += ["--set", o]
+        return shlex.join([*argv, "--out", str(out)])
+    parts = [f"make {target} DIVISION={args.division} BENCH={args.bench}"]
+    for name, value in (("PRESET", args.preset), ("SYSTEM", args.system), ("DATA", args.data), ("CKPT", args.ckpt),
+                        ("RUNS", args.runs or ""), ("SEEDS", args.seeds),
+                        ("NPROC", args.nproc if args.nproc > 1 else ""),
+                        ("INDEX", getattr(args, "index", ""))):
+        if value != "" and value is not None:
+            parts.append(f"{name}={shlex.quote(str(value))}")
+    parts.append(f"OUT={shlex.quote(str(out))}")
+    return " ".join(parts)
+
+
+def interrupted(e: runs.Interrupted, out: Path, again: str) -> int:
+    """One line, and the shell's status for the signal."""
+    kept = sum(1 for p in (out / runs.RUNS_DIR).glob("result_*.json")) if (out / runs.RUNS_DIR).is_dir() else 0
+    print(f"interrupted by {signal.Signals(e.signum).name} during {e.during}; {kept} run(s) that passed are kept in "
+          f"{out / runs.RUNS_DIR} (a stopped run does not count). Resume with: {again}", flush=True)
+    return 128 + e.signum
+
+
+def main(args) -> int:
+    req = request(args)
     out = args.out or Path("out") / f"{args.division}-{args.bench}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"{out} exists and is not empty: choose a new OUT or remove it")
-
-    with tempfile.TemporaryDirectory(prefix="mlperf-runs.") as scratch:
-        scratch = Path(scratch)
-        if args.system:
-            stem, system_desc = load_system(args.system)
-            system_file = scratch / f"{stem}.json"
-        else:
-            system_desc = demo_system(args.org, args.division)
-            system_file = scratch / f"{DEMO_SYSTEM}.json"
-        system_file.write_text(json.dumps(system_desc, indent=2) + "\n")
-        print(f"== {args.division} {args.bench}: {runs} runs of preset {preset} on "
-              f"{'built-in synthetic data (DEMONSTRATION)' if demo else args.data}, system {system_file.stem}")
-        ckpt = phase1.submission_checkpoint(args.division, args.bench, preset, args.overrides, args.ckpt)
-        logs = []
-        for i, seed in enumerate(seeds):
-            log = scratch / "runs" / f"result_{i}.txt"
-            print(f"== run {i + 1}/{runs}, seed {seed}", flush=True)
-            run_one(args, preset=preset, seed=seed, system_file=system_file, log=log, ckpt=ckpt)
-            logs.append(log)
-        verdict, scores = package.build(
-            division=args.division, benchmark=args.bench, system=str(system_file), logs=logs, out=out,
-            rcp_bypass=DEMO_RCP_REASON if demo else "", demo=demo)
-
-    page = report.build(subs=[out / args.division], benches=[], out=out / "report")
+    again = command_line(args, out)
+    with runs.Signals() as signals:
+        try:
+            with runs.disk_errors(str(out), f"`{again}`"):
+                plan = runs.settle_plan(out, req, force=args.force, code_commit=package.git_commit())
+                print(f"== {args.division} {args.bench}: {plan['runs']} runs of preset {plan['preset']} on "
+                      f"{'built-in synthetic data (DEMONSTRATION)' if plan['demo'] else plan['data']}, system "
+                      f"{plan['system_name']}, seeds {','.join(map(str, plan['seeds']))}; plan in "
+                      f"{out / runs.PLAN_NAME}", flush=True)
+                runs.train_all(out, plan, signals, nproc=args.nproc,
+                               resume_hint=f"The runs that passed are kept: resume with `{again}`")
+                signals.during = "packaging"
+                verdict, scores = package.package_plan(out, plan)
+                page = report.build(subs=[out / args.division], benches=[], out=out / "report")
+        except runs.Interrupted as e:
+            return interrupted(e, out, again)
     print((out / "score.md").read_text())
     print(f"submission: {out}  (archive: {next(out.glob('*.tar.gz')).name}, results page: {page})")
-    if demo:
+    if plan["demo"]:
         print(f"NOTE: {DEMO_NOTE}.")
     print(tools.PACKAGE_SUCCESS if verdict.passed else "PACKAGE CHECKER FOUND ERRORS")
     return 0 if verdict.passed and all(s.valid for s in scores) else 1
+
+
+def run_main(args) -> int:
+    """`make run INDEX=i`: run i of OUT's plan (the plan written first by whichever job comes first)."""
+    if args.out is None:
+        raise UserError("give OUT=<the submission folder shared by the jobs>")
+    req = request(args)
+    if not 0 <= args.index < req.runs:
+        raise UserError(f"INDEX={args.index} is not a run of the plan: give 0..{req.runs - 1}")
+    again = command_line(args, args.out, "run")
+    with runs.Signals() as signals:
+        try:
+            with runs.disk_errors(str(args.out), f"`{again}`"):
+                plan = runs.settle_plan(args.out, req, code_commit=package.git_commit())
+                if args.node > 0:  # another node of a multi-node run: its share of the ranks, no bookkeeping
+                    log = runs.run_paths(args.out, args.index)["log"]
+                    cmd = runs.train_command(plan, args.index, system=runs.system_file(args.out, plan), log=log,
+                                             nproc=args.nproc, launcher=args.launcher)
+                    signals.during = f"node {args.node}'s share of run {args.index + 1}"
+                    status = runs.tee(cmd, args.out / runs.RUNS_DIR / f".result_{args.index}.node{args.node}.log",
+                                      signals)
+                    signals.check()
+                    return status
+                record = runs.train_run(args.out, plan, args.index, signals, nproc=args.nproc,
+                                        launcher=args.launcher)
+        except runs.Interrupted as e:
+            return interrupted(e, args.out, again)
+    print(f"run {args.index + 1}/{plan['runs']} ({runs.run_paths(args.out, args.index)['log']}) counts: seed "
+          f"{record['seed']}, {record['seconds']:.1f} s, compliance PASS. "
+          f"{len(runs.missing_runs(args.out, plan))} run(s) of {plan['runs']} still to do before `make package "
+          f"OUT={args.out}`")
+    return 0

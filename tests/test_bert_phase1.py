@@ -18,7 +18,7 @@ from mlperf_submission.closed.bert import phase1, presets
 from mlperf_submission.closed.bert.checkpoint import convert_checkpoint, read_index
 from mlperf_submission.closed.bert.model import BertForPretraining
 from mlperf_submission.common.cli import UserError
-from mlperf_submission.compliance import submit
+from mlperf_submission.compliance import runs, submit
 
 GOLDEN = Path(__file__).with_name("golden") / "bert_smoke.json"
 
@@ -35,12 +35,14 @@ def test_the_cache_key_is_what_determines_the_checkpoint():
 
 
 def test_make_submit_passes_the_checkpoint_to_every_run():
-    args = argparse.Namespace(division="closed", bench="bert", nproc=1, data="", overrides=[])
-    cmd = submit.train_command(args, preset="smoke", seed=1, system_file=Path("s.json"), log=Path("r.txt"),
-                               ckpt="out/cache/x/model.ckpt-170")
-    assert cmd[cmd.index("--ckpt") + 1] == "out/cache/x/model.ckpt-170"
-    assert "--ckpt" not in submit.train_command(args, preset="smoke", seed=1, system_file=Path("s.json"),
-                                                log=Path("r.txt"))
+    args = argparse.Namespace(division="closed", bench="bert", preset="smoke", nproc=1, data="", overrides=[],
+                              ckpt="/d/model.ckpt-28252", runs=0, seeds="", system="", org="DEMO")
+    req = submit.request(args)
+    assert req.overrides == ("init_checkpoint=/d/model.ckpt-28252",)  # so the plan holds it, with its sha256
+    plan = {"trainer": "closed", "benchmark": "bert", "preset": "smoke", "seeds": [1], "data": "",
+            "overrides": list(req.overrides)}
+    cmd = runs.train_command(plan, 0, system=Path("s.json"), log=Path("r.txt"))
+    assert cmd[cmd.index("--set") + 1] == "init_checkpoint=/d/model.ckpt-28252"
 
 
 def test_make_submit_gets_a_checkpoint_only_where_one_belongs():

@@ -76,7 +76,7 @@ def test_reproduce_end_to_end_with_a_stand_in_trainer(tmp_path, monkeypatch):
     """Audited seeds in, 5 runs through submit's machinery, a packaged tree that audits clean, the comparison."""
     sub = fake_tree(tmp_path)
     calls = []
-    monkeypatch.setattr(reproduce.submit, "train_command", stand_in_trainer(calls))
+    monkeypatch.setattr(reproduce.runs, "train_command", stand_in_trainer(calls))
     out = tmp_path / "repro"
     rc, printed = run_cli(["reproduce", "--sub", str(sub), "--out", str(out)])
     assert rc == 0, printed
@@ -89,16 +89,17 @@ def test_reproduce_end_to_end_with_a_stand_in_trainer(tmp_path, monkeypatch):
     assert [r["convergence_point"] for r in record["ours"]["runs"]] == [4] * 5
     assert record["audited"]["olympic_convergence"] == 36.0 and record["our_batch"] == 128
     # What `make submit` packages for a demonstration audits clean: the RCP bypass and the demo are notes.
-    report = audit.audit(out / "submission")
+    report = audit.audit(out)
     assert not [f for f in report.findings if f.severity != "note"], report.findings
     assert {f.code for f in report.findings} == {"rcp-bypass", "demonstration"}
-    assert (out / "submission" / "audit.md").is_file() and list((out / "submission").glob("*.tar.gz"))
+    assert (out / "audit.md").is_file() and list(out.glob("*.tar.gz"))
 
 
 def stand_in_trainer(calls: list, fail_seed: int | None = None):
-    """A train_command for submit.run_one that writes a converged fake log, or exits 1 for `fail_seed`."""
-    def train_command(args, *, preset, seed, system_file, log, ckpt=""):
-        calls.append((args.division, args.bench, preset, seed))
+    """A runs.train_command that writes a converged fake log, or exits 1 for `fail_seed`."""
+    def train_command(plan, i, *, system, log, nproc=1, launcher=""):
+        seed = plan["seeds"][i]
+        calls.append((plan["trainer"], plan["benchmark"], plan["preset"], seed))
         if seed == fail_seed:
             return [sys.executable, "-c", "raise SystemExit(1)"]
         code = (f"import sys; sys.path.insert(0, {str(REPO / 'tests')!r}); from pathlib import Path; "
@@ -109,22 +110,26 @@ def stand_in_trainer(calls: list, fail_seed: int | None = None):
     return train_command
 
 
-def test_a_failed_run_keeps_the_finished_runs_logs(tmp_path, monkeypatch, capsys):
+def test_a_failed_run_keeps_the_finished_runs_logs_and_the_same_command_resumes(tmp_path, monkeypatch, capsys):
     from mlperf_submission.compliance.__main__ import main
 
     sub = fake_tree(tmp_path)
     calls = []
-    monkeypatch.setattr(reproduce.submit, "train_command", stand_in_trainer(calls, fail_seed=102))
+    monkeypatch.setattr(reproduce.runs, "train_command", stand_in_trainer(calls, fail_seed=102))
     out = tmp_path / "repro"
     assert main(["reproduce", "--sub", str(sub), "--runs", "4", "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "the run with seed 102 (result_2.txt) failed with exit status 1" in err and err.count("\n") == 1
-    assert f"the 2 finished run log(s) are kept in {out / 'runs' / 'resnet'}" in err
+    assert "run 3 (result_2.txt, seed 102) failed with exit status 1" in err and err.count("\n") == 1
+    assert f"The runs that passed are kept: resume with `make reproduce SUB={sub} RUNS=4 OUT={out}`" in err
     assert [c[3] for c in calls] == [100, 101, 102]
-    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
-        "runs/resnet/result_0.txt", "runs/resnet/result_1.txt"]
-    assert all(check_log(p).passed for p in (out / "runs" / "resnet").iterdir())
+    assert sorted(p.relative_to(out).as_posix() for p in (out / "runs").glob("result_*")) == [
+        "runs/result_0.json", "runs/result_0.log", "runs/result_0.txt", "runs/result_1.json", "runs/result_1.log",
+        "runs/result_1.txt", "runs/result_2.log"]
+    assert all(check_log(out / "runs" / f"result_{i}.txt").passed for i in (0, 1))
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []   # no temporary folder left
+    monkeypatch.setattr(reproduce.runs, "train_command", stand_in_trainer(calls))
+    assert main(["reproduce", "--sub", str(sub), "--runs", "4", "--out", str(out)]) == 0
+    assert [c[3] for c in calls] == [100, 101, 102, 102, 103]   # the two that passed were kept
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -171,7 +176,7 @@ def test_reproduce_a_published_result_at_smoke_scale_with_the_real_trainer(graph
     assert rc == 0, printed
     assert "!!! SMOKE SCALE, DEMONSTRATION" in printed and "28.335 published" in printed
     assert "runs/ only: 1 run(s), the rules need 5 to package" in printed
-    log = out / "runs" / "resnet" / "result_0.txt"
+    log = out / "runs" / "result_0.txt"
     assert check_log(log).passed
     record = json.loads((out / "reproduce.json").read_text())
     assert record["seeds"] == [1] and record["plan"]["preset"] == "pod16" and record["published_minutes"] == 28.335

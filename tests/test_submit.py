@@ -1,4 +1,5 @@
-"""`make submit` end to end on the smoke preset, and the packaging step's handling of bad input."""
+"""`make submit` end to end on the smoke preset (and again, resuming), and the packaging step's handling of bad
+input."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ import hashlib
 import subprocess
 import sys
 import tarfile
+import time
 
 import pytest
-from fakes import fake_run
+from fakes import fake_run, one_line_error
 
 from mlperf_submission.common.cli import UserError
 from mlperf_submission.compliance import package
@@ -44,10 +46,22 @@ def test_closed_resnet_demo_submission_end_to_end(tmp_path):
             digest, name = line.split("  ", 1)
             assert hashlib.sha256(tar.extractfile(name).read()).hexdigest() == digest
     assert len(manifest) == sum(1 for p in (out / "closed").rglob("*") if p.is_file())
-    # A second submit into the same folder is refused and changes nothing.
+    # The runs stay in OUT/runs with their records and console output.
+    runs = out / "runs"
+    assert sorted(p.name for p in runs.glob("result_*")) == sorted(
+        f"result_{i}.{ext}" for i in range(5) for ext in ("txt", "json", "log"))
+    # The same command again keeps every run and packages again; another preset for this OUT is refused.
+    kept = {p.name: p.read_bytes() for p in runs.iterdir() if p.is_file()}
+    started = time.time()
+    again = submit("--division", "closed", "--bench", "resnet", "--seeds", "11,12,13,14,15", "--out", str(out))
+    assert again.returncode == 0 and again.stdout.rstrip().endswith(PACKAGE_SUCCESS), again.stderr[-2000:]
+    assert all(f"run {i}/5 kept" in again.stdout for i in range(1, 6)) and "seed 11:" not in again.stdout
+    assert {p.name: p.read_bytes() for p in runs.iterdir() if p.is_file()} == kept
+    print(f"resume with all 5 runs kept (check them, package again): {time.time() - started:.1f} s")
     before = sorted(p.relative_to(out) for p in out.rglob("*"))
-    again = submit("--division", "closed", "--bench", "resnet", "--out", str(out))
-    assert again.returncode == 2 and "exists and is not empty" in again.stderr
+    other = submit("--division", "closed", "--bench", "resnet", "--preset", "1xH200", "--out", str(out))
+    one_line_error(other.returncode, other.stderr, "was planned differently: this command asks for preset '1xH200' "
+                                                   "(the plan has 'smoke')")
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
 
 
