@@ -213,7 +213,7 @@ class Run:
         if self.data_files is None:
             if self.log.active:
                 print("cache_clear: false (synthetic data made in memory: no dataset on storage to flush)",
-                      flush=True)
+                      file=sys.stderr, flush=True)
             return False
         why = drop_page_cache(self.data_files)
         if why:

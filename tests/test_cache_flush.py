@@ -67,7 +67,7 @@ def test_cache_clear_is_true_only_when_the_dataset_was_flushed(tmp_path, monkeyp
     assert flushed == files
     with Run(MLLog(tmp_path / "demo.txt"), SUB, seed=1, hyperparameters={}, train_samples=1, eval_samples=1):
         pass
-    assert "cache_clear: false (synthetic data made in memory" in capsys.readouterr().out
+    assert "cache_clear: false (synthetic data made in memory" in capsys.readouterr().err
     values = {name: [e["value"] for e in log_events(tmp_path / f"{name}.txt.partial") if e["key"] == "cache_clear"]
               for name in ("real", "demo")}
     assert values == {"real": [True], "demo": [False]}

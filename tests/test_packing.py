@@ -147,8 +147,10 @@ def test_nnlshp_on_wikipedia_matches_the_published_figures(wikipedia):
     for plan in (paper, ours):
         assert np.array_equal(plan.histogram(), wikipedia)
         assert max(len(lengths) for lengths, _ in plan.strategies) == 3
-    # The paper's code, one pack per left-over sequence: exactly its 8,155,059 packs, 99.75 %, speed-up 1.99625.
-    assert paper.packs == 8_155_059
+    # The paper's code, one pack per left-over sequence: its 8,155,059 packs, 99.75 %, speed-up 1.99625. NNLS's
+    # real counts are rounded to integers, so a BLAS kernel that sums in another order moves a count or two across an
+    # integer: 8,155,059 and 8,155,057 have both been seen with scipy 1.17.1 on 2-core EPYC machines.
+    assert abs(paper.packs - 8_155_059) <= 10, paper.packs
     assert round(100 * paper.efficiency, 2) == 99.75 and round(paper.speedup, 4) == 1.9963
     # Packing the left-overs by SPFHP instead saves ~3,300 packs (8,151,706 with scipy 1.17.1's NNLS); 0.1 % leaves
     # room for a solver that rounds a few counts the other way.
