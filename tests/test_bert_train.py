@@ -125,7 +125,7 @@ def test_one_smoke_run_reaches_the_target_and_passes_the_checker(tmp_path):
     evals = [e for e in events if e["key"] == "eval_accuracy"]
     interval = presets.eval_interval(presets.smoke())
     assert [e["metadata"]["epoch_num"] for e in evals] == [interval * (i + 1) for i in range(len(evals))]
-    assert evals[-1]["value"] >= 0.72
+    assert evals[-1]["value"] >= presets.TARGET
 
 
 def events(log):

@@ -16,6 +16,7 @@ only on the cadence; a run that reaches its sample limit unconverged stops there
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 import time
 from collections.abc import Callable
@@ -35,43 +36,32 @@ from mlperf_submission.closed.bert.optim import (
     nsp_loss,
     param_groups,
 )
-from mlperf_submission.common import config
-from mlperf_submission.common.cli import ArgumentParser, UserError, entry_point
+from mlperf_submission.common import training
+from mlperf_submission.common.cli import UserError, entry_point
 from mlperf_submission.common.data import bert_wiki
 from mlperf_submission.common.data.loader import loader
-from mlperf_submission.common.mllog import MLLog
-from mlperf_submission.common.run import Run, Submission, dataset_files
+from mlperf_submission.common.run import Run, dataset_files
 from mlperf_submission.common.runtime import distributed
 from mlperf_submission.common.runtime.compile import batch_sizes, compiled, undone
-from mlperf_submission.common.runtime.precision import autocast, notation
-from mlperf_submission.systems import load as load_system
+from mlperf_submission.common.runtime.precision import autocast
 
 DIVISION = "closed"
 
 
 def parse_args(argv, *, prog="python -m mlperf_submission.closed.bert.train", registry=presets.PRESETS,
                description=__doc__):
-    p = ArgumentParser(prog=prog, description=description)
-    p.add_argument("--preset", default="smoke", help=f"one of {', '.join(registry)}")
-    p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--system", required=True, help="system description JSON (path or name in systems/)")
-    p.add_argument("--result-log", type=Path, required=True, help="the result log to create")
-    p.add_argument("--data", type=Path, help="folder written by `make data BENCH=bert`")
+    p = training.arguments(prog=prog, description=description, registry=registry,
+                           data_help="folder written by `make data BENCH=bert`")
     p.add_argument("--ckpt", default="", help="phase-1 checkpoint: TF prefix (e.g. /data/bert/phase1/model.ckpt-"
                    "28252, converted in the untimed init) or a converted .pt; sets init_checkpoint")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE")
     return p.parse_args(argv)
 
 
 def resolve_config(args, registry=presets.PRESETS, validate=presets.validate_closed) -> presets.BertRunConfig:
-    cfg = config.override(config.select(registry, args.preset), args.overrides)
-    if args.ckpt:
-        cfg = dataclasses.replace(cfg, init_checkpoint=args.ckpt)
-    if args.data is not None and cfg.dataset == "synthetic":
-        raise UserError(f"preset {args.preset} trains on the synthetic corpus; with DATA, choose a Wikipedia preset")
-    if args.data is None and cfg.dataset == "wiki":
-        raise UserError(f"preset {args.preset} needs the MLPerf Wikipedia data: give DATA=<folder> (`make data`)")
-    validate(cfg)
+    cfg = training.resolve(args, registry, validate, real_dataset="wiki",
+                           synthetic_with_data="trains on the synthetic corpus; with DATA, choose a Wikipedia preset",
+                           real_without_data="needs the MLPerf Wikipedia data: give DATA=<folder> (`make data`)",
+                           **({"init_checkpoint": args.ckpt} if args.ckpt else {}))
     if cfg.init_checkpoint:
         try:  # the index or the .pt's metadata only: the weights are read in the untimed init
             checkpoint.check_init_checkpoint(cfg.init_checkpoint, cfg.model_config())
@@ -201,16 +191,11 @@ def warm_up(model, replica, optimizer, scaler, cfg, device, inputs: Inputs, trai
     """Untimed, on synthetic batches: one training step at learning rate 0 per training batch size and one
     eval forward per eval batch size, so that torch.compile compiles nothing inside the timed region. The
     caller undoes its effects (`compile.undone`)."""
-    for group in optimizer.param_groups:
-        group["lr"] = 0.0
     for n in train_sizes:
         with replica.micro_step(reduce=True):
             loss, _, _ = inputs.forward(model, inputs.warmup_batch(cfg, n), cfg, device)
             scaler.scale(loss).backward()
-        replica.reduce_gradients()
-        replica.step(scaler)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+        training.update(replica, optimizer, scaler, 0.0)
     model.eval()
     with torch.no_grad():
         for n in eval_sizes:
@@ -226,26 +211,21 @@ def main(argv: list[str] | None = None) -> int:
 
 def train(cfg: presets.BertRunConfig, args, *, division: str, inputs: Inputs = Inputs()) -> int:
     """One run with a resolved config; the open division calls this with its own config and inputs."""
-    _, system = load_system(args.system)
-    submission = Submission.from_system(system, division=division, benchmark="bert")
+    submission = training.submission(args, division=division, benchmark="bert")
     if cfg.dataset == "wiki":
         inputs.verify(cfg, args.data)
     if cfg.clip_before_allreduce and cfg.precision == "fp16":
         raise UserError("clip_before_allreduce with fp16 loss scaling: ranks could disagree on skipping a step "
                         "(choose bf16, or clip after the all-reduce)")
-    dist = distributed.init(cfg.device, backend=cfg.distributed_backend, timeout_s=cfg.distributed_timeout_s)
+    dist, local_batch = training.ranks(cfg, cfg.global_batch_items)
     device = dist.device
-    local_batch = distributed.local_batch(cfg.global_batch_items, dist, cfg.gradient_accumulation_steps)
-    if dist.is_main:
-        print(f"bert {division}, preset {args.preset}, seed {args.seed}, {dist.world_size} rank(s) on {device}, "
-              f"local batch {local_batch}, precision {notation(cfg.precision)}:\n{config.describe(cfg)}", flush=True)
-    torch.manual_seed(args.seed)
+    training.announce("bert", division, args, cfg, dist, local_batch)
+    log = training.seeded_log(args, dist)
     # Tiny smoke widths produce denormal floats that run ~10x slower on x86 CPUs; flushing them to zero
     # is what GPUs do by default.
     torch.set_flush_denormal(True)
     if cfg.cpu_threads:
         torch.set_num_threads(cfg.cpu_threads)
-    log = MLLog(args.result_log, rank=dist.rank, barrier=dist.barrier)
     train_set, val_set = inputs.datasets(cfg, args.data)
     interval, limit = presets.eval_interval(cfg), presets.max_samples(cfg)
     with Run(log, submission, seed=args.seed, hyperparameters=presets.hyperparameters(cfg),
@@ -265,6 +245,8 @@ def train(cfg: presets.BertRunConfig, args, *, division: str, inputs: Inputs = I
                                  reduce_in_backward=not cfg.clip_before_allreduce)
         model, optimizer = replica.module, replica.optimizer
         scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+        # The reference's clip_by_global_norm, on the unscaled gradients of every step.
+        clip = functools.partial(clip_grad_norm, list(model.parameters()), cfg.max_grad_norm)
         sampler = distributed.train_sampler(train_set, dist, args.seed)  # one permutation over all ranks
         overlap = dict(prefetch_factor=cfg.prefetch_factor, pin_memory=cfg.pin_memory)
         train_loader = loader(train_set, local_batch, shuffle=False, workers=cfg.data_workers,
@@ -293,21 +275,13 @@ def train(cfg: presets.BertRunConfig, args, *, division: str, inputs: Inputs = I
                 local_sequences += inputs.sequences(batch)
                 if micro % cfg.gradient_accumulation_steps:
                     continue
-                if not cfg.clip_before_allreduce:
-                    replica.reduce_gradients()  # then clip the mean gradient, as one device would
-                scaler.unscale_(optimizer)
-                clip_grad_norm(model.parameters(), cfg.max_grad_norm)
-                if cfg.clip_before_allreduce:
-                    replica.reduce_gradients()  # each rank clipped its own gradient; now average them
                 lr = lr_schedule(step, base_lr=cfg.opt_base_learning_rate,
                                  warmup_steps=cfg.opt_learning_rate_warmup_steps,
                                  start_warmup_step=cfg.start_warmup_step,
                                  total_steps=cfg.opt_learning_rate_training_steps)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                replica.step(scaler)
-                scaler.update()
-                optimizer.zero_grad()
+                # The mean gradient is clipped, as one device would, unless each rank clips its own first.
+                training.update(replica, optimizer, scaler, lr, clip=clip,
+                                clip_before_allreduce=cfg.clip_before_allreduce)
                 step += 1
                 step_samples = inputs.sequences_in_step(cfg, dist, local_sequences, device)
                 samples, local_sequences = samples + step_samples, 0

@@ -23,41 +23,29 @@ import torch.nn.functional as F
 from mlperf_submission.closed.resnet import presets
 from mlperf_submission.closed.resnet.model import ResNet50, mlperf_tensor_names
 from mlperf_submission.closed.resnet.optim import LARS, param_groups, poly_schedule, reference_epsilon, sgd
-from mlperf_submission.common import config
-from mlperf_submission.common.cli import ArgumentParser, UserError, entry_point
+from mlperf_submission.common import training
+from mlperf_submission.common.cli import UserError, entry_point
 from mlperf_submission.common.data.loader import loader
 from mlperf_submission.common.data.synthetic import synthetic_images
-from mlperf_submission.common.mllog import MLLog
-from mlperf_submission.common.run import Run, Submission, dataset_files
+from mlperf_submission.common.run import Run, dataset_files
 from mlperf_submission.common.runtime import distributed
 from mlperf_submission.common.runtime.compile import batch_sizes, compiled, undone
-from mlperf_submission.common.runtime.precision import autocast, notation
-from mlperf_submission.systems import load as load_system
+from mlperf_submission.common.runtime.precision import autocast
 
 DIVISION = "closed"
 
 
 def parse_args(argv: list[str] | None, *, prog: str = "python -m mlperf_submission.closed.resnet.train",
                registry=presets.PRESETS, description: str | None = __doc__) -> argparse.Namespace:
-    p = ArgumentParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="smoke", help=f"one of {', '.join(registry)}")
-    p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--system", required=True, help="system description JSON (path or name in systems/)")
-    p.add_argument("--result-log", type=Path, required=True, help="the result log to create")
-    p.add_argument("--data", type=Path, help="ImageNet folder (JPEG folders or tfds TFRecords)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE")
-    return p.parse_args(argv)
+    return training.arguments(prog=prog, description=description, registry=registry, raw_description=True,
+                              data_help="ImageNet folder (JPEG folders or tfds TFRecords)").parse_args(argv)
 
 
 def resolve_config(args: argparse.Namespace, registry=presets.PRESETS,
                    validate=presets.validate_closed) -> presets.ResNetConfig:
-    cfg = config.override(config.select(registry, args.preset), args.overrides)
-    if args.data is not None and cfg.dataset == "synthetic":
-        raise UserError(f"preset {args.preset} trains on synthetic data; with DATA, choose an ImageNet preset")
-    if args.data is None and cfg.dataset == "imagenet":
-        raise UserError(f"preset {args.preset} needs ImageNet: give DATA=<folder> (see `make data`)")
-    validate(cfg)
-    return cfg
+    return training.resolve(args, registry, validate, real_dataset="imagenet",
+                            synthetic_with_data="trains on synthetic data; with DATA, choose an ImageNet preset",
+                            real_without_data="needs ImageNet: give DATA=<folder> (see `make data`)")
 
 
 class SyntheticBatches(torch.utils.data.Dataset):
@@ -136,18 +124,13 @@ def warm_up(model, replica, optimizer, scaler, cfg, device, train_sizes: list[in
     def images(n):
         return torch.randn(n, 3, cfg.image_size, cfg.image_size, device=device).contiguous(memory_format=memory)
 
-    for group in optimizer.param_groups:
-        group["lr"] = 0.0
     for n in train_sizes:
         with replica.micro_step(reduce=True):
             with autocast(cfg.precision, device):
                 loss = F.cross_entropy(model(images(n)).float(), torch.randint(cfg.num_classes, (n,), device=device),
                                        label_smoothing=cfg.label_smoothing)
             scaler.scale(loss).backward()
-        replica.reduce_gradients()
-        replica.step(scaler)
-        scaler.update()
-        optimizer.zero_grad()
+        training.update(replica, optimizer, scaler, 0.0)
     model.eval()
     with torch.no_grad(), autocast(cfg.precision, device):
         for n in eval_sizes:
@@ -185,22 +168,17 @@ def train(cfg: presets.ResNetConfig, args: argparse.Namespace, *, division: str,
     residual block as the identity (`zero_init_residual`, see model.py). On ImageNet, `check_counts(train,
     eval, classes)` vets the dataset's counts before any log is written (the closed entry point passes
     `presets.check_counts`; a test of the real-data path on a tiny folder passes None)."""
-    _, system = load_system(args.system)
-    submission = Submission.from_system(system, division=division, benchmark="resnet")
-    dist = distributed.init(cfg.device, backend=cfg.distributed_backend, timeout_s=cfg.distributed_timeout_s)
+    submission = training.submission(args, division=division, benchmark="resnet")
+    dist, local_batch = training.ranks(cfg, cfg.global_batch_size)
     device = dist.device
-    local_batch = distributed.local_batch(cfg.global_batch_size, dist, cfg.gradient_accumulation_steps)
     bn_replicas = distributed.bn_group_replicas(cfg.model_bn_span, local_batch, dist.world_size)
     cfg = dataclasses.replace(cfg, model_bn_span=local_batch * bn_replicas)  # logged as resolved
-    if dist.is_main:
-        print(f"resnet {division}, preset {args.preset}, seed {args.seed}, {dist.world_size} rank(s) on {device}, "
-              f"local batch {local_batch}, precision {notation(cfg.precision)}:\n{config.describe(cfg)}", flush=True)
+    training.announce("resnet", division, args, cfg, dist, local_batch)
     manifest = checked_manifest(args.data) if cfg.dataset == "imagenet" else None
     train_samples, eval_samples, classes = sample_counts(cfg, manifest)
     if manifest is not None and check_counts is not None:
         check_counts(train_samples, eval_samples, classes)
-    torch.manual_seed(args.seed)
-    log = MLLog(args.result_log, rank=dist.rank, barrier=dist.barrier)
+    log = training.seeded_log(args, dist)
     with Run(log, submission, seed=args.seed, hyperparameters=presets.hyperparameters(cfg, train_samples),
              train_samples=train_samples, eval_samples=eval_samples,
              data_files=dataset_files(args.data) if cfg.dataset != "synthetic" else None) as run:
@@ -252,12 +230,7 @@ def train(cfg: presets.ResNetConfig, args: argparse.Namespace, *, division: str,
                     lr = poly_schedule(step, base_lr=cfg.opt_base_learning_rate, end_lr=cfg.opt_end_learning_rate,
                                        warmup_steps=warmup_steps, decay_steps=decay_steps,
                                        power=cfg.opt_learning_rate_decay_poly_power)
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr
-                    replica.reduce_gradients()
-                    replica.step(scaler)
-                    scaler.update()
-                    optimizer.zero_grad()
+                    training.update(replica, optimizer, scaler, lr)
                     step += 1
             elapsed = time.time() - started
             line = (f"epoch {epoch:3d}: loss {loss_sum.item() / (i + 1):.3f}, lr {lr:.4f}, "

@@ -1,0 +1,98 @@
+"""What the two closed trainers (closed/resnet/train.py, closed/bert/train.py) do the same way, as plain
+functions they call in order: the command line, the config from preset and `--set`, the run's preamble
+(system, ranks, local batch, the printed config, the seed and the result log) and the optimizer update
+that ends every accumulated step. The run itself, `run_start` to `run_stop`, stays in each train.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from mlperf_submission.common import config
+from mlperf_submission.common.cli import ArgumentParser, UserError
+from mlperf_submission.common.mllog import MLLog
+from mlperf_submission.common.run import Submission
+from mlperf_submission.common.runtime import distributed
+from mlperf_submission.common.runtime.precision import notation
+from mlperf_submission.systems import load as load_system
+
+
+def arguments(*, prog: str, description: str | None, registry: dict, data_help: str,
+              raw_description: bool = False) -> ArgumentParser:
+    """The options every run takes; a trainer adds its own (BERT's --ckpt) and parses."""
+    formatter = argparse.RawDescriptionHelpFormatter if raw_description else argparse.HelpFormatter
+    p = ArgumentParser(prog=prog, description=description, formatter_class=formatter)
+    p.add_argument("--preset", default="smoke", help=f"one of {', '.join(registry)}")
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--system", required=True, help="system description JSON (path or name in systems/)")
+    p.add_argument("--result-log", type=Path, required=True, help="the result log to create")
+    p.add_argument("--data", type=Path, help=data_help)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE")
+    return p
+
+
+def resolve(args: argparse.Namespace, registry: dict, validate: Callable, *, real_dataset: str,
+            synthetic_with_data: str, real_without_data: str, **fields):
+    """The preset, its `--set` overrides, then `fields` (from other options), checked against --data and
+    validated. The two messages follow "preset NAME ": a synthetic preset given DATA, a real one without."""
+    cfg = config.override(config.select(registry, args.preset), args.overrides)
+    if fields:
+        cfg = dataclasses.replace(cfg, **fields)
+    if args.data is not None and cfg.dataset == "synthetic":
+        raise UserError(f"preset {args.preset} {synthetic_with_data}")
+    if args.data is None and cfg.dataset == real_dataset:
+        raise UserError(f"preset {args.preset} {real_without_data}")
+    validate(cfg)
+    return cfg
+
+
+def submission(args: argparse.Namespace, *, division: str, benchmark: str) -> Submission:
+    """The log's submission fields, from the system description named by --system."""
+    _, system = load_system(args.system)
+    return Submission.from_system(system, division=division, benchmark=benchmark)
+
+
+def ranks(cfg, global_batch: int) -> tuple[distributed.Dist, int]:
+    """(this process's rank and device, its batch per micro-step) for `global_batch` items per step."""
+    dist = distributed.init(cfg.device, backend=cfg.distributed_backend, timeout_s=cfg.distributed_timeout_s)
+    return dist, distributed.local_batch(global_batch, dist, cfg.gradient_accumulation_steps)
+
+
+def announce(benchmark: str, division: str, args: argparse.Namespace, cfg, dist: distributed.Dist,
+             local_batch: int) -> None:
+    """The resolved config in full, for humans (rank 0)."""
+    if dist.is_main:
+        print(f"{benchmark} {division}, preset {args.preset}, seed {args.seed}, {dist.world_size} rank(s) on "
+              f"{dist.device}, local batch {local_batch}, precision {notation(cfg.precision)}:\n"
+              f"{config.describe(cfg)}", flush=True)
+
+
+def seeded_log(args: argparse.Namespace, dist: distributed.Dist) -> MLLog:
+    """Seed torch with --seed, then open the result log (a new file) that the run writes."""
+    torch.manual_seed(args.seed)
+    return MLLog(args.result_log, rank=dist.rank, barrier=dist.barrier)
+
+
+def update(replica, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, lr: float, *,
+           clip: Callable[[], object] | None = None, clip_before_allreduce: bool = False) -> None:
+    """The optimizer step after the last micro-step's backward: average the gradients over ranks, unscale
+    and `clip()` them in place if given (before the average with `clip_before_allreduce`: each rank clips its
+    own), set `lr` on every parameter group, step (skipped by the scaler on an fp16 overflow), zero them."""
+    clip_first = clip is not None and clip_before_allreduce
+    if not clip_first:
+        replica.reduce_gradients()
+    if clip is not None:
+        scaler.unscale_(optimizer)
+        clip()
+    if clip_first:
+        replica.reduce_gradients()
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    replica.step(scaler)
+    scaler.update()
+    optimizer.zero_grad()

@@ -1,0 +1,94 @@
+"""The golden per-eval top-1 of a seeded closed ResNet smoke run (tests/golden/resnet_smoke.json), as
+tests/golden/bert_smoke.json is BERT's: a change that moves the numerics shows here, within the file's
+tolerance. This file also writes the golden file, from an actual run on this machine:
+
+    python tests/test_resnet_golden.py --write
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+GOLDEN = Path(__file__).with_name("golden") / "resnet_smoke.json"
+SEED = 1
+
+
+def command(seed: int, log: Path) -> list[str]:
+    return [sys.executable, "-m", "mlperf_submission.closed.resnet.train", "--preset", "smoke", "--seed", str(seed),
+            "--system", "1xH200", "--result-log", str(log)]
+
+
+def eval_accuracies(log: Path) -> list[tuple[int, float]]:
+    """(epoch, top-1) of every eval_accuracy in a result log."""
+    events = [json.loads(ln.split(":::MLLOG ", 1)[1]) for ln in log.read_text().splitlines()]
+    return [(e["metadata"]["epoch_num"], e["value"]) for e in events if e["key"] == "eval_accuracy"]
+
+
+def epoch_losses(stdout: str) -> list[tuple[int, float]]:
+    """(epoch, mean training loss) from the trainer's progress lines, "epoch   1: loss 2.303, ..."."""
+    return [(int(m[1]), float(m[2])) for m in re.finditer(r"^epoch +(\d+): loss (\d+\.\d+),", stdout, re.M)]
+
+
+def smoke_run(seed: int, log: Path) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+    """-> (evals, losses) of one smoke run."""
+    proc = subprocess.run(command(seed, log), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "run_stop: success" in proc.stdout, proc.stdout[-2000:]
+    return eval_accuracies(log), epoch_losses(proc.stdout)
+
+
+@pytest.mark.slow
+def test_seeded_smoke_run_follows_the_golden_accuracies(tmp_path):
+    golden = json.loads(GOLDEN.read_text())
+    got, losses = smoke_run(golden["seed"], tmp_path / "result_0.txt")
+    assert [epoch for epoch, _ in got] == [epoch for epoch, _ in golden["evals"]]
+    for (epoch, ours), (_, expected) in zip(got, golden["evals"], strict=True):
+        assert ours == pytest.approx(expected, abs=golden["tolerance"]), epoch
+    assert [epoch for epoch, _ in losses] == [epoch for epoch, _ in golden["losses"]]
+    for (epoch, ours), (_, expected) in zip(losses, golden["losses"], strict=True):
+        assert ours == pytest.approx(expected, abs=golden["loss_tolerance"]), epoch
+
+
+def write(path: Path = GOLDEN) -> None:
+    """Run the smoke once with SEED and write its evals as the golden file (atomically)."""
+    import tempfile
+
+    from mlperf_submission.common.cli import atomic_write_text
+
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "result_0.txt"
+        evals, losses = smoke_run(SEED, log)
+    golden = {
+        "what": "per-eval top-1 and per-epoch mean training loss (printed to 3 decimals) of a seeded closed "
+                "ResNet smoke run (synthetic data, 4,096 training and 1,024 eval images)",
+        "command": "python -m mlperf_submission.closed.resnet.train --preset smoke --seed 1 --system 1xH200 "
+                   "--result-log out/golden.txt (written by `python tests/test_resnet_golden.py --write`)",
+        "seed": SEED,
+        "evals": [[epoch, round(top1, 6)] for epoch, top1 in evals],
+        "losses": [[epoch, loss] for epoch, loss in losses],
+        "tolerance": TOLERANCE,
+        "loss_tolerance": LOSS_TOLERANCE,
+        "tolerance_why": TOLERANCE_WHY,
+        "measured_on": MEASURED_ON,
+    }
+    atomic_write_text(path, json.dumps(golden, indent=1) + "\n")
+    print(json.dumps(golden, indent=1))
+
+
+TOLERANCE = 0.03
+LOSS_TOLERANCE = 0.05
+TOLERANCE_WHY = ("absolute, per eval (30 of the 1,024 eval images) and per epoch's loss: reruns on one machine "
+                 "agree exactly; other CPUs round fp32 sums differently over the run's steps. The one eval, at "
+                 "epoch 4, is 0.045 above the 0.759 target, so the run stops there within it.")
+MEASURED_ON = "a shared 2-core AMD EPYC, torch 2.13 CPU, fp32"
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--write"]:
+        sys.exit(f"usage: python {sys.argv[0]} --write   (re-measures {GOLDEN})")
+    write()
