@@ -211,10 +211,7 @@ class Run:
         """Flush the dataset's files from the page cache (after any checksum pass, which reads them all),
         or fail the run before it logs anything; data made in memory has nothing to flush."""
         if self.data_files is None:
-            if self.log.active:
-                print("cache_clear: false (synthetic data made in memory: no dataset on storage to flush)",
-                      file=sys.stderr, flush=True)
-            return False
+            return False  # the trainers say why in their start-up lines (common/training.announce)
         why = drop_page_cache(self.data_files)
         if why:
             self.log.close(complete=False)

@@ -70,6 +70,8 @@ def announce(benchmark: str, division: str, args: argparse.Namespace, cfg, dist:
         print(f"{benchmark} {division}, preset {args.preset}, seed {args.seed}, {dist.world_size} rank(s) on "
               f"{dist.device}, local batch {local_batch}, precision {notation(cfg.precision)}:\n"
               f"{config.describe(cfg)}", flush=True)
+        if cfg.dataset == "synthetic":
+            print("cache_clear: false (synthetic data made in memory: no dataset on storage to flush)", flush=True)
 
 
 def seeded_log(args: argparse.Namespace, dist: distributed.Dist) -> MLLog:

@@ -6,10 +6,13 @@ from __future__ import annotations
 import json
 import os
 import sys
+import types
 
 import pytest
 
+from mlperf_submission.closed.resnet import presets as resnet_presets
 from mlperf_submission.common import run as run_module
+from mlperf_submission.common import training
 from mlperf_submission.common.cli import UserError
 from mlperf_submission.common.mllog import MLLog
 from mlperf_submission.common.run import Run, Submission, dataset_files, drop_page_cache, resident_pages
@@ -67,7 +70,10 @@ def test_cache_clear_is_true_only_when_the_dataset_was_flushed(tmp_path, monkeyp
     assert flushed == files
     with Run(MLLog(tmp_path / "demo.txt"), SUB, seed=1, hyperparameters={}, train_samples=1, eval_samples=1):
         pass
-    assert "cache_clear: false (synthetic data made in memory" in capsys.readouterr().err
+    dist = types.SimpleNamespace(is_main=True, world_size=1, device="cpu")
+    args = types.SimpleNamespace(preset="smoke", seed=1)
+    training.announce("resnet", "closed", args, resnet_presets.smoke(), dist, 8)
+    assert "cache_clear: false (synthetic data made in memory" in capsys.readouterr().out
     values = {name: [e["value"] for e in log_events(tmp_path / f"{name}.txt.partial") if e["key"] == "cache_clear"]
               for name in ("real", "demo")}
     assert values == {"real": [True], "demo": [False]}
