@@ -24,6 +24,7 @@ epochs (1-based); BERT's is the count of samples trained.
 from __future__ import annotations
 
 import ctypes
+import functools
 import mmap
 import os
 import signal
@@ -104,6 +105,17 @@ def dataset_files(folder: str | os.PathLike) -> list[Path]:
                   if (Path(root) / name).is_file())
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    """libc with mmap, munmap and mincore typed: set up once, as a flush asks for every file of a dataset."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_ubyte)]
+    return libc
+
+
 def resident_pages(path: str | os.PathLike) -> int | None:
     """How many pages of `path` are in the page cache (mincore(2) on a mapping that touches none of them);
     None where mincore cannot be called (not Linux)."""
@@ -112,11 +124,7 @@ def resident_pages(path: str | os.PathLike) -> int | None:
     size = os.path.getsize(path)
     if size == 0:
         return 0
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mmap.restype = ctypes.c_void_p
-    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
-    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_ubyte)]
+    libc = _libc()
     pages = -(-size // mmap.PAGESIZE)
     vec = (ctypes.c_ubyte * pages)()
     fd = os.open(path, os.O_RDONLY)

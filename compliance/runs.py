@@ -440,8 +440,11 @@ class Progress:
     def __init__(self, total: int, times: list[float]):
         self.total = total
         self.times = list(times)   # seconds of the runs that count, this session's and those kept
-        self.done = len(times)
         self.started = time.time()
+
+    @property
+    def done(self) -> int:
+        return len(self.times)
 
     def estimate(self) -> str:
         if not self.times:
@@ -454,7 +457,6 @@ class Progress:
 
     def finished(self, seconds: float) -> None:
         self.times.append(seconds)
-        self.done += 1
 
 
 def train_run(out: Path, plan: dict, i: int, signals: Signals, progress: Progress | None = None, *,

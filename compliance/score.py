@@ -15,7 +15,7 @@ the RCP checker then has to be run with `--bert_train_samples`.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from mlperf_logging.result_summarizer.result_summarizer import _compute_olympic_average
@@ -152,12 +152,13 @@ def score_benchmark(bench_dir: Path, system: dict, *, verdict: str = "auto") -> 
         problem = f"{dropped} runs fail compliance; at most one may be dropped"
     minutes = _compute_olympic_average(counted, dropped, 1) if dropped <= 1 else None
     division = system.get("division", "")
-    train_samples = any(r.convergence_source == "train_samples" for r in runs)
-    rcp = tools.check_rcp(bench_dir, bert_train_samples=train_samples) if division == "closed" else None
-    return BenchmarkScore(
+    score = BenchmarkScore(
         submitter=system.get("submitter", ""), division=division, system=bench_dir.parent.name,
         system_name=system.get("system_name", ""), benchmark=benchmark, runs=runs, minutes=minutes,
-        dropped=dropped, valid=not problem and minutes is not None, problem=problem, rcp=rcp)
+        dropped=dropped, valid=not problem and minutes is not None, problem=problem, rcp=None)
+    if division != "closed":
+        return score
+    return replace(score, rcp=tools.check_rcp(bench_dir, bert_train_samples=score.bert_train_samples))
 
 
 def submitter_dirs(root: Path) -> list[Path]:

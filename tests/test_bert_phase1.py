@@ -55,10 +55,12 @@ def test_make_submit_gets_a_checkpoint_only_where_one_belongs():
 
 
 @pytest.fixture(scope="module")
-def smoke_phase1() -> Path:
-    """The smoke preset's checkpoint in the default cache (out/cache), shared with every smoke run."""
+def smoke_phase1():
+    """The smoke preset's checkpoint in the default cache (out/cache), shared with every smoke run; denormals
+    flushed as train.py flushes them, then back to torch's default (off) for the tests after."""
     torch.set_flush_denormal(True)
-    return phase1.smoke_checkpoint(presets.smoke())
+    yield phase1.smoke_checkpoint(presets.smoke())
+    torch.set_flush_denormal(False)
 
 
 @pytest.mark.slow
@@ -75,7 +77,10 @@ def test_smoke_phase1_checkpoint_is_a_tf_checkpoint_at_the_phase1_accuracy(smoke
     model.load_state_dict(state)
     accuracy = phase1.masked_lm_accuracy(model, phase1._arrays(presets.smoke(), "eval"))
     assert accuracy == pytest.approx(meta["masked_lm_accuracy"], abs=1e-6)  # the weights it was measured with
-    assert phase1.smoke_checkpoint(presets.smoke()) == smoke_phase1  # cached: made once
+    index = smoke_phase1.with_name(smoke_phase1.name + ".index")
+    written = index.stat().st_mtime_ns
+    assert phase1.smoke_checkpoint(presets.smoke()) == smoke_phase1
+    assert index.stat().st_mtime_ns == written  # cached: made once, not trained again
 
 
 def eval_accuracies(log: Path) -> list[tuple[int, float]]:

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from mlperf_submission.closed.bert import presets
-from mlperf_submission.closed.bert.checkpoint import tf_from_state_dict, write_tf_checkpoint
+from mlperf_submission.closed.bert.checkpoint import _is_kernel, tf_from_state_dict, write_tf_checkpoint
 from mlperf_submission.closed.bert.model import BertForPretraining, tf_tensor_name
 from mlperf_submission.closed.bert.optim import (
     Lamb,
@@ -159,7 +159,7 @@ def tf_tensors(model: BertForPretraining, optimizer: Lamb, steps: int) -> dict[s
         tf_name = tf_tensor_name(name)
         for slot, moment in (("adam_m", "m"), ("adam_v", "v")):
             array = optimizer.state[p][moment].detach().float().numpy()
-            tensors[f"{tf_name}/{slot}"] = np.ascontiguousarray(array.T if tf_name.endswith("/kernel") else array)
+            tensors[f"{tf_name}/{slot}"] = np.ascontiguousarray(array.T if _is_kernel(tf_name) else array)
     tensors["global_step"] = np.array(steps, dtype=np.int64)
     return tensors
 

@@ -304,10 +304,7 @@ class _TrainTransform:
         flip = torch.rand((), generator=self.generator).item() < 0.5
         wanted = (math.ceil(width * self.size / w), math.ceil(height * self.size / h)) if self.reduced_decode else None
         x, s = _decode_rgb(img, wanted)
-        if s != 1.0:  # the window in the reduced image's pixels
-            left, top, right, bottom = (round(v / s) for v in (left, top, left + w, top + h))
-        else:
-            right, bottom = left + w, top + h
+        left, top, right, bottom = (round(v / s) for v in (left, top, left + w, top + h))  # in the decoded pixels
         return tf1_resize_bilinear(x[:, top:bottom, left:right], self.size, self.size, mirror=flip)
 
     def __call__(self, img: Image.Image) -> torch.Tensor:

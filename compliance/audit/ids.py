@@ -13,6 +13,7 @@ the published logs (recomputed from them, so a match says the audited logs score
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ REGISTRY = Path(__file__).parent.parent / "result_ids.json"
 FIRST_ID = 2000
 
 
+@functools.cache
 def registry() -> dict[str, dict]:
     """The result-ID registry shipped with the package, by ID."""
     return {r["id"]: r for r in json.loads(REGISTRY.read_text())["results"]}
