@@ -4,7 +4,19 @@
 Post-LayerNorm transformer encoder, tanh-approximated GELU, LayerNorm eps 1e-12, truncated-normal(0.02)
 initialisation cut at two standard deviations (TF's `truncated_normal_initializer`), masked-LM head
 evaluated only at `masked_lm_positions` with its decoder tied to the word embeddings, NSP head on the
-pooled [CLS]. Masks follow the reference: an additive -10000 on the attention logits of masked keys.
+pooled [CLS]. Masks are boolean (True = attend), which lets scaled-dot-product attention choose its fused
+kernels; the reference adds -10000 to the logits of masked keys, whose softmax weight exp(-10000) is 0.0 in
+float32 and bfloat16 alike, so the attention of every real token is the same.
+
+Unpadded (closed BERT's default layout, `forward_packed`): the sequences of a batch are concatenated into
+rows without their padding. Per token a row carries the id of the sequence it belongs to (`sequence_ids`,
+1..k, 0 for the padding at the row's end), from which attention is limited to the token's own sequence (a
+block-diagonal mask); position ids restart at 0 with each sequence; segment ids are each sequence's own; the
+masked-LM predictions of a row share one list (`masked_lm_sequence` says whose each is); NSP is read through
+each sequence's own [CLS] (`nsp_positions`). Every sequence's logits are those of the same sequence in a
+padded batch, up to float summation order (tests/test_bert_unpadded.py). The layout is the one offline
+packing writes (common/data/packing.py); closed BERT lays out each batch the sampler drew
+(`packing.unpadded_batch`), the open division packs the whole dataset ahead.
 
 `mlperf_tensor_names` gives the 398 TF-style names that the closed_bert compliance rules list for
 `weights_initialization`; `parameter_count` counts parameters from the config alone.
@@ -18,8 +30,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-_MASK_LOGIT = -10000.0  # the reference's additive mask value (modeling.py `attention_layer`)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,19 +54,29 @@ class BertConfig:
             )
 
 
-def extended_attention_mask(attention_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    """(B, S) padding mask or (B, S, S) query-by-key mask (1 = attend) -> additive (B, 1, 1|S, S) mask."""
+def attention_mask_4d(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """(B, S) padding mask or (B, S, S) query-by-key mask (1 = attend) -> boolean (B, 1, 1|S, S)."""
     if attention_mask is None:
         return None
     if attention_mask.dim() == 2:
         mask = attention_mask[:, None, None, :]  # (B, 1, 1, S): same keys for every query
     elif attention_mask.dim() == 3:
-        mask = attention_mask[:, None, :, :]  # (B, 1, S, S): e.g. block-diagonal for packed sequences
+        mask = attention_mask[:, None, :, :]  # (B, 1, S, S): e.g. block-diagonal for unpadded rows
     else:
         raise ValueError(f"attention_mask must be (B, S) or (B, S, S), got {tuple(attention_mask.shape)}")
-    # Additive rather than boolean: a query row with no visible key (padding in a packed batch) then
-    # gets uniform attention instead of NaN, exactly as in the reference.
-    return (1.0 - mask.to(dtype)) * _MASK_LOGIT
+    # Every query must see at least one key, or its softmax is NaN (0/0), and 0 * NaN would then reach real
+    # tokens through the value product: padded rows always hold [CLS], and in unpadded rows the padding
+    # tokens see each other (`packed_attention_mask`).
+    return mask.bool()
+
+
+def packed_attention_mask(sequence_ids: torch.Tensor) -> torch.Tensor:
+    """(B, S) sequence ids -> (B, S, S) bool, True where query and key belong to the same sequence.
+
+    The padding at a row's end (id 0) is one more block: real tokens never see it, and its own queries see
+    only padding, which no real token reads.
+    """
+    return sequence_ids[:, :, None] == sequence_ids[:, None, :]
 
 
 class BertEmbeddings(nn.Module):
@@ -207,11 +227,18 @@ class BertForPretraining(nn.Module):
         if position_ids is None:
             position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
         x = self.embeddings(input_ids, token_type_ids, position_ids)  # (B, S, H)
-        x = self.encoder(x, extended_attention_mask(attention_mask, x.dtype))  # (B, S, H)
+        x = self.encoder(x, attention_mask_4d(attention_mask))  # (B, S, H)
         word_embeddings = self.embeddings.word_embeddings.weight  # (V, H), the tied decoder
         mlm_logits = self.heads.masked_lm(gather_positions(x, masked_lm_positions), word_embeddings)
         cls = x[:, 0] if nsp_positions is None else gather_positions(x, nsp_positions)  # (B, H) | (B, K, H)
         return mlm_logits, self.heads.next_sentence(self.pooler(cls))
+
+
+def forward_packed(model: BertForPretraining, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (mlm_logits (B, Q, V), nsp_logits (B, K, 2)) for a batch of unpadded rows (see the module docstring)."""
+    return model(batch["input_ids"], batch["segment_ids"], packed_attention_mask(batch["sequence_ids"]),
+                 batch["masked_lm_positions"], position_ids=batch["position_ids"].long(),
+                 nsp_positions=batch["nsp_positions"])
 
 
 _LAYER_TENSORS = {
