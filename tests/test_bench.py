@@ -90,7 +90,8 @@ def test_plan_covers_every_comparison():
         "ResNet-50, 224 px": ["ours", "ours-plain", "peer-defaults", "peer-best"],
         "BERT-Large, seq 128": ["ours", "ours-plain", "hf-defaults", "hf-best"],
         "BERT-Large, seq 512": ["ours", "hf-defaults", "hf-best"],
-        "BERT-Large, Wikipedia lengths, seq 512": ["ours", "ours-padded", "ours-packed", "hf-defaults", "hf-best"],
+        "BERT-Large, Wikipedia lengths, seq 512": ["ours", "ours-jagged", "ours-padded", "ours-packed", "hf-defaults",
+                                                   "hf-best"],
         "ImageNet decode + augment, 224 px": ["ours", "plain"],
     }
 

@@ -16,7 +16,7 @@ import torch
 
 from mlperf_submission.closed.bert import presets
 from mlperf_submission.closed.bert import train as bert_train
-from mlperf_submission.closed.bert.model import BertForPretraining
+from mlperf_submission.closed.bert.model import BertForPretraining, Jagged
 from mlperf_submission.common.cli import UserError
 from mlperf_submission.common.data import bert_wiki, packing
 
@@ -89,3 +89,18 @@ def test_closed_lays_out_batches_unpadded_unless_told_and_refuses_compile_with_i
     presets.validate_closed(dataclasses.replace(smoke, torch_compile="aot_eager", unpad=False))
     with pytest.raises(UserError, match="loss_averaging is per_token"):
         presets.validate_closed(dataclasses.replace(smoke, loss_averaging="per_sequence"))
+
+
+def test_jagged_attention_equals_the_block_mask(items):
+    """Variable-length attention on nested tensors: the block-diagonal mask's loss and gradients."""
+    block, jagged = cfg(), cfg(unpad_attention="jagged")
+    torch.manual_seed(0)
+    model = BertForPretraining(block.model_config())
+    batch = bert_train.unpadded_collate(items)
+    layout = Jagged.of(batch["sequence_ids"])
+    assert len(layout.offsets) == BATCH + 1 and int(layout.offsets[-1]) == int((batch["sequence_ids"] > 0).sum())
+    want, got = _loss_and_grads(model, batch, block), _loss_and_grads(model, batch, jagged)
+    torch.testing.assert_close(got[0], want[0], rtol=1e-6, atol=1e-7)
+    assert (got[1], got[2]) == (want[1], want[2])
+    for g, w in zip(got[3], want[3], strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)

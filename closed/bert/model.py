@@ -26,6 +26,7 @@ BERT-Large (`BertConfig()`): 336,226,108 parameters including both heads.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -54,10 +55,35 @@ class BertConfig:
             )
 
 
-def attention_mask_4d(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
-    """(B, S) padding mask or (B, S, S) query-by-key mask (1 = attend) -> boolean (B, 1, 1|S, S)."""
-    if attention_mask is None:
-        return None
+UnpaddedAttention = Literal["block", "jagged"]
+
+
+@dataclass(frozen=True)
+class Jagged:
+    """Where the sequences of unpadded rows lie, for variable-length attention over them alone: `tokens`
+    (T,) the flat (B*S) index of every real token, sequence after sequence; `offsets` (n+1,) where each of
+    the n sequences starts among them."""
+
+    tokens: torch.Tensor
+    offsets: torch.Tensor
+
+    @staticmethod
+    def of(sequence_ids: torch.Tensor) -> Jagged:
+        """From (B, S) sequence ids (1..k within a row, 0 for padding). One host sync: the sequence count."""
+        flat = sequence_ids.reshape(-1)
+        tokens = torch.nonzero(flat > 0).squeeze(1)  # (T,) in row order: each sequence's tokens adjacent
+        row = torch.div(tokens, sequence_ids.shape[1], rounding_mode="floor")
+        key = row * (int(sequence_ids.max()) + 1) + flat[tokens]  # one value per (row, sequence)
+        _, counts = torch.unique_consecutive(key, return_counts=True)
+        offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+        return Jagged(tokens, offsets)
+
+
+def attention_mask_4d(attention_mask: torch.Tensor | Jagged | None) -> torch.Tensor | Jagged | None:
+    """(B, S) padding mask or (B, S, S) query-by-key mask (1 = attend) -> boolean (B, 1, 1|S, S); a Jagged
+    layout as it is."""
+    if attention_mask is None or isinstance(attention_mask, Jagged):
+        return attention_mask
     if attention_mask.dim() == 2:
         mask = attention_mask[:, None, None, :]  # (B, 1, 1, S): same keys for every query
     elif attention_mask.dim() == 3:
@@ -110,6 +136,8 @@ class BertSelfAttention(nn.Module):
 
     def forward(self, x, mask):
         b, s, h = x.shape
+        if isinstance(mask, Jagged):
+            return self._jagged(x, mask)
 
         def heads(t):
             return t.view(b, s, self.num_heads, h // self.num_heads).transpose(1, 2)  # (B, N, S, D)
@@ -119,6 +147,23 @@ class BertSelfAttention(nn.Module):
             q, k, v, attn_mask=mask, dropout_p=self.dropout_p if self.training else 0.0
         )  # (B, N, S, D); scale 1/sqrt(D) as in the reference
         return context.transpose(1, 2).reshape(b, s, h)  # (B, S, H)
+
+    def _jagged(self, x, layout: Jagged):
+        """Attention of each sequence over itself alone, as nested (jagged) tensors: no mask, and no
+        arithmetic on the padding at the rows' ends, whose outputs stay 0 (no real token reads them)."""
+        b, s, h = x.shape
+        d = h // self.num_heads
+
+        def heads(t):  # (B, S, H) -> (n sequences, N, j, D)
+            flat = t.reshape(b * s, h).index_select(0, layout.tokens).view(-1, self.num_heads, d)  # (T, N, D)
+            return torch.nested.nested_tensor_from_jagged(flat, layout.offsets).transpose(1, 2)
+
+        context = F.scaled_dot_product_attention(
+            heads(self.query(x)), heads(self.key(x)), heads(self.value(x)),
+            dropout_p=self.dropout_p if self.training else 0.0,
+        ).transpose(1, 2).values()  # (T, N, D)
+        out = context.new_zeros(b * s, h).index_copy(0, layout.tokens, context.reshape(-1, h))
+        return out.view(b, s, h)
 
 
 class BertLayer(nn.Module):
@@ -214,7 +259,7 @@ class BertForPretraining(nn.Module):
         self,
         input_ids: torch.Tensor,
         token_type_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None,
+        attention_mask: torch.Tensor | Jagged | None,
         masked_lm_positions: torch.Tensor,
         position_ids: torch.Tensor | None = None,
         nsp_positions: torch.Tensor | None = None,
@@ -222,7 +267,8 @@ class BertForPretraining(nn.Module):
         """-> (mlm_logits (B, P, V), nsp_logits (B, 2), or (B, K, 2) when nsp_positions (B, K) is given).
 
         input_ids, token_type_ids: (B, S). attention_mask: (B, S) padding mask or (B, S, S) full mask,
-        1 where attention is allowed. position_ids: (B, S), default 0..S-1 (packed sequences restart it).
+        1 where attention is allowed, or the Jagged layout of unpadded rows. position_ids: (B, S), default
+        0..S-1 (unpadded rows restart it with each sequence).
         """
         if position_ids is None:
             position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
@@ -234,9 +280,13 @@ class BertForPretraining(nn.Module):
         return mlm_logits, self.heads.next_sentence(self.pooler(cls))
 
 
-def forward_packed(model: BertForPretraining, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> (mlm_logits (B, Q, V), nsp_logits (B, K, 2)) for a batch of unpadded rows (see the module docstring)."""
-    return model(batch["input_ids"], batch["segment_ids"], packed_attention_mask(batch["sequence_ids"]),
+def forward_packed(model: BertForPretraining, batch: dict[str, torch.Tensor],
+                   attention: UnpaddedAttention = "block") -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (mlm_logits (B, Q, V), nsp_logits (B, K, 2)) for a batch of unpadded rows (see the module docstring),
+    each sequence attending over itself through a block-diagonal mask or as a jagged (nested) tensor."""
+    ids = batch["sequence_ids"]
+    layout = packed_attention_mask(ids) if attention == "block" else Jagged.of(ids)
+    return model(batch["input_ids"], batch["segment_ids"], layout,
                  batch["masked_lm_positions"], position_ids=batch["position_ids"].long(),
                  nsp_positions=batch["nsp_positions"])
 

@@ -16,7 +16,7 @@ from typing import Literal
 
 from mlperf_logging.mllog import constants
 
-from mlperf_submission.closed.bert.model import BertConfig
+from mlperf_submission.closed.bert.model import BertConfig, UnpaddedAttention
 from mlperf_submission.closed.bert.optim import LossAveraging
 from mlperf_submission.common.cli import UserError
 from mlperf_submission.common.run import QUALITY_TARGETS
@@ -76,6 +76,10 @@ class BertRunConfig:
     # Each batch laid out without its padding (model.forward_packed): the same loss and gradients as the
     # padded rows (tests/test_bert_unpadded.py), about half the compute on Wikipedia's lengths at 512.
     unpad: bool = True
+    # How a sequence of an unpadded row attends over itself alone: a block-diagonal mask over the row, or
+    # variable-length attention on nested (jagged) tensors, which skips the masked blocks. On the 2-core CPU
+    # `block` measured faster (MEASUREMENTS.md); on CUDA `make gpu-check` measures both.
+    unpad_attention: UnpaddedAttention = "block"
     optimizer_foreach: bool = True   # LAMB and clipping over all tensors at once (optim.py has the measurements)
     prefetch_factor: int = 2         # batches each data worker prepares ahead of the training step
     pin_memory: bool = True          # page-locked batches, so host-to-GPU copies overlap compute (CUDA only)

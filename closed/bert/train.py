@@ -143,7 +143,7 @@ def forward(model, batch, cfg, device):
     unpadded = "sequence_ids" in b
     with autocast(cfg.precision, device):
         if unpadded:
-            mlm_logits, nsp_logits = forward_packed(model, b)
+            mlm_logits, nsp_logits = forward_packed(model, b, cfg.unpad_attention)
         else:
             mlm_logits, nsp_logits = model(b["input_ids"], b["segment_ids"], b["input_mask"],
                                            b["masked_lm_positions"])
