@@ -17,7 +17,7 @@ from mlperf_submission.common import config
 from mlperf_submission.common.cli import ArgumentParser, UserError
 from mlperf_submission.common.mllog import MLLog
 from mlperf_submission.common.run import Submission
-from mlperf_submission.common.runtime import distributed
+from mlperf_submission.common.runtime import distributed, memory
 from mlperf_submission.common.runtime.precision import notation
 from mlperf_submission.systems import load as load_system
 
@@ -65,7 +65,9 @@ def ranks(cfg, global_batch: int) -> tuple[distributed.Dist, int]:
 
 def announce(benchmark: str, division: str, args: argparse.Namespace, cfg, dist: distributed.Dist,
              local_batch: int) -> None:
-    """The resolved config in full, for humans (rank 0)."""
+    """The resolved config in full, for humans (rank 0), once it is known to fit: a CUDA run whose per-GPU
+    memory estimate exceeds the GPU that --system names is refused here, before the log is opened."""
+    memory.refuse_unfit(benchmark, cfg, local_batch, load_system(args.system)[1], dist.device)
     if dist.is_main:
         print(f"{benchmark} {division}, preset {args.preset}, seed {args.seed}, {dist.world_size} rank(s) on "
               f"{dist.device}, local batch {local_batch}, precision {notation(cfg.precision)}:\n"
