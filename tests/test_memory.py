@@ -123,3 +123,17 @@ def test_the_command_prints_the_estimate_and_the_shm_size(capsys):
     assert "--shm-size=5g" in capsys.readouterr().out
     assert memory.gpus_in_name("8xA100") == 8 and memory.gpus_in_name("pod16") == 16
     assert memory.gpus_in_name("smoke") == 1
+
+
+def test_the_readmes_shm_table_and_dockerfile_say_what_the_code_computes():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    for bench, preset, gpus in (("resnet", "1xH200", 1), ("resnet", "8xA100", 8), ("bert", "1xH200", 1),
+                                ("bert", "8xA100", 8)):
+        cfg = memory.preset_config(bench, "closed", preset)
+        need = memory.shm_bytes(bench, cfg, memory.local_batch_of(bench, cfg, gpus), gpus)
+        row = f"| {gpus} | {need / memory.GIB:.2f} GiB | {memory.shm_size(need)} |"
+        assert row in readme, (bench, preset, row)
+    assert "RUN make setup" in (root / "Dockerfile").read_text()

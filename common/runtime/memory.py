@@ -198,7 +198,9 @@ def sample_bytes(benchmark: str, cfg) -> int:
 
 def shm_bytes(benchmark: str, cfg, local_batch: int, ranks_per_node: int) -> int:
     """The /dev/shm one node's data workers need: per rank, for the training and the eval loader, each worker's
-    `prefetch_factor` batches in flight plus the two the main process holds, at the local batch."""
+    `prefetch_factor` batches in flight plus the two the main process holds, at the local batch. Both loaders
+    count, as BERT evaluates in the middle of an epoch, while the training loader's batches wait in shared
+    memory (ResNet evaluates between epochs, so for it this is twice what it needs)."""
     if cfg.data_workers == 0:
         return 0
     batches = cfg.data_workers * cfg.prefetch_factor + 2
