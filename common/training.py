@@ -67,7 +67,8 @@ def announce(benchmark: str, division: str, args: argparse.Namespace, cfg, dist:
              local_batch: int) -> None:
     """The resolved config in full, for humans (rank 0), once it is known to fit: a CUDA run whose per-GPU
     memory estimate exceeds the GPU that --system names is refused here, before the log is opened."""
-    memory.refuse_unfit(benchmark, cfg, local_batch, load_system(args.system)[1], dist.device)
+    if torch.device(dist.device).type == "cuda":
+        memory.refuse_unfit(benchmark, cfg, local_batch, load_system(args.system)[1], dist.device)
     if dist.is_main:
         print(f"{benchmark} {division}, preset {args.preset}, seed {args.seed}, {dist.world_size} rank(s) on "
               f"{dist.device}, local batch {local_batch}, precision {notation(cfg.precision)}:\n"
