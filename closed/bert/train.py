@@ -44,7 +44,7 @@ from mlperf_submission.common.data import bert_wiki, packing
 from mlperf_submission.common.data.loader import loader
 from mlperf_submission.common.run import Run, dataset_files
 from mlperf_submission.common.runtime import distributed
-from mlperf_submission.common.runtime.compile import batch_sizes, compiled, undone
+from mlperf_submission.common.runtime.compile import batch_sizes, compiled, needs_warm_up, undone
 from mlperf_submission.common.runtime.precision import autocast
 
 DIVISION = "closed"
@@ -311,7 +311,7 @@ def train(cfg: presets.BertRunConfig, args, *, division: str, inputs: Inputs = I
                               seed=args.seed + dist.rank, drop_last=True, sampler=sampler, **overlap)
         val_loader = loader(distributed.eval_shard(val_set, dist), local_batch, shuffle=False,
                             workers=cfg.data_workers, seed=args.seed, drop_last=False, **overlap)
-        if cfg.torch_compile != "off":
+        if needs_warm_up(cfg.torch_compile, device):  # compiled, or eager on CUDA (issue 16)
             plain, model = model, compiled(model, cfg.torch_compile)
             with undone(plain, optimizer, scaler):
                 warm_up(model, replica, optimizer, scaler, cfg, device,
