@@ -19,6 +19,7 @@ from mlperf_submission.closed.bert import train as bert_train
 from mlperf_submission.closed.bert.model import BertForPretraining, Jagged
 from mlperf_submission.common.cli import UserError
 from mlperf_submission.common.data import bert_wiki, packing
+from mlperf_submission.common.runtime import distributed
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SEQ, BATCH = 64, 24
@@ -52,7 +53,7 @@ def test_first_fit_puts_every_sequence_once_in_rows_that_fit():
 def test_unpadded_rows_hold_the_same_sequences_in_fewer_rows(items):
     batch = bert_train.unpadded_collate(items)
     lengths = torch.stack([item["input_mask"] for item in items]).sum(1)
-    assert int(batch["nsp_weights"].sum()) == BATCH == bert_train.sequences_in_batch(batch)
+    assert int(batch["nsp_weights"].sum()) == BATCH
     assert (batch["sequence_ids"] > 0).sum() == lengths.sum()  # every real token once, no padding between
     assert len(batch["input_ids"]) < BATCH / 1.5
     assert sorted(batch["next_sentence_labels"][batch["nsp_weights"] > 0].tolist()) == sorted(
@@ -104,3 +105,23 @@ def test_jagged_attention_equals_the_block_mask(items):
     assert (got[1], got[2]) == (want[1], want[2])
     for g, w in zip(got[3], want[3], strict=True):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+
+
+def test_each_micro_batchs_sequences_over_all_ranks_are_read_on_the_host():
+    """Packs of 1-3 sequences: the counts from the sampler's order equal the sum of what the ranks' loaders
+    deliver, micro-batch by micro-batch, with no collective."""
+    per_item = np.random.default_rng(0).integers(1, 4, size=103)
+    ranks, batch = 3, 5
+    samplers = [distributed.EpochSampler(len(per_item), ranks, r, seed=7) for r in range(ranks)]
+    for epoch in (1, 2):
+        for s in samplers:
+            s.set_epoch(epoch)
+        batches = len(samplers[0]) // batch
+        got = bert_train.micro_batch_sequences(per_item, samplers[0], ranks * batch, batches)
+        shards = [list(s) for s in samplers]
+        want = [sum(int(per_item[i]) for shard in shards for i in shard[k * batch:(k + 1) * batch])
+                for k in range(batches)]
+        assert got == want
+    assert bert_train.micro_batch_sequences(None, samplers[0], 15, 4) == [15] * 4
+    dataset = bert_train.ArrayDataset({"nsp_weights": np.array([[1, 1, 0], [1, 0, 0]], np.float32)})
+    assert bert_train.item_sequences(dataset).tolist() == [2, 1] and dataset.sequences == 3

@@ -10,7 +10,11 @@ phase-1 checkpoint, loaded in the untimed init: `--ckpt` takes the TF prefix (co
 `checkpoint.py`) or a converted `.pt`, and a closed run on real data refuses to start without it. With the
 `smoke` preset it trains on the built-in synthetic corpus from the smoke phase-1 checkpoint of its config
 (`phase1.py`, made once and cached when no --ckpt is given; figures in the preset's docstring). Evals come
-only on the cadence; a run that reaches its sample limit unconverged stops there, `aborted`.
+only on the cadence; a run that reaches its sample limit unconverged stops there, `aborted`. Each batch
+the sampler draws is laid out without its padding in the data workers (`unpad`, model.forward_packed: the
+padded batch's loss and gradients); the sequences a step trains are counted on the host from the sampler's
+order, so the loop reads nothing back from the device between evals (fp16's loss scaler still checks each
+step for an overflow).
 """
 
 from __future__ import annotations
@@ -162,29 +166,24 @@ def synthetic_batch(cfg, n: int) -> dict[str, torch.Tensor]:
     return (collate(cfg) or torch.utils.data.default_collate)([dataset[i] for i in range(n)])
 
 
-def sequences_in_batch(batch) -> int:
-    """Sequences in a loader batch, read on the host: rows of one each, or unpadded rows and packs."""
-    if "nsp_weights" in batch:
-        return int(batch["nsp_weights"].sum())
-    return len(batch["input_ids"])
-
-
 def sequence_count(dataset) -> int:
     """Sequences in a dataset, as train_samples and eval_samples count them (packed datasets say theirs)."""
     return getattr(dataset, "sequences", len(dataset))
 
 
-def step_sequences(cfg, dist, train_set, device) -> Callable[[int], int]:
-    """-> (this rank's sequences in the step) -> the step's over all ranks: the global batch when each
-    dataset item is one sequence, else summed over the ranks (packs hold a varying number)."""
-    if sequence_count(train_set) == len(train_set):
-        return lambda local_sequences: cfg.global_batch_items
+def item_sequences(dataset) -> np.ndarray | None:
+    """Sequences in each item of a dataset of packs (their `nsp_weights`), or None: one sequence an item."""
+    weights = getattr(dataset, "arrays", {}).get("nsp_weights")
+    return None if weights is None else (np.asarray(weights) > 0).sum(1)
 
-    def summed(local_sequences: int) -> int:
-        total = torch.tensor([float(local_sequences)], dtype=torch.float64, device=device)
-        return int(dist.all_reduce_sum(total).item())
 
-    return summed
+def micro_batch_sequences(per_item: np.ndarray | None, sampler, world_batch: int, batches: int) -> list[int]:
+    """Sequences in each of the epoch's `batches` micro-batches over all ranks (`world_batch` items each),
+    read on the host from the sampler's order: no collective and no device read-back in the step."""
+    if per_item is None:
+        return [world_batch] * batches
+    order = sampler.order()[: batches * world_batch].numpy()
+    return per_item[order].reshape(batches, world_batch).sum(1).tolist()
 
 
 @dataclass(frozen=True)
@@ -318,26 +317,30 @@ def train(cfg: presets.BertRunConfig, args, *, division: str, inputs: Inputs = I
                         batch_sizes(len(train_loader.sampler), local_batch, drop_last=True),
                         batch_sizes(len(val_loader.dataset), local_batch, drop_last=False))
 
-        global_sequences = step_sequences(cfg, dist, train_set, device)
+        # Sequences in each micro-batch over all ranks, from the sampler's order; epoch 1's before run_start.
+        per_item, world_batch = item_sequences(train_set), local_batch * dist.world_size
+        counts = micro_batch_sequences(per_item, sampler, world_batch, len(train_loader))
         run.start()
         step, samples, status, epoch, block_first = 0, 0, "aborted", 0, 0
         run.block_start(first_epoch_num=block_first, epoch_count=interval)
-        started, micro, local_sequences = time.time(), 0, 0
+        started, micro, step_samples = time.time(), 0, 0
         while status != "success" and samples < limit:
             epoch += 1
             sampler.set_epoch(epoch)
-            for batch in train_loader:
+            if epoch > 1:
+                counts = micro_batch_sequences(per_item, sampler, world_batch, len(train_loader))
+            for j, batch in enumerate(train_loader):
                 micro += 1
                 last = micro % cfg.gradient_accumulation_steps == 0
                 loss = micro_step(model, replica, scaler, batch, cfg, device, reduce=last)
-                local_sequences += sequences_in_batch(batch)
+                step_samples += counts[j]
                 if not last:
                     continue
                 lr = optimizer_step(replica, optimizer, scaler, clip, cfg, step)
                 step += 1
-                step_samples = global_sequences(local_sequences)
-                samples, local_sequences = samples + step_samples, 0
-                if samples // interval == (samples - step_samples) // interval:  # off the cadence
+                samples += step_samples
+                crossed, step_samples = samples // interval != (samples - step_samples) // interval, 0
+                if not crossed:  # off the cadence
                     if samples >= limit:
                         run.block_stop(first_epoch_num=block_first)
                         break

@@ -412,20 +412,31 @@ class EpochSampler(torch.utils.data.Sampler[int]):
         self.size, self.num_replicas, self.rank, self.seed = size, num_replicas, rank, seed
         self.num_samples = -(-size // num_replicas)  # ceil: the shard length, padded
         self.epoch = None
+        self._order = None
         self.permutations_made = 0  # how many permutations this sampler has computed (tests count them)
         self.set_epoch(first_epoch)
 
     def set_epoch(self, epoch: int) -> None:
         if epoch == self.epoch:
             return
-        generator = torch.Generator()
-        generator.manual_seed(self.seed + epoch)
-        perm = torch.randperm(self.size, generator=generator)
         # Position rank + k * replicas of the permutation padded by repeating it from its start.
         positions = (self.rank + self.num_replicas * torch.arange(self.num_samples)) % self.size
-        self.shard = perm[positions]
-        self.epoch = epoch
+        self.shard = self._permutation(epoch)[positions]
+        self.epoch, self._order = epoch, None
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + epoch)
         self.permutations_made += 1
+        return torch.randperm(self.size, generator=generator)
+
+    def order(self) -> torch.Tensor:
+        """Every rank's items of the current epoch, padded as the shards are: position p is rank p % R's
+        (p // R)-th item, so the ranks' k-th batches of b items together hold positions [k R b, (k+1) R b).
+        Made on the first call in an epoch (one more permutation) and kept until the next `set_epoch`."""
+        if self._order is None:
+            self._order = self._permutation(self.epoch)[torch.arange(self.num_samples * self.num_replicas) % self.size]
+        return self._order
 
     def __len__(self) -> int:
         return self.num_samples
