@@ -211,6 +211,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def train(cfg: presets.BertRunConfig, args, *, division: str, inputs: Inputs = Inputs()) -> int:
     """One run with a resolved config; the open division calls this with its own config and inputs."""
+    if cfg.device == "ipu":
+        from mlperf_submission.closed.bert import ipu  # the step on the IPUs, through PopTorch
+
+        return ipu.train(cfg, args, division=division, inputs=inputs)
     submission = training.submission(args, division=division, benchmark="bert")
     if cfg.dataset == "wiki":
         inputs.verify(cfg, args.data)
@@ -239,7 +243,7 @@ def train(cfg: presets.BertRunConfig, args, *, division: str, inputs: Inputs = I
         model = model.to(device)
         optimizer = Lamb(param_groups(model, cfg.opt_lamb_weight_decay_rate), lr=0.0,
                          betas=(cfg.opt_lamb_beta_1, cfg.opt_lamb_beta_2), eps=cfg.opt_epsilon,
-                         foreach=cfg.optimizer_foreach)
+                         bias_correction=cfg.opt_lamb_bias_correction, foreach=cfg.optimizer_foreach)
         # Clipping each rank's own gradient needs it before the all-reduce, so not overlapped with backward.
         replica = dist.replicate(model, optimizer, accumulation_steps=cfg.gradient_accumulation_steps,
                                  reduce_in_backward=not cfg.clip_before_allreduce)
