@@ -228,7 +228,6 @@ def train(cfg: presets.BertRunConfig, args, *, division: str, inputs) -> int:
                     break
                 block_first = samples
                 run.block_start(first_epoch_num=block_first, epoch_count=interval)
-                ipu.on_device(trainer, evaluator).__enter__()
         run.stop(status)
     if dist.is_main:
         print(f"run_stop: {status} after {samples:,} samples", flush=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Literal
 
 from mlperf_logging.mllog import constants
 
@@ -30,8 +30,8 @@ CLOSED_TASK = {"image_size": 224, "model_width": 64, "num_classes": IMAGENET_CLA
 
 @dataclass(frozen=True, kw_only=True)
 class ResNetConfig:
-    # Why device=ipu stops here, before any log (common/runtime/ipu.check).
-    ipu_unsupported: ClassVar[str] = (
+    # Why device=ipu stops, before any log (common/runtime/ipu.check); unannotated, so not a config field.
+    ipu_unsupported = (
         "ResNet-50 on IPUs is not supported: the closed recipe's LARS is not among poptorch.optim's optimizers and "
         "PopTorch runs no Python optimizer step on the device (Graphcore's v1.1 ResNet ran LARS in TensorFlow 1 for "
         "IPU); use device=cpu or cuda")
