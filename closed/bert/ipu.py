@@ -186,8 +186,10 @@ def train(cfg: presets.BertRunConfig, args, *, division: str, inputs) -> int:
         per_call = micro * local * cfg.gradient_accumulation_steps
         val_loader = ipu.loader(poptorch, eval_opts, PaddedEval(distributed.eval_shard(val_set, dist), per_call),
                                 micro, workers=cfg.data_workers, drop_last=False)
-        example = shaped_like(val_set, per_call)
-        ipu.compile_in_init([(trainer, [example[k] for k in keys]), (evaluator, [example[k] for k in keys])],
+        # Each graph with its own split's shapes: packed splits may hold different predictions per pack.
+        examples = [shaped_like(train_set, per_call), shaped_like(val_set, per_call)]
+        ipu.compile_in_init([(model_, [example[k] for k in keys]) for model_, example in
+                             zip((trainer, evaluator), examples, strict=True)],
                             init_started=init_started, is_main=dist.is_main)
 
         run.start()
