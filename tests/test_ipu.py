@@ -17,7 +17,7 @@ from mlperf_submission.closed.bert import ipu as bert_ipu
 from mlperf_submission.closed.bert import presets
 from mlperf_submission.closed.bert.model import BertForPretraining
 from mlperf_submission.closed.bert.optim import Lamb, clip_grad_norm, param_groups
-from mlperf_submission.closed.bert.train import Inputs, main, synthetic_batch
+from mlperf_submission.closed.bert.train import Inputs, forward, main, synthetic_batch
 from mlperf_submission.common.cli import UserError
 from mlperf_submission.common.runtime import ipu
 from mlperf_submission.compliance.tools import check_log
@@ -69,14 +69,14 @@ def test_graphcore_pod16_placement():
 def narrow(cfg):
     """The preset at a tiny width (24 layers kept): its IPU options do not depend on the widths."""
     return dataclasses.replace(cfg, hidden_size=16, num_attention_heads=1, intermediate_size=32, vocab_size=200,
-                               max_seq_length=16, max_predictions_per_seq=4, dataset="synthetic")
+                               max_seq_length=16, max_predictions_per_seq=4, dataset="synthetic", unpad=False)
 
 
 def built(monkeypatch, cfg):
     fake = fake_poptorch.install(monkeypatch)
     model = BertForPretraining(cfg.model_config())
     trainer, evaluator, optimizer, train_opts, eval_opts = bert_ipu.build(
-        cfg, model, Inputs(), sorted(synthetic_batch(cfg, 1)), fake, seed=1, inst=ipu.Instances())
+        cfg, model, sorted(synthetic_batch(cfg, 1)), fake, seed=1, inst=ipu.Instances())
     return fake, model, trainer, evaluator, optimizer, train_opts, eval_opts
 
 
@@ -144,7 +144,7 @@ def test_one_ipu_step_is_the_cpu_step(monkeypatch, one_thread):
     """2 replicas x 2 accumulation steps of 8 through the fake's PopTorch semantics give the weights of one
     CPU step of the same 32 sequences as train.py takes it: mean gradient, clip to 1.0, LAMB."""
     cfg = dataclasses.replace(presets.smoke(), device="ipu", ipu_replicas=2, gradient_accumulation_steps=2,
-                              opt_lamb_bias_correction=False, ipu_pipeline=PIPELINE)
+                              opt_lamb_bias_correction=False, ipu_pipeline=PIPELINE, unpad=False)
     torch.manual_seed(0)
     fake, model, trainer, evaluator, optimizer, opts, _ = built(monkeypatch, cfg)
     reference = BertForPretraining(cfg.model_config())
@@ -160,7 +160,7 @@ def test_one_ipu_step_is_the_cpu_step(monkeypatch, one_thread):
                bias_correction=False)
     for i in range(4):
         part = {k: v[8 * i:8 * (i + 1)] for k, v in batch.items()}
-        loss, _, _ = Inputs().forward(reference, part, cfg, torch.device("cpu"))
+        loss, _, _ = forward(reference, part, cfg, torch.device("cpu"))
         (loss / 4).backward()
     clip_grad_norm(list(reference.parameters()), 1.0)
     cpu.step()

@@ -6,12 +6,14 @@ LAMB) on the IPUs, one host call per optimizer step.
         --ckpt /data/bert/phase1/model.ckpt-28252
     python -m mlperf_submission.open.bert.train --preset pod16 --set device=ipu ...   # packed, open
 
-train.py hands a run here when `device=ipu`. The lifecycle, the eval cadence, the schedule, the losses and
-the data are train.py's (`Inputs`); what differs is where the step runs. The model and its loss go into one
+train.py hands a run here when `device=ipu`. The lifecycle, the eval cadence, the schedule, the losses and the data
+are train.py's (`forward`, `Inputs`); what differs is where the step runs. PopTorch compiles fixed shapes, so
+closed BERT's sequences stay in their padded rows here (`unpad=false`: the same loss and gradients as the unpadded
+layout, tests/test_bert_unpadded.py); open BERT's packs are fixed-size already. The model and its loss go into one
 module (`Pretraining`): in training mode it returns the loss PopTorch differentiates, in eval mode the masked-LM
-(correct, count) the eval sums. The graphs are compiled (or loaded from the executable cache) in the untimed
-init. The eval set is padded to whole host calls with items of zero weight, which add nothing to either sum,
-so every eval sample counts exactly once. Never run on IPU hardware here; tests/test_ipu.py runs it through
+(correct, count) the eval sums. The graphs are compiled (or loaded from the executable cache) in the untimed init.
+The eval set is padded to whole host calls with items of zero weight, which add nothing to either sum, so every
+eval sample counts exactly once. Never run on IPU hardware here; tests/test_ipu.py runs it through
 tests/fake_poptorch.py, which keeps PopTorch's accumulation semantics on the CPU.
 
 `ipu_pipeline` places BERT on the IPUs of a replica in Graphcore's notation (`att_ffn_placement` in their
@@ -30,6 +32,7 @@ import torch
 from torch import nn
 
 from mlperf_submission.closed.bert import presets
+from mlperf_submission.closed.bert import train as host
 from mlperf_submission.closed.bert.model import BertForPretraining, mlperf_tensor_names
 from mlperf_submission.closed.bert.optim import lr_schedule, param_groups
 from mlperf_submission.common import training
@@ -76,15 +79,15 @@ def pipeline(spec: str, layers: int) -> tuple[list[tuple[str, int]], int]:
 class Pretraining(nn.Module):
     """BERT and its loss as one graph: training mode -> the loss; eval mode -> (masked-LM correct, count)."""
 
-    def __init__(self, model: BertForPretraining, forward, cfg, keys: list[str], poptorch):
+    def __init__(self, model: BertForPretraining, cfg, keys: list[str], poptorch):
         super().__init__()
         self.model, self.keys, self.poptorch = model, keys, poptorch
-        # Inputs.forward with autocast off: on the IPU the weights themselves are fp16 (16.16) or fp32.
-        self.loss = lambda m, batch: forward(m, batch, dataclasses.replace(cfg, precision="fp32"),
-                                             torch.device("cpu"))
+        # train.py's forward with autocast off: on the IPU the weights themselves are fp16 (16.16) or fp32.
+        self.cfg = dataclasses.replace(cfg, precision="fp32")
 
     def forward(self, *tensors):
-        loss, correct, count = self.loss(self.model, dict(zip(self.keys, tensors, strict=True)))
+        batch = dict(zip(self.keys, tensors, strict=True))
+        loss, correct, count = host.forward(self.model, batch, self.cfg, torch.device("cpu"))
         if self.training:
             return self.poptorch.identity_loss(loss, reduction="none")
         return correct, count
@@ -111,11 +114,11 @@ def shaped_like(dataset, n: int) -> dict[str, torch.Tensor]:
     return {k: torch.zeros((n, *v.shape), dtype=v.dtype) for k, v in dataset[0].items()}
 
 
-def build(cfg, model: BertForPretraining, inputs, keys: list[str], poptorch, *, seed: int, inst: ipu.Instances):
+def build(cfg, model: BertForPretraining, keys: list[str], poptorch, *, seed: int, inst: ipu.Instances):
     """-> (training wrapper, inference wrapper, optimizer, train options, eval options): the model placed on
     the IPUs, the LAMB optimizer, and the Options of both graphs."""
     blocks, ipus_per_replica = pipeline(cfg.ipu_pipeline, cfg.num_hidden_layers)
-    step = Pretraining(model, inputs.forward, cfg, keys, poptorch)
+    step = Pretraining(model, cfg, keys, poptorch)
     if ipus_per_replica > 1:
         checkpoints = [f"encoder.layer.{i}" for i in range(cfg.num_hidden_layers)] if cfg.ipu_recompute else []
         ipu.place(model, blocks, poptorch, checkpoints=checkpoints)
@@ -147,8 +150,11 @@ def evaluate(evaluator, trainer, val_loader, keys, dist) -> float:
 
 def train(cfg: presets.BertRunConfig, args, *, division: str, inputs) -> int:
     """One run on IPUs; train.py calls this for device=ipu with its resolved config and inputs."""
-    from mlperf_submission.closed.bert.train import load_checkpoint  # train.py imports this module
-
+    if inputs.collate(cfg) is not None:  # per-batch layouts change shapes; PopTorch compiles fixed ones
+        cfg = dataclasses.replace(cfg, unpad=False)
+    if inputs.collate(cfg) is not None or getattr(cfg, "unpad_attention", "block") != "block":
+        raise UserError("device=ipu needs fixed-shape batches: padded rows (unpad=false) or offline packs, with "
+                        "unpad_attention=block")
     if cfg.ipu_device_iterations != 1:
         raise UserError("ipu_device_iterations must be 1 for BERT: the learning rate changes every step, and the "
                         "host sets it between calls")
@@ -159,27 +165,29 @@ def train(cfg: presets.BertRunConfig, args, *, division: str, inputs) -> int:
     dist, micro = training.ranks(cfg, cfg.global_batch_items)
     poptorch, inst = ipu.poptorch_module(), ipu.instances()
     training.announce("bert", division, args, cfg, dist, micro)
-    if dist.is_main:
-        print(f"IPU: {cfg.ipu_replicas} replica(s) over {inst.count} instance(s), micro-batch {micro}, "
-              f"{cfg.gradient_accumulation_steps} accumulation steps, pipeline {cfg.ipu_pipeline or 'none'}, "
-              f"precision {'16.16' if cfg.precision == 'fp16' else '32.32'}", flush=True)
     log = training.seeded_log(args, dist)
     if cfg.cpu_threads:
         torch.set_num_threads(cfg.cpu_threads)
     train_set, val_set = inputs.datasets(cfg, args.data)
+    if dist.is_main:
+        print(f"IPU: {cfg.ipu_replicas} replica(s) over {inst.count} instance(s), micro-batch {micro}, "
+              f"{cfg.gradient_accumulation_steps} accumulation steps, pipeline {cfg.ipu_pipeline or 'none'}, "
+              f"{'packs' if host.sequence_count(val_set) != len(val_set) else 'padded rows'}, "
+              f"precision {'16.16' if cfg.precision == 'fp16' else '32.32'}", flush=True)
     interval, limit = presets.eval_interval(cfg), presets.max_samples(cfg)
     local = ipu.local_replicas(cfg, inst)
     with Run(log, submission, seed=args.seed, hyperparameters=presets.hyperparameters(cfg),
-             train_samples=inputs.dataset_sequences(train_set), eval_samples=inputs.dataset_sequences(val_set),
+             train_samples=host.sequence_count(train_set), eval_samples=host.sequence_count(val_set),
              data_files=dataset_files(args.data) if cfg.dataset != "synthetic" else None) as run:
         init_started = time.monotonic()
         model = BertForPretraining(cfg.model_config())
         if cfg.init_checkpoint:
-            load_checkpoint(model, cfg, dist)
+            host.load_checkpoint(model, cfg, dist)
         run.weights_initialization(mlperf_tensor_names(model)[name] for name, _ in model.named_parameters())
         keys = sorted(val_set[0])
-        trainer, evaluator, optimizer, train_opts, eval_opts = build(cfg, model, inputs, keys, poptorch,
-                                                                     seed=args.seed, inst=inst)
+        trainer, evaluator, optimizer, train_opts, eval_opts = build(cfg, model, keys, poptorch, seed=args.seed,
+                                                                     inst=inst)
+        sequences_in_step = host.step_sequences(cfg, dist, train_set, torch.device("cpu"))
         sampler = distributed.train_sampler(train_set, dist, args.seed)  # one permutation over all instances
         train_loader = ipu.loader(poptorch, train_opts, train_set, micro, workers=cfg.data_workers, drop_last=True,
                                   sampler=sampler)
@@ -208,7 +216,7 @@ def train(cfg: presets.BertRunConfig, args, *, division: str, inputs) -> int:
                 ipu.set_lr(trainer, optimizer, lr)
                 loss = trainer(*(batch[k] for k in keys))
                 step += 1
-                step_samples = inputs.sequences_in_step(cfg, dist, inputs.sequences(batch), torch.device("cpu"))
+                step_samples = sequences_in_step(host.sequences_in_batch(batch))
                 samples += step_samples
                 if samples // interval == (samples - step_samples) // interval:  # off the cadence
                     if samples >= limit:
