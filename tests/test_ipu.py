@@ -234,3 +234,10 @@ def test_open_packed_bert_runs_through_the_fake(monkeypatch, tmp_path, one_threa
     assert verdict.passed, verdict.errors
     events = [json.loads(ln.split(":::MLLOG ", 1)[1]) for ln in log.read_text().splitlines()]
     assert sum(e["key"] == "eval_accuracy" for e in events) == 1 and events[-1]["metadata"]["status"] == "aborted"
+
+
+def test_poprun_is_recognised_by_its_environment(monkeypatch):
+    assert ipu.instances({"PATH": "/bin"}) == ipu.Instances()
+    monkeypatch.setitem(sys.modules, "popdist", None)  # `import popdist` fails, as without the SDK's wheel
+    with pytest.raises(UserError, match="popdist"):
+        ipu.instances({"POPDIST_NUM_INSTANCES": "2"})

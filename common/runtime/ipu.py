@@ -23,6 +23,7 @@ partials are Graphcore's 16.16; the optimizer state on- or off-chip and sharded 
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Mapping
@@ -110,6 +111,13 @@ def instances(env: Mapping[str, str] | None = None) -> Instances:
     env = os.environ if env is None else env
     if not any(k.startswith("POPDIST_") for k in env):
         return Instances()
+    popdist = _popdist()
+    return Instances(index=popdist.getInstanceIndex(), count=popdist.getNumInstances(), popdist=popdist)
+
+
+@functools.cache
+def _popdist():
+    """popdist, initialised once per process (ranks() and the trainer both ask)."""
     try:
         import popdist
         import popdist.poptorch  # noqa: F401  (the Options that configure this instance's replicas)
@@ -117,7 +125,7 @@ def instances(env: Mapping[str, str] | None = None) -> Instances:
         raise UserError("launched by PopRun but popdist is not importable: install the Poplar SDK's popdist wheel "
                         "(`pip install <poplar_sdk>/popdist-*.whl`)") from None
     popdist.init()
-    return Instances(index=popdist.getInstanceIndex(), count=popdist.getNumInstances(), popdist=popdist)
+    return popdist
 
 
 def micro_batch(global_items: int, cfg) -> int:
