@@ -17,7 +17,7 @@ from mlperf_submission.common import config
 from mlperf_submission.common.cli import ArgumentParser, UserError
 from mlperf_submission.common.mllog import MLLog
 from mlperf_submission.common.run import Submission
-from mlperf_submission.common.runtime import distributed, memory
+from mlperf_submission.common.runtime import distributed, ipu, memory
 from mlperf_submission.common.runtime.precision import notation
 from mlperf_submission.systems import load as load_system
 
@@ -48,6 +48,8 @@ def resolve(args: argparse.Namespace, registry: dict, validate: Callable, *, rea
     if args.data is None and cfg.dataset == real_dataset:
         raise UserError(f"preset {args.preset} {real_without_data}")
     validate(cfg)
+    if cfg.device == "ipu":
+        ipu.check(cfg)  # PopTorch and a benchmark that runs on it, or one line before anything is made
     return cfg
 
 
@@ -59,6 +61,8 @@ def submission(args: argparse.Namespace, *, division: str, benchmark: str) -> Su
 
 def ranks(cfg, global_batch: int) -> tuple[distributed.Dist, int]:
     """(this process's rank and device, its batch per micro-step) for `global_batch` items per step."""
+    if cfg.device == "ipu":
+        return ipu.ranks(cfg, global_batch)  # the PopRun instance; the micro-batch of one IPU replica
     dist = distributed.init(cfg.device, backend=cfg.distributed_backend, timeout_s=cfg.distributed_timeout_s)
     return dist, distributed.local_batch(global_batch, dist, cfg.gradient_accumulation_steps)
 

@@ -20,13 +20,14 @@ from mlperf_submission.closed.bert.model import BertConfig, UnpaddedAttention
 from mlperf_submission.closed.bert.optim import LossAveraging
 from mlperf_submission.common.cli import UserError
 from mlperf_submission.common.run import QUALITY_TARGETS
+from mlperf_submission.common.runtime.ipu import IpuConfig
 
 TARGET = QUALITY_TARGETS["bert"]
 WIKI_EVAL_SAMPLES = 10_000  # the closed rules' eval set (eval_10k), asserted from the data
 
 
 @dataclass(frozen=True, kw_only=True)
-class BertRunConfig:
+class BertRunConfig(IpuConfig):  # the ipu_* fields: common/runtime/ipu.py, used with device=ipu
     # data
     dataset: Literal["synthetic", "wiki"] = "wiki"
     max_seq_length: int = 512
@@ -54,6 +55,7 @@ class BertRunConfig:
     opt_lamb_beta_1: float = 0.66
     opt_lamb_beta_2: float = 0.998
     opt_lamb_weight_decay_rate: float = 0.01
+    opt_lamb_bias_correction: bool = True  # the reference's; Graphcore's closed v1.1 BERT ran without (LAMB_NO_BIAS)
     opt_learning_rate_warmup_steps: int = 100
     start_warmup_step: int = 0
     opt_learning_rate_training_steps: int = 1141
@@ -68,7 +70,7 @@ class BertRunConfig:
     # masked-LM loss: the reference's mean over the batch's masked tokens; per_sequence is open-only
     loss_averaging: LossAveraging = "per_token"
     # runtime
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda", "ipu"] = "auto"  # ipu: PopTorch (common/runtime/ipu.py)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     cpu_threads: int = 0             # intra-op threads on CPU; 0: torch's default
     # speed only: none of these changes what is computed beyond rounding (tests/test_speed.py)
@@ -140,11 +142,27 @@ def dgxa100() -> BertRunConfig:
     return BertRunConfig(global_batch_size=3072, gradient_accumulation_steps=12, precision="fp16")
 
 
+# Graphcore's att_ffn_placement for POD16 (pod16-closed.json and pod16-open.json): IPU:attention/feed-forward blocks.
+GRAPHCORE_POD16_PIPELINE = "1:7/6,2:6/7,3:7/6,0:4/5"
+
+
 def ipu_pod16() -> BertRunConfig:
     """Graphcore's v1.1 IPU-POD16 closed result: GBS 3072 (1536 packs of ~2 sequences; unpacked here),
-    lr 0.002, beta1 0.62, beta2 0.996, wd 0.01, 1141 steps, no warmup, clip 1.0, fp16 (16.16)."""
+    lr 0.002, beta1 0.62, beta2 0.996, wd 0.01, 1141 steps, no warmup, clip 1.0, LAMB without bias correction,
+    fp16 (16.16).
+
+    On IPUs (`--set device=ipu`), as their configs/mk2/pod16-closed.json (mlcommons/training_results_v1.1,
+    Graphcore/benchmarks/bert/implementations/popart/): 4 replicas of a 4-IPU pipeline (replication_factor 4,
+    att_ffn_placement [[1, [7, 6]], [2, [6, 7]], [3, [7, 6]], [0, [4, 5]]] after the embeddings on IPU 0), 192
+    accumulation steps of 4 sequences a replica (their batch_size 2 packs x avg_seq_per_pack 2), one step a host
+    call (batches_per_step 1), pipeline recomputation (execution_mode PIPELINE), stochastic rounding and half
+    partials, LAMB's first moment in fp16 (lamb_m_dtype), optimizer state off-chip and sharded over replicas,
+    23 % of the memory for matmul temporaries (available_memory_proportion 0.23), loss scaling 1."""
     return BertRunConfig(global_batch_size=3072, gradient_accumulation_steps=192, opt_lamb_beta_1=0.62,
-                         opt_lamb_beta_2=0.996, opt_learning_rate_warmup_steps=0, precision="fp16")
+                         opt_lamb_beta_2=0.996, opt_learning_rate_warmup_steps=0, opt_lamb_bias_correction=False,
+                         precision="fp16", ipu_replicas=4, ipu_pipeline=GRAPHCORE_POD16_PIPELINE,
+                         ipu_available_memory_proportion=0.23, ipu_half_first_moment=True,
+                         ipu_optimizer_state_offchip=True, ipu_replicated_tensor_sharding=True)
 
 
 def h200() -> BertRunConfig:
@@ -177,8 +195,9 @@ def validate_closed(cfg: BertRunConfig) -> None:
     FLOOR(0.05 * (230.23 * GBS + 3e6), 25000), the phase-1 checkpoint, a sample limit within the schedule;
     the 10,000-sample eval set is asserted from the data (train.verify). The LAMB hyperparameters the rules
     list (batch, learning rate, epsilon, steps, warmup, start_warmup_step, betas, weight decay) are
-    unconstrained; the rest of LAMB (bias correction, trust ratio, the LayerNorm/bias exclusions) and the
-    schedule's shape (linear decay to 0) are the reference's code and no config field can change them.
+    unconstrained; so is bias correction, which Graphcore's accepted closed v1.1 result turned off
+    (LAMB_NO_BIAS); the rest of LAMB (trust ratio, the LayerNorm/bias exclusions) and the schedule's shape
+    (linear decay to 0) are the reference's code and no config field can change them.
     """
     problems = []
     for name, value in FIXED_EVERYWHERE.items():

@@ -199,7 +199,8 @@ class Inputs:
 def lamb(model, cfg) -> Lamb:
     """The reference's LAMB over the model's parameters, as cfg sets it; the schedule sets each step's lr."""
     return Lamb(param_groups(model, cfg.opt_lamb_weight_decay_rate), lr=0.0,
-                betas=(cfg.opt_lamb_beta_1, cfg.opt_lamb_beta_2), eps=cfg.opt_epsilon, foreach=cfg.optimizer_foreach)
+                betas=(cfg.opt_lamb_beta_1, cfg.opt_lamb_beta_2), eps=cfg.opt_epsilon,
+                bias_correction=cfg.opt_lamb_bias_correction, foreach=cfg.optimizer_foreach)
 
 
 def micro_step(model, replica, scaler, batch, cfg, device, *, reduce: bool) -> torch.Tensor:
@@ -271,6 +272,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def train(cfg: presets.BertRunConfig, args, *, division: str, inputs: Inputs = Inputs()) -> int:
     """One run with a resolved config; the open division calls this with its own config and inputs."""
+    if cfg.device == "ipu":
+        from mlperf_submission.closed.bert import ipu  # the step on the IPUs, through PopTorch
+
+        return ipu.train(cfg, args, division=division, inputs=inputs)
     submission = training.submission(args, division=division, benchmark="bert")
     if cfg.dataset == "wiki":
         inputs.verify(cfg, args.data)
