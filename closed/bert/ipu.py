@@ -187,7 +187,6 @@ def train(cfg: presets.BertRunConfig, args, *, division: str, inputs) -> int:
         keys = sorted(val_set[0])
         trainer, evaluator, optimizer, train_opts, eval_opts = build(cfg, model, keys, poptorch, seed=args.seed,
                                                                      inst=inst)
-        sequences_in_step = host.step_sequences(cfg, dist, train_set, torch.device("cpu"))
         sampler = distributed.train_sampler(train_set, dist, args.seed)  # one permutation over all instances
         train_loader = ipu.loader(poptorch, train_opts, train_set, micro, workers=cfg.data_workers, drop_last=True,
                                   sampler=sampler)
@@ -199,6 +198,9 @@ def train(cfg: presets.BertRunConfig, args, *, division: str, inputs) -> int:
         ipu.compile_in_init([(model_, [example[k] for k in keys]) for model_, example in
                              zip((trainer, evaluator), examples, strict=True)],
                             init_started=init_started, is_main=dist.is_main)
+        # Sequences of each host call over all instances, from the sampler's order, as train.py counts them.
+        per_item, world_call = host.item_sequences(train_set), per_call * dist.world_size
+        counts = host.micro_batch_sequences(per_item, sampler, world_call, len(train_loader))
 
         run.start()
         step, samples, status, epoch, block_first = 0, 0, "aborted", 0, 0
@@ -207,7 +209,9 @@ def train(cfg: presets.BertRunConfig, args, *, division: str, inputs) -> int:
         while status != "success" and samples < limit:
             epoch += 1
             sampler.set_epoch(epoch)
-            for batch in train_loader:   # one optimizer step per host call
+            if epoch > 1:
+                counts = host.micro_batch_sequences(per_item, sampler, world_call, len(train_loader))
+            for j, batch in enumerate(train_loader):   # one optimizer step per host call
                 lr = lr_schedule(step, base_lr=cfg.opt_base_learning_rate,
                                  warmup_steps=cfg.opt_learning_rate_warmup_steps,
                                  start_warmup_step=cfg.start_warmup_step,
@@ -216,7 +220,7 @@ def train(cfg: presets.BertRunConfig, args, *, division: str, inputs) -> int:
                 ipu.set_lr(trainer, optimizer, lr)
                 loss = trainer(*(batch[k] for k in keys))
                 step += 1
-                step_samples = sequences_in_step(host.sequences_in_batch(batch))
+                step_samples = counts[j]
                 samples += step_samples
                 if samples // interval == (samples - step_samples) // interval:  # off the cadence
                     if samples >= limit:
