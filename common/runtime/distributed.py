@@ -422,8 +422,11 @@ class EpochSampler(torch.utils.data.Sampler[int]):
         generator.manual_seed(self.seed + epoch)
         perm = torch.randperm(self.size, generator=generator)
         # Position rank + k * replicas of the permutation padded by repeating it from its start.
-        positions = (self.rank + self.num_replicas * torch.arange(self.num_samples)) % self.size
-        self.shard = perm[positions]
+        if self.num_replicas == 1:
+            self.shard = perm  # no padding, no copy
+        else:
+            positions = (self.rank + self.num_replicas * torch.arange(self.num_samples)) % self.size
+            self.shard = perm[positions]
         self.epoch = epoch
         self.permutations_made += 1
 
