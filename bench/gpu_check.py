@@ -67,10 +67,14 @@ def environment(_: float) -> dict:
             a @ b
         torch.cuda.synchronize()
         peaks[str(dtype).removeprefix("torch.")] = 2 * n**3 * reps / (time.perf_counter() - start)
+        del a, b
+    torch.cuda.empty_cache()  # the smoke runs and the bench after this are other processes on the same GPU
+    nccl = torch.cuda.nccl.version()  # a tuple in torch 2, an int before
     return {"gpu": props.name, "gpu_count": torch.cuda.device_count(), "memory_gib": props.total_memory / 2**30,
             "compute_capability": f"{props.major}.{props.minor}", "driver": driver or "nvidia-smi not found",
             "torch": torch.__version__, "torch_cuda": torch.version.cuda,
-            "cudnn": torch.backends.cudnn.version(), "nccl": ".".join(map(str, torch.cuda.nccl.version())),
+            "cudnn": torch.backends.cudnn.version(),
+            "nccl": ".".join(map(str, nccl)) if isinstance(nccl, tuple) else str(nccl),
             "matmul_tflops": {k: v / 1e12 for k, v in peaks.items()}}
 
 

@@ -419,9 +419,12 @@ class EpochSampler(torch.utils.data.Sampler[int]):
     def set_epoch(self, epoch: int) -> None:
         if epoch == self.epoch:
             return
-        # Position rank + k * replicas of the permutation padded by repeating it from its start.
-        positions = (self.rank + self.num_replicas * torch.arange(self.num_samples)) % self.size
-        self.shard = self._permutation(epoch)[positions]
+        perm = self._permutation(epoch)
+        if self.num_replicas == 1:
+            self.shard = perm  # no padding, no copy
+        else:  # position rank + k * replicas of the permutation padded by repeating it from its start
+            positions = (self.rank + self.num_replicas * torch.arange(self.num_samples)) % self.size
+            self.shard = perm[positions]
         self.epoch, self._order = epoch, None
 
     def _permutation(self, epoch: int) -> torch.Tensor:
@@ -433,7 +436,10 @@ class EpochSampler(torch.utils.data.Sampler[int]):
     def order(self) -> torch.Tensor:
         """Every rank's items of the current epoch, padded as the shards are: position p is rank p % R's
         (p // R)-th item, so the ranks' k-th batches of b items together hold positions [k R b, (k+1) R b).
-        Made on the first call in an epoch (one more permutation) and kept until the next `set_epoch`."""
+        Made on the first call in an epoch (one more permutation; one rank's shard is it) and kept until the
+        next `set_epoch`."""
+        if self.num_replicas == 1:
+            return self.shard  # the whole permutation already
         if self._order is None:
             self._order = self._permutation(self.epoch)[torch.arange(self.num_samples * self.num_replicas) % self.size]
         return self._order
