@@ -174,6 +174,49 @@ def test_transform_shapes(size, mode):
         assert -2.2 < x.min() and x.max() < 2.7  # (0 - 123.68) / 58.393 .. (255 - 103.94) / 57.375
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device"))])
+def test_uint8_batches_normalised_on_the_device_give_the_float_pipelines_tensors(device, channels_last):
+    """What "equal" means: the float pipeline does not round (TF1's bilinear resize gives fractional grey
+    levels), so a uint8 batch holds its pixels rounded half to even, at most 0.5 grey levels away.
+    Normalised on the device, the batch is bit for bit the float pipeline's normalisation of those
+    integers (the same float32 subtraction and division), and within 0.5 / std of its tensors."""
+    memory = torch.channels_last if channels_last else torch.contiguous_format
+    data = [jpeg_bytes(seed, width=90, height=70) for seed in range(3)]
+    for make in (train_transform, eval_transform):
+        def images(uint8: bool, pixels: bool = False, make=make):
+            out = []
+            for i, d in enumerate(data):
+                seeded = {"generator": torch.Generator().manual_seed(i)} if make is train_transform else {}
+                t = make(32, uint8=uint8, **seeded)
+                out.append((t.pixels if pixels else t)(Image.open(io.BytesIO(d))))
+            return torch.stack(out)
+
+        u, pixels, floats = images(True), images(False, pixels=True), images(False)
+        assert u.dtype == torch.uint8 and u.shape == (3, 32, 32, 3)
+        assert not torch.equal(pixels, pixels.round())  # fractional: there is rounding to speak of
+        assert torch.equal(u.permute(0, 3, 1, 2).float(), pixels.round())
+        assert (u.permute(0, 3, 1, 2).float() - pixels).abs().max() <= 0.5
+        x = imagenet.normalise(u.to(device), memory)
+        assert x.dtype == torch.float32 and x.device.type == device and x.is_contiguous(memory_format=memory)
+        assert torch.equal(x.cpu(), torch.stack([imagenet._normalize(p.round()) for p in pixels]))
+        assert (x.cpu() - floats).abs().max() <= 0.5 / min(imagenet.STD) + 1e-6
+        assert torch.equal(imagenet.normalise(floats.to(device), memory).cpu(), floats)  # float: already done
+
+
+def test_uint8_batches_leave_the_loader_as_bytes(tmp_path):
+    """Through the dataset and the loader's collation a uint8 batch stays (N, H, W, 3) uint8: a quarter of
+    float32's bytes through the workers' shared memory and to the device."""
+    root = tmp_path / "jpeg"
+    for c, wnid in enumerate(CLASSES):
+        (root / "train" / wnid).mkdir(parents=True)
+        (root / "train" / wnid / f"{c}.JPEG").write_bytes(jpeg_bytes(c, width=70, height=50))
+    data = ImageNet(root, "train", train_transform(32, uint8=True))
+    x, y = next(iter(loader(data, 3, shuffle=False, workers=0, seed=0, drop_last=False)))
+    assert x.dtype == torch.uint8 and x.shape == (3, 32, 32, 3) and y.tolist() == [0, 1, 2]
+
+
 def test_eval_transform_is_deterministic_and_normalised():
     data = jpeg_bytes(1)
     x1, x2 = (eval_transform(32)(Image.open(io.BytesIO(data))) for _ in range(2))

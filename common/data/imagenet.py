@@ -289,13 +289,31 @@ def _normalize(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous().sub_(_MEAN_T).div_(_STD_T)
 
 
+def _to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """float32 (3, H, W) on the 0-255 scale -> uint8 (H, W, 3), rounded half to even: what a loader worker
+    hands over (a quarter of float32's bytes through shared memory and to the device; `normalise` there)."""
+    return x.round().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous()
+
+
+def normalise(x: torch.Tensor, memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+    """A batch as the model takes it, on whatever device `x` is: a uint8 (N, H, W, 3) batch of `uint8=True`
+    transforms becomes float32 (N, 3, H, W), (x - MEAN) / STD; a float batch (the float32 transforms', or
+    synthetic data) is already normalised and passes unchanged. The same float32 subtraction and division
+    as `_normalize`, so on the same integers both give the same bits (tests/test_imagenet_data.py)."""
+    if x.dtype == torch.uint8:
+        mean, std = (t.to(x.device).view(1, 3, 1, 1) for t in (_MEAN_T, _STD_T))
+        x = x.permute(0, 3, 1, 2).float().sub_(mean).div_(std)  # NHWC bytes: a channels_last float tensor
+    return x.contiguous(memory_format=memory_format)
+
+
 class _TrainTransform:
     """The reference's training preprocessing: crop window by `sample_distorted_bounding_box`, full-size
     decode of the window, horizontal flip with p = 0.5, then TF1 bilinear resize to size x size (the
-    reference flips before resizing; TF1's resize is not mirror-symmetric), then normalise."""
+    reference flips before resizing; TF1's resize is not mirror-symmetric), then normalise (or round to
+    uint8, with `uint8`)."""
 
-    def __init__(self, size: int, generator: torch.Generator | None, reduced_decode: bool):
-        self.size, self.generator, self.reduced_decode = size, generator, reduced_decode
+    def __init__(self, size: int, generator: torch.Generator | None, reduced_decode: bool, uint8: bool):
+        self.size, self.generator, self.reduced_decode, self.uint8 = size, generator, reduced_decode, uint8
 
     def pixels(self, img: Image.Image) -> torch.Tensor:
         """float32 (3, size, size) on the 0-255 scale, before normalisation."""
@@ -308,7 +326,7 @@ class _TrainTransform:
         return tf1_resize_bilinear(x[:, top:bottom, left:right], self.size, self.size, mirror=flip)
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
-        return _normalize(self.pixels(img))
+        return _to_uint8(self.pixels(img)) if self.uint8 else _normalize(self.pixels(img))
 
 
 def eval_resize_shape(height: int, width: int, resize_min: int) -> tuple[int, int]:
@@ -320,10 +338,11 @@ def eval_resize_shape(height: int, width: int, resize_min: int) -> tuple[int, in
 
 class _EvalTransform:
     """The reference's eval preprocessing: full-size decode, TF1 bilinear resize of the short side to
-    size * 256 / 224 keeping the aspect, central size x size crop (offsets floored), normalise."""
+    size * 256 / 224 keeping the aspect, central size x size crop (offsets floored), normalise (or round to
+    uint8, with `uint8`)."""
 
-    def __init__(self, size: int):
-        self.size, self.resize = size, round(size * EVAL_RESIZE / 224)
+    def __init__(self, size: int, uint8: bool):
+        self.size, self.resize, self.uint8 = size, round(size * EVAL_RESIZE / 224), uint8
 
     def pixels(self, img: Image.Image) -> torch.Tensor:
         """float32 (3, size, size) on the 0-255 scale, before normalisation (the reference's output plus its
@@ -335,20 +354,24 @@ class _EvalTransform:
         return tf1_resize_bilinear(x, new_h, new_w, rows=(top, self.size), cols=(left, self.size))
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
-        return _normalize(self.pixels(img))
+        return _to_uint8(self.pixels(img)) if self.uint8 else _normalize(self.pixels(img))
 
 
 def train_transform(size: int = 224, *, generator: torch.Generator | None = None,
-                    reduced_decode: bool = False) -> Callable:
-    """PIL image -> (3, size, size) float32. Random numbers come from `generator`, else the global torch
-    RNG; leave it None under DataLoader workers, which each get their own seeded global RNG (a generator
-    would be copied into every worker, which would then all draw the same crops). `reduced_decode` decodes
-    large JPEGs at 1/2-1/8 scale where the crop allows (faster; off in the closed division, see
-    COMPLIANCE.md for what it changes)."""
-    return _TrainTransform(size, generator, reduced_decode)
-def eval_transform(size: int = 224) -> Callable:
-    """PIL image -> (3, size, size) float32, deterministic."""
-    return _EvalTransform(size)
+                    reduced_decode: bool = False, uint8: bool = False) -> Callable:
+    """PIL image -> (3, size, size) float32, normalised; with `uint8`, the same pixels rounded to uint8
+    (size, size, 3), for `normalise` on the device. Random numbers come from `generator`, else the global
+    torch RNG; leave it None under DataLoader workers, which each get their own seeded global RNG (a
+    generator would be copied into every worker, which would then all draw the same crops).
+    `reduced_decode` decodes large JPEGs at 1/2-1/8 scale where the crop allows (faster; off in the closed
+    division, see COMPLIANCE.md for what it changes)."""
+    return _TrainTransform(size, generator, reduced_decode, uint8)
+
+
+def eval_transform(size: int = 224, *, uint8: bool = False) -> Callable:
+    """PIL image -> (3, size, size) float32, normalised, deterministic; with `uint8`, rounded to uint8
+    (size, size, 3) as `train_transform`'s."""
+    return _EvalTransform(size, uint8)
 
 
 # ---------------------------------------------------------------------------------------------- layouts
@@ -565,7 +588,7 @@ def _transform_bytes(data: bytes, name: str, transform: Callable) -> torch.Tenso
 
 
 class ImageNet(torch.utils.data.Dataset):
-    """ILSVRC2012 split `train` or `val` from either layout; items are (float32 (3, H, W), int label).
+    """ILSVRC2012 split `train` or `val` from either layout; items are (transform(image), int label).
 
     `exclude` holds keys to leave out: paths relative to root for JPEGs, `<shard name>@<byte offset>` for
     records (a manifest's `skipped`). With `manifest` (from `verify_manifest`), its `skipped` are left out
