@@ -431,12 +431,12 @@ def bert_packing(scale: Scale, device_name: str) -> dict[str, dict]:
 
 def decode(scale: Scale, impl: str) -> dict:
     """Images per CPU-second, one thread, of JPEG decode + training augmentation to 224 px: "ours"
-    (common/data/imagenet.py: the reference's preprocessing: TF's crop sampler, full-size libjpeg-turbo
-    decode, TF1 bilinear resize) or "plain"
-    (torchvision's transforms on PIL, in plain PIL and torch)."""
-    transform = imagenet.train_transform(224) if impl == "ours" else peers.torchvision_train_transform
+    (common/data/imagenet.py as training uses it: the reference's preprocessing: TF's crop sampler,
+    full-size libjpeg-turbo decode, TF1 bilinear resize, rounded to uint8 for the device to normalise) or
+    "plain" (torchvision's transforms on PIL, in plain PIL and torch, normalised float32)."""
+    transform = imagenet.train_transform(224, uint8=True) if impl == "ours" else peers.torchvision_train_transform
     rate = imagenet.benchmark(transform, seconds=scale.decode_seconds)
-    settings = ("full-size fast-DCT decode, TF crop sampler, TF1 bilinear resize" if impl == "ours"
+    settings = ("full-size fast-DCT decode, TF crop sampler, TF1 bilinear resize, uint8 out" if impl == "ours"
                 else "full decode, PIL crop + bilinear resize, ToTensor, Normalize")
     return {"samples_per_s": rate, "settings": settings, "threads": 1,
             "peak_memory_mib": peak_memory_mib(torch.device("cpu"))}

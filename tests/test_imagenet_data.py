@@ -205,6 +205,33 @@ def test_uint8_batches_normalised_on_the_device_give_the_float_pipelines_tensors
         assert torch.equal(imagenet.normalise(floats.to(device), memory).cpu(), floats)  # float: already done
 
 
+def test_tf1_resize_is_tf_kernels_formula_in_every_layout():
+    """The x-major resize behind every transform against TF1's bilinear kernel written out in numpy (float32:
+    top and bottom rows along x, then along y), bit for bit: down- and upscaling, windows, mirrored; and the
+    uint8 batches are those pixels rounded, laid out HWC."""
+    rng = np.random.default_rng(0)
+    f32 = np.float32
+    for (h, w), (oh, ow), rows, cols, mirror in [((37, 51), (20, 16), None, None, False),
+                                                 ((9, 13), (32, 32), None, None, True),
+                                                 ((40, 30), (45, 60), (7, 20), (11, 32), True)]:
+        img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        src = img[:, ::-1] if mirror else img
+        ys = np.arange(*(lambda r: (r[0], r[0] + r[1]))(rows or (0, oh)), dtype=f32) * (f32(h) / f32(oh))
+        xs = np.arange(*(lambda c: (c[0], c[0] + c[1]))(cols or (0, ow)), dtype=f32) * (f32(w) / f32(ow))
+        y0, x0 = np.floor(ys).astype(int), np.floor(xs).astype(int)
+        y1, x1 = np.minimum(np.ceil(ys), h - 1).astype(int), np.minimum(np.ceil(xs), w - 1).astype(int)
+        yl, xl = (ys - y0).astype(f32)[:, None, None], (xs - x0).astype(f32)[None, :, None]
+        s = src.astype(f32)
+        top = s[y0][:, x0] + (s[y0][:, x1] - s[y0][:, x0]) * xl
+        bottom = s[y1][:, x0] + (s[y1][:, x1] - s[y1][:, x0]) * xl
+        expected = torch.from_numpy(top + (bottom - top) * yl)  # (rows, cols, 3)
+        x = torch.from_numpy(img).permute(2, 0, 1)  # HWC in memory, as decoded
+        got = imagenet.tf1_resize_bilinear(x, oh, ow, rows=rows, cols=cols, mirror=mirror)
+        assert torch.equal(got, expected.permute(2, 0, 1))
+        xmajor = imagenet._tf1_resize_xmajor(x, oh, ow, rows=rows, cols=cols, mirror=mirror)
+        assert torch.equal(imagenet._xmajor_to_uint8(xmajor), expected.round().to(torch.uint8))
+
+
 def test_uint8_batches_leave_the_loader_as_bytes(tmp_path):
     """Through the dataset and the loader's collation a uint8 batch stays (N, H, W, 3) uint8: a quarter of
     float32's bytes through the workers' shared memory and to the device."""
