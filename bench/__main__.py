@@ -184,6 +184,9 @@ def notes(scale: cases.Scale, rows: list[dict]) -> list[str]:
         "torch.utils.flop_counter (for packed vs padded, the packed rows'); optimizer FLOPs not counted.",
         "Peak memory: the whole process's peak resident memory on CPU (Python and torch included), torch's "
         "peak allocation on CUDA.",
+        "ResNet-50 rows: ours (closed/resnet/train.py's own train_step) and the peers timed in turns in one process, "
+        "so drift on a shared machine hits each alike; every batch copied to the device before timing, for all "
+        "alike; peak memory is that process's, over the four.",
         "Decode rows: images per CPU-second on one thread, a synthetic 500x375 JPEG of about 110 KB.",
         "Packed vs padded: Wikipedia-length sequences, packed into a plan as open BERT packs them; samples/step "
         "= rows per step x sequences per row of the whole plan (1 padded), since over an epoch every row is "
