@@ -51,8 +51,8 @@ def plan(scale: cases.Scale, device: str) -> list[dict]:
     """The cases of one run: group, implementation and the call that measures it."""
     s128, s512 = scale.bert_seq_lengths
     resnet = f"ResNet-50, {scale.resnet_image_size} px"
-    rows = [dict(group=resnet, impl=impl, call=(cases.resnet, scale, device, impl))
-            for impl in ("ours", "ours-plain", "peer-defaults", "peer-best")]
+    # One call measures all four, in turns: {impl: result}.
+    rows = [dict(group=resnet, impls=cases.RESNET_IMPLS, call=(cases.resnet, scale, device))]
     for which, seq in enumerate((s128, s512)):
         impls = ("ours", "ours-plain", "hf-defaults", "hf-best") if which == 0 else ("ours", "hf-defaults", "hf-best")
         # One call times them all, in turns: {impl: result}.
@@ -195,6 +195,9 @@ def notes(scale: cases.Scale, rows: list[dict]) -> list[str]:
         "torch.utils.flop_counter (the Wikipedia group: our unpadded rows'); optimizer FLOPs not counted.",
         "Peak memory: the whole process's peak resident memory on CPU (Python and torch included), torch's "
         "peak allocation on CUDA.",
+        "ResNet-50 rows: ours (closed/resnet/train.py's own train_step) and the peers timed in turns in one process, "
+        "so drift on a shared machine hits each alike; every batch copied to the device before timing, for all "
+        "alike; peak memory is that process's, over the four.",
         "Decode rows: images per CPU-second on one thread, a synthetic 500x375 JPEG of about 110 KB.",
         "Wikipedia lengths: sequences drawn from the shipped histogram of the MLPerf data at 512. Closed BERT "
         "lays out each micro-batch's own sequences in unpadded rows; open BERT's packs come from a plan over "

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils import flop_counter
 
 from mlperf_submission.bench import peers
@@ -33,8 +32,7 @@ from mlperf_submission.closed.bert import presets as bert_presets
 from mlperf_submission.closed.bert import train as bert_train
 from mlperf_submission.closed.bert.model import BertConfig, BertForPretraining
 from mlperf_submission.closed.resnet import presets as resnet_presets
-from mlperf_submission.closed.resnet.model import ResNet50
-from mlperf_submission.closed.resnet.optim import LARS, param_groups
+from mlperf_submission.closed.resnet import train as resnet_train
 from mlperf_submission.common.data import bert_wiki, imagenet, packing
 from mlperf_submission.common.runtime import distributed
 from mlperf_submission.common.runtime.precision import autocast, notation
@@ -196,47 +194,51 @@ def matmul_peak(scale: Scale, device_name: str) -> dict:
 # ---------------------------------------------------------------------------------------------- ResNet-50
 
 
-def resnet(scale: Scale, device_name: str, impl: str) -> dict:
-    """One training step of ResNet-50 on random images: impl "ours" (the 1xH200 preset's speed settings),
-    "ours-plain" (the same code with every speed option off), "peer-defaults" or "peer-best"."""
+RESNET_IMPLS = ("ours", "ours-plain", "peer-defaults", "peer-best")
+
+
+def resnet(scale: Scale, device_name: str, impls: tuple[str, ...] = RESNET_IMPLS) -> dict[str, dict]:
+    """Training steps of ResNet-50 on one batch of random images, timed in turns in this process
+    (`measure_alternating`, so drift on a shared machine hits each alike): impl "ours" (the 1xH200 preset's
+    speed settings), "ours-plain" (the same code with every speed option off), "peer-defaults" or
+    "peer-best" -> {impl: row}. Peak memory is the process's, over all of them."""
     device = pick_device(device_name)
     torch.manual_seed(0)
     images = torch.randn(scale.resnet_batch, 3, scale.resnet_image_size, scale.resnet_image_size)
     labels = torch.randint(1000, (scale.resnet_batch,))
+    built = {impl: resnet_step(impl, images, labels, device) for impl in impls}
+    measured = measure_alternating({impl: step for impl, (step, _, _) in built.items()}, scale, device)
+    return {impl: {**measured[impl], "samples": scale.resnet_batch, "precision": notation(precision),
+                   "settings": settings, "peak_memory_mib": peak_memory_mib(device),
+                   "threads": torch.get_num_threads()}
+            for impl, (_, precision, settings) in built.items()}
+
+
+def resnet_step(impl: str, images: torch.Tensor, labels: torch.Tensor, device: torch.device):
+    """-> (step, precision, settings): one training step of `impl` on (images, labels), a closure. The batch
+    is copied to the device here, once, for ours and the peers alike, so the timed step holds no copy."""
     if impl.startswith("peer"):
         best = impl == "peer-best"
-        step = peers.torchvision_step(images, labels, device, best=best)
         precision = ("fp16" if device.type == "cuda" else "bf16") if best else "fp32"
         settings = ("autocast " + precision + ", channels_last" if best else "fp32, NCHW") + ", SGD"
-    else:
-        cfg = resnet_presets.h200()
-        if impl == "ours-plain":
-            cfg = dataclasses.replace(cfg, precision="fp32", channels_last=False, optimizer_foreach=False)
-        step, precision = _our_resnet_step(cfg, images, labels, device), cfg.precision
-        settings = (f"{cfg.precision}, {'channels_last' if cfg.channels_last else 'NCHW'}, "
-                    f"{'foreach' if cfg.optimizer_foreach else 'per-tensor'} LARS")
-    m = measure(step, scale, device)
-    return {**m, "samples": scale.resnet_batch, "precision": notation(precision), "settings": settings,
-            "peak_memory_mib": peak_memory_mib(device), "threads": torch.get_num_threads()}
+        return peers.torchvision_step(images, labels, device, best=best), precision, settings
+    cfg = resnet_presets.h200()
+    if impl == "ours-plain":
+        cfg = dataclasses.replace(cfg, precision="fp32", channels_last=False, optimizer_foreach=False)
+    settings = (f"{cfg.precision}, {'channels_last' if cfg.channels_last else 'NCHW'}, "
+                f"{'foreach' if cfg.optimizer_foreach else 'per-tensor'} LARS")
+    return our_resnet_step(cfg, images, labels, device), cfg.precision, settings
 
 
-def _our_resnet_step(cfg: resnet_presets.ResNetConfig, images, labels, device):
-    """The training step of closed/resnet/train.py, without the data loader and the distributed wrapper."""
-    memory = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model = ResNet50().to(device, memory_format=memory)
-    optimizer = LARS(param_groups(model, cfg.opt_weight_decay), lr=1.0, momentum=cfg.opt_momentum,
-                     epsilon=cfg.lars_epsilon, foreach=cfg.optimizer_foreach)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+def our_resnet_step(cfg: resnet_presets.ResNetConfig, images: torch.Tensor, labels: torch.Tensor,
+                    device: torch.device):
+    """closed/resnet/train.py's own step (`build`, `to_device`, `train_step`) on one rank, on a batch
+    copied to the device before the closure is returned; learning rate 1 (LARS scales it per tensor)."""
+    model, optimizer, replica, scaler = resnet_train.build(cfg, distributed.Dist(device=device))
+    x, y = resnet_train.to_device(images, labels, cfg, device)
 
     def step():
-        x = images.to(device, non_blocking=True, memory_format=memory)
-        y = labels.to(device, non_blocking=True)
-        with autocast(cfg.precision, device):
-            loss = F.cross_entropy(model(x).float(), y, label_smoothing=cfg.label_smoothing)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+        resnet_train.train_step(model, replica, optimizer, scaler, x, y, cfg, 1.0)
 
     return step
 
@@ -461,12 +463,12 @@ def bert_wikipedia(scale: Scale, device_name: str) -> dict[str, dict]:
 
 def decode(scale: Scale, impl: str) -> dict:
     """Images per CPU-second, one thread, of JPEG decode + training augmentation to 224 px: "ours"
-    (common/data/imagenet.py: the reference's preprocessing: TF's crop sampler, full-size libjpeg-turbo
-    decode, TF1 bilinear resize) or "plain"
-    (torchvision's transforms on PIL, in plain PIL and torch)."""
-    transform = imagenet.train_transform(224) if impl == "ours" else peers.torchvision_train_transform
+    (common/data/imagenet.py as training uses it: the reference's preprocessing: TF's crop sampler,
+    full-size libjpeg-turbo decode, TF1 bilinear resize, rounded to uint8 for the device to normalise) or
+    "plain" (torchvision's transforms on PIL, in plain PIL and torch, normalised float32)."""
+    transform = imagenet.train_transform(224, uint8=True) if impl == "ours" else peers.torchvision_train_transform
     rate = imagenet.benchmark(transform, seconds=scale.decode_seconds)
-    settings = ("full-size fast-DCT decode, TF crop sampler, TF1 bilinear resize" if impl == "ours"
+    settings = ("full-size fast-DCT decode, TF crop sampler, TF1 bilinear resize, uint8 out" if impl == "ours"
                 else "full decode, PIL crop + bilinear resize, ToTensor, Normalize")
     return {"samples_per_s": rate, "settings": settings, "threads": 1,
             "peak_memory_mib": peak_memory_mib(torch.device("cpu"))}

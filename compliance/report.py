@@ -11,8 +11,13 @@ renamed into place), OUT/index.html and OUT/plots/*.png:
     RCP verdict that `score` computes with the official tools, with a bar chart per benchmark;
   - per-run times (minutes, seed, convergence point, compliance verdict) and eval-accuracy curves of every
     run, parsed from the result logs with the official parser.
-Every figure comes from those files; nothing is typed in. Precision is shown in the X.Y notation when the
-system description states it (an `X.Y`, fp32/fp16/bf16 in framework or notes); v1.1 logs do not carry it.
+  - for our own runs, the two tables of Graphcore's results page: training throughput (model, variant,
+    platform, framework, dataset, batch, precision, samples/s: our implementation's rows of each bench JSON)
+    and time to result (model, division, platform, framework, dataset, precision, global batch, minutes:
+    each submission `make submit` made, recognised by the plan.json two levels above its submitter folder).
+Every figure comes from those files; nothing is typed in. Precision is in the X.Y notation: for our own
+runs from the plan's resolved config (bf16 and fp16 autocast: 16.32, fp32: 32.32), for published ones when
+the system description states it (an `X.Y`, fp32/fp16/bf16 in framework or notes); v1.1 logs do not carry it.
 Without arguments it reports out/bench/bench.json if that exists.
 """
 
@@ -38,6 +43,10 @@ _NOTATION = re.compile(r"\b(32\.32|16\.32|16\.16|8\.16|8\.8)\b")
 _WORDS = {"fp32": "32.32", "float32": "32.32", "bf16": "16.32", "bfloat16": "16.32", "fp16": "16.32",
           "float16": "16.32", "mixed precision": "16.32", "amp": "16.32"}
 _X_LABEL = {"resnet": "epochs", "bert": "training samples"}
+_PLAN_FORMAT = "mlperf_submission.plan/1"  # compliance/runs.py's, read here without importing the trainers
+_OUR_IMPLS = ("ours", "ours-plain", "padded", "packed")  # bench rows of our own implementation
+_MODEL = {"resnet": "ResNet-50 v1.5", "bert": "BERT-Large"}
+_DATASET = {"resnet": "ImageNet", "bert": "Wikipedia"}
 
 
 def add_arguments(p) -> None:
@@ -80,8 +89,34 @@ def load_bench(path: Path) -> dict:
     return data
 
 
+def our_plan(sub: Path, benchmark: str, system: str) -> dict | None:
+    """The plan of the `make submit` folder this submitter folder was packaged into (OUT/plan.json beside
+    OUT/<division>/<submitter>/), if it is ours and made these results; else None (a published tree)."""
+    path = Path(sub).parent.parent / "plan.json"
+    try:
+        plan = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(plan, dict) or plan.get("format") != _PLAN_FORMAT:
+        return None
+    if plan.get("benchmark") != benchmark or plan.get("system_name") != system:
+        return None
+    return plan
+
+
+def run_precision(entry: dict) -> str:
+    """X.Y precision of an entry: our plan's configured precision, else what its system description states."""
+    plan = entry.get("plan")
+    if plan is not None and plan.get("config", {}).get("precision"):
+        from mlperf_submission.common.runtime.precision import notation  # torch: only for our own runs
+
+        return notation(plan["config"]["precision"])
+    return stated_precision(entry["system"])
+
+
 def load_submissions(roots: list[Path]) -> list[dict]:
-    """One entry per system and benchmark: its score, system description and each run's eval curve."""
+    """One entry per system and benchmark: its score, system description, each run's eval curve, and the
+    plan that made it where it is ours (else None)."""
     entries = []
     for root in roots:
         for sub in scoring.submitter_dirs(root):
@@ -89,7 +124,8 @@ def load_submissions(roots: list[Path]) -> list[dict]:
                 system = json.loads((sub / "systems" / f"{s.system}.json").read_text())
                 folder = sub / "results" / s.system / s.benchmark
                 curves = {r.file: eval_curve(folder / r.file) for r in s.runs}
-                entries.append({"score": s, "system": system, "curves": curves, "source": str(root)})
+                entries.append({"score": s, "system": system, "curves": curves, "source": str(root),
+                                "plan": our_plan(sub, s.benchmark, s.system)})
     return entries
 
 
@@ -226,7 +262,7 @@ def results_section(entries: list[dict], plots: Path) -> str:
         rcp = "n/a (open)" if s.rcp is None else ("PASS" if s.rcp.passed else "FAIL")
         rows.append([s.benchmark, s.division, s.submitter, s.system, system.get("system_name", ""),
                      f"{accelerators} x {system.get('accelerator_model_name') or 'CPU'}" if accelerators
-                     else system.get("host_processor_model_name", ""), stated_precision(system),
+                     else system.get("host_processor_model_name", ""), run_precision(e),
                      _num(s.minutes, ".3f") if s.valid else f"invalid: {s.problem}", len(s.runs), s.dropped, rcp])
     parts.append(_table(["benchmark", "division", "submitter", "system", "system name", "accelerators",
                          "precision", "minutes", "runs", "dropped", "RCP"], rows))
@@ -255,6 +291,48 @@ def results_section(entries: list[dict], plots: Path) -> str:
     return "\n".join(parts)
 
 
+def _platform(system: dict) -> str:
+    accelerators = int(system.get("number_of_nodes") or 1) * int(system.get("accelerators_per_node") or 0)
+    if accelerators:
+        return f"{system.get('system_name', '')}: {accelerators} x {system.get('accelerator_model_name')}"
+    return f"{system.get('system_name', '')}: {system.get('host_processor_model_name', 'CPU')}"
+
+
+def our_throughput_table(loaded: list[tuple[Path, dict]]) -> str:
+    """Graphcore's training-throughput table for our implementation's rows of the bench JSONs."""
+    rows = []
+    for _, bench in loaded:
+        m = bench["machine"]
+        platform = f"{m['accelerator_model_name'] or m['host_processor_model_name']} ({m['device']})"
+        for r in bench["rows"]:
+            if r.get("impl") not in _OUR_IMPLS or "step_s" not in r:
+                continue
+            samples = r["samples"]
+            batch = f"{samples:,.2f}" if samples % 1 else f"{samples:,.0f}"
+            if "rows" in r:
+                batch += f" ({r['rows']} rows)"
+            rows.append([r["group"], f"{r['name']}: {r['settings']}", platform, f"PyTorch {m['torch']}",
+                         "synthetic, in memory", batch, r.get("precision", "-"), _num(r["samples_per_s"], ",.2f")])
+    return _table(["model", "variant", "platform", "framework", "dataset", "batch size", "precision",
+                   "throughput (samples/s)"], rows)
+
+
+def our_time_to_result_table(entries: list[dict]) -> str:
+    """Graphcore's time-to-result table for the submissions `make submit` made (those with a plan)."""
+    rows = []
+    for e in sorted((e for e in entries if e.get("plan") is not None),
+                    key=lambda e: (e["score"].benchmark, e["score"].division, e["score"].minutes or 1e9)):
+        s, plan, system = e["score"], e["plan"], e["system"]
+        cfg = plan.get("config", {})
+        dataset = "built-in synthetic (DEMONSTRATION)" if plan.get("demo") else _DATASET.get(s.benchmark, "-")
+        rows.append([_MODEL.get(s.benchmark, s.benchmark), s.division, _platform(system),
+                     system.get("framework", "-"), dataset, run_precision(e),
+                     _num(cfg.get("global_batch_size"), ",.0f"), f"preset {plan.get('preset', '-')}",
+                     _num(s.minutes, ".3f") if s.valid else f"invalid: {s.problem}"])
+    return _table(["model", "division", "platform", "framework", "dataset", "precision", "global batch",
+                   "configuration", "time to result (minutes)"], rows)
+
+
 _STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:72em;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:0.9em}th,td{border:1px solid #ccc;padding:0.25em 0.6em;
 text-align:left}th{background:#f0f0f0}img{max-width:100%}h1{font-size:1.6em}"""
@@ -276,6 +354,19 @@ def build(*, subs: list[Path], benches: list[Path], out: Path) -> Path:
         body = ["<h1>MLPerf Training v1.1 results: throughput and time to result</h1>",
                 "<p>" + html.escape(f"Generated {time.strftime('%Y-%m-%d %H:%M:%S %Z')} by `make report` at commit "
                                     f"{git_commit()} from: {', '.join(sources)}.") + "</p>"]
+        ours = [e for e in entries if e.get("plan") is not None]
+        if ours or any(r.get("impl") in _OUR_IMPLS for _, data in loaded for r in data["rows"]):
+            body.append("<h2>Our results</h2>")
+            body.append("<p>As Graphcore's results page lays them out: training throughput of our implementation "
+                        "(`make bench`, samples per second on batches in memory) and time to result of our "
+                        "submissions (olympic mean of the runs, official scoring). Precision in the "
+                        "activations.weights notation, from each run's configuration.</p>")
+            if loaded:
+                body.append("<h3>Training throughput</h3>")
+                body.append(our_throughput_table(loaded))
+            if ours:
+                body.append("<h3>Time to result</h3>")
+                body.append(our_time_to_result_table(ours))
         if loaded:
             body.append("<h2>Training throughput</h2>")
             body += [bench_section(data, path, plots) for path, data in loaded]

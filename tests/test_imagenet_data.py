@@ -174,6 +174,76 @@ def test_transform_shapes(size, mode):
         assert -2.2 < x.min() and x.max() < 2.7  # (0 - 123.68) / 58.393 .. (255 - 103.94) / 57.375
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device"))])
+def test_uint8_batches_normalised_on_the_device_give_the_float_pipelines_tensors(device, channels_last):
+    """What "equal" means: the float pipeline does not round (TF1's bilinear resize gives fractional grey
+    levels), so a uint8 batch holds its pixels rounded half to even, at most 0.5 grey levels away.
+    Normalised on the device, the batch is bit for bit the float pipeline's normalisation of those
+    integers (the same float32 subtraction and division), and within 0.5 / std of its tensors."""
+    memory = torch.channels_last if channels_last else torch.contiguous_format
+    data = [jpeg_bytes(seed, width=90, height=70) for seed in range(3)]
+    for make in (train_transform, eval_transform):
+        def images(uint8: bool, pixels: bool = False, make=make):
+            out = []
+            for i, d in enumerate(data):
+                seeded = {"generator": torch.Generator().manual_seed(i)} if make is train_transform else {}
+                t = make(32, uint8=uint8, **seeded)
+                out.append((t.pixels if pixels else t)(Image.open(io.BytesIO(d))))
+            return torch.stack(out)
+
+        u, pixels, floats = images(True), images(False, pixels=True), images(False)
+        assert u.dtype == torch.uint8 and u.shape == (3, 32, 32, 3)
+        assert not torch.equal(pixels, pixels.round())  # fractional: there is rounding to speak of
+        assert torch.equal(u.permute(0, 3, 1, 2).float(), pixels.round())
+        assert (u.permute(0, 3, 1, 2).float() - pixels).abs().max() <= 0.5
+        x = imagenet.normalise(u.to(device), memory)
+        assert x.dtype == torch.float32 and x.device.type == device and x.is_contiguous(memory_format=memory)
+        assert torch.equal(x.cpu(), torch.stack([imagenet._normalize(p.round()) for p in pixels]))
+        assert (x.cpu() - floats).abs().max() <= 0.5 / min(imagenet.STD) + 1e-6
+        assert torch.equal(imagenet.normalise(floats.to(device), memory).cpu(), floats)  # float: already done
+
+
+def test_tf1_resize_is_tf_kernels_formula_in_every_layout():
+    """The x-major resize behind every transform against TF1's bilinear kernel written out in numpy (float32:
+    top and bottom rows along x, then along y), bit for bit: down- and upscaling, windows, mirrored; and the
+    uint8 batches are those pixels rounded, laid out HWC."""
+    rng = np.random.default_rng(0)
+    f32 = np.float32
+    for (h, w), (oh, ow), rows, cols, mirror in [((37, 51), (20, 16), None, None, False),
+                                                 ((9, 13), (32, 32), None, None, True),
+                                                 ((40, 30), (45, 60), (7, 20), (11, 32), True)]:
+        img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        src = img[:, ::-1] if mirror else img
+        ys = np.arange(*(lambda r: (r[0], r[0] + r[1]))(rows or (0, oh)), dtype=f32) * (f32(h) / f32(oh))
+        xs = np.arange(*(lambda c: (c[0], c[0] + c[1]))(cols or (0, ow)), dtype=f32) * (f32(w) / f32(ow))
+        y0, x0 = np.floor(ys).astype(int), np.floor(xs).astype(int)
+        y1, x1 = np.minimum(np.ceil(ys), h - 1).astype(int), np.minimum(np.ceil(xs), w - 1).astype(int)
+        yl, xl = (ys - y0).astype(f32)[:, None, None], (xs - x0).astype(f32)[None, :, None]
+        s = src.astype(f32)
+        top = s[y0][:, x0] + (s[y0][:, x1] - s[y0][:, x0]) * xl
+        bottom = s[y1][:, x0] + (s[y1][:, x1] - s[y1][:, x0]) * xl
+        expected = torch.from_numpy(top + (bottom - top) * yl)  # (rows, cols, 3)
+        x = torch.from_numpy(img).permute(2, 0, 1)  # HWC in memory, as decoded
+        got = imagenet.tf1_resize_bilinear(x, oh, ow, rows=rows, cols=cols, mirror=mirror)
+        assert torch.equal(got, expected.permute(2, 0, 1))
+        xmajor = imagenet._tf1_resize_xmajor(x, oh, ow, rows=rows, cols=cols, mirror=mirror)
+        assert torch.equal(imagenet._xmajor_to_uint8(xmajor), expected.round().to(torch.uint8))
+
+
+def test_uint8_batches_leave_the_loader_as_bytes(tmp_path):
+    """Through the dataset and the loader's collation a uint8 batch stays (N, H, W, 3) uint8: a quarter of
+    float32's bytes through the workers' shared memory and to the device."""
+    root = tmp_path / "jpeg"
+    for c, wnid in enumerate(CLASSES):
+        (root / "train" / wnid).mkdir(parents=True)
+        (root / "train" / wnid / f"{c}.JPEG").write_bytes(jpeg_bytes(c, width=70, height=50))
+    data = ImageNet(root, "train", train_transform(32, uint8=True))
+    x, y = next(iter(loader(data, 3, shuffle=False, workers=0, seed=0, drop_last=False)))
+    assert x.dtype == torch.uint8 and x.shape == (3, 32, 32, 3) and y.tolist() == [0, 1, 2]
+
+
 def test_eval_transform_is_deterministic_and_normalised():
     data = jpeg_bytes(1)
     x1, x2 = (eval_transform(32)(Image.open(io.BytesIO(data))) for _ in range(2))

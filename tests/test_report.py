@@ -103,6 +103,35 @@ def test_page_from_our_submission_and_a_bench_json(tmp_path):
     assert "not installed" in index.read_text()
 
 
+def test_our_runs_get_graphcores_two_tables_with_their_precision(tmp_path):
+    """Our own submission (a plan.json above its submitter folder, as `make submit` leaves it) and our bench
+    rows, as Graphcore's results page lays them out; the precision comes from the plan's config where the
+    system description states none. A published tree (no plan) stays out of these tables."""
+    root = our_submission(tmp_path / "sub")
+    system_file = root / "closed" / "acme" / "systems" / "1xTEST.json"
+    system = json.loads(system_file.read_text())
+    system.update(sw_notes="", hw_notes="")
+    system_file.write_text(json.dumps(system))
+    plan = {"format": "mlperf_submission.plan/1", "benchmark": "resnet", "system_name": "1xTEST",
+            "preset": "1xH200", "demo": False, "config": {"precision": "bf16", "global_batch_size": 1632}}
+    (root / "plan.json").write_text(json.dumps(plan))
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps(BENCH))
+    page = check_page(report.build(subs=[root], benches=[bench], out=tmp_path / "report"))
+    throughput = [r for r in page.rows if len(r) == 8 and r[4] == "synthetic, in memory"]
+    assert throughput == [["ResNet-50, 224 px", "ours: bf16", "CPU (cpu)", "PyTorch 2.13.0", "synthetic, in memory",
+                           "16", "16.32", "16.00"]]  # ours only: the peer's row is in the full table below
+    ttr = [r for r in page.rows if r and r[0] == "ResNet-50 v1.5"]
+    assert ttr == [["ResNet-50 v1.5", "closed", "1xTEST: 1 x NVIDIA H200", system["framework"], "ImageNet", "16.32",
+                    "1,632", "preset 1xH200", "12.000"]]
+    full = next(r for r in page.rows if r[:2] == ["resnet", "closed"])
+    assert full[6] == "16.32"  # filled in from the plan, where the description states nothing
+    (root / "plan.json").write_text(json.dumps({**plan, "system_name": "other"}))  # not these results: not ours
+    page = check_page(report.build(subs=[root], benches=[], out=tmp_path / "report2"))
+    assert not [r for r in page.rows if r and r[0] == "ResNet-50 v1.5"]
+    assert next(r for r in page.rows if r[:2] == ["resnet", "closed"])[6] == "not stated"
+
+
 def test_page_from_published_graphcore_logs(tmp_path, graphcore):
     """ResNet of the four published IPU-POD systems: the minutes are the published olympic means."""
     sub = tmp_path / "Graphcore"

@@ -86,9 +86,11 @@ def datasets(cfg: presets.ResNetConfig, data: Path | None, manifest: dict | None
         return SyntheticBatches(cfg, "train"), SyntheticBatches(cfg, "val")
     from mlperf_submission.common.data import imagenet
 
-    augment = imagenet.train_transform(cfg.image_size, reduced_decode=cfg.reduced_decode)
+    # uint8 batches: a quarter of float32's bytes through the workers' shared memory and to the device, which
+    # normalises them (`to_device`); the pixels rounded to integers (COMPLIANCE.md).
+    augment = imagenet.train_transform(cfg.image_size, reduced_decode=cfg.reduced_decode, uint8=True)
     train = imagenet.ImageNet(data, "train", augment, manifest=manifest)
-    val = imagenet.ImageNet(data, "val", imagenet.eval_transform(cfg.image_size), manifest=manifest)
+    val = imagenet.ImageNet(data, "val", imagenet.eval_transform(cfg.image_size, uint8=True), manifest=manifest)
     return train, val
 
 
@@ -115,22 +117,72 @@ def loaders(cfg, train_set, val_set, dist: distributed.Dist, seed: int, local_ba
     return train, sampler, val
 
 
+def build(cfg: presets.ResNetConfig, dist: distributed.Dist, *, bn_replicas: int = 1,
+          zero_init_residual: bool = False, on_model: Callable[[torch.nn.Module], None] | None = None):
+    """-> (model, optimizer, replica, scaler) as a run trains them: ResNet-50 on the device in the configured
+    memory format, batch-norm groups, LARS (or SGD) at learning rate 0 (the schedule sets it per step), the
+    replica wrapper and the fp16 grad scaler. `on_model(model)` sees the freshly initialised model first
+    (the run logs its tensor names there). The bench builds its step with this too."""
+    model = ResNet50(num_classes=cfg.num_classes, width=cfg.model_width, zero_init_residual=zero_init_residual)
+    if on_model is not None:
+        on_model(model)
+    model = dist.batch_norm_groups(model.to(dist.device, memory_format=memory_format(cfg)), bn_replicas)
+    if cfg.opt_name == "lars":
+        optimizer = LARS(param_groups(model, cfg.opt_weight_decay), lr=0.0, momentum=cfg.opt_momentum,
+                         epsilon=reference_epsilon(cfg.lars_epsilon), foreach=cfg.optimizer_foreach)
+    else:
+        optimizer = sgd(model, 0.0, cfg.opt_momentum, cfg.opt_weight_decay, foreach=cfg.optimizer_foreach)
+    replica = dist.replicate(model, optimizer, accumulation_steps=cfg.gradient_accumulation_steps)
+    scaler = torch.amp.GradScaler(dist.device.type, enabled=cfg.precision == "fp16")
+    return replica.module, replica.optimizer, replica, scaler
+
+
+def memory_format(cfg: presets.ResNetConfig) -> torch.memory_format:
+    return torch.channels_last if cfg.channels_last else torch.contiguous_format
+
+
+def to_device(x: torch.Tensor, y: torch.Tensor, cfg: presets.ResNetConfig, device: torch.device):
+    """A loader's batch -> (images, labels) on the device, as the model takes them: uint8 ImageNet batches
+    (N, H, W, 3) copied as bytes and normalised there (`imagenet.normalise`), float batches (synthetic data,
+    already normalised) copied as they are; in the configured memory format. Asynchronous from pinned
+    memory (the loader pins on CUDA)."""
+    from mlperf_submission.common.data import imagenet
+
+    x = imagenet.normalise(x.to(device, non_blocking=True), memory_format(cfg))
+    return x, y.to(device, non_blocking=True)
+
+
+def micro_step(model, replica, scaler, x: torch.Tensor, y: torch.Tensor, cfg: presets.ResNetConfig, *,
+               reduce: bool) -> torch.Tensor:
+    """Forward and backward of one micro-batch on the device (loss scaled by the accumulation steps; the
+    gradients reduced over ranks if `reduce`, the step's last micro-batch) -> its loss, detached."""
+    with replica.micro_step(reduce=reduce):
+        with autocast(cfg.precision, x.device):
+            loss = F.cross_entropy(model(x).float(), y, label_smoothing=cfg.label_smoothing)
+        scaler.scale(loss / cfg.gradient_accumulation_steps).backward()
+    return loss.detach()
+
+
+def train_step(model, replica, optimizer, scaler, x: torch.Tensor, y: torch.Tensor, cfg: presets.ResNetConfig,
+               lr: float) -> torch.Tensor:
+    """One whole optimizer step on one micro-batch: `micro_step` then the update at `lr`, what the training
+    loop does per micro-batch and per step. The warm-up and the bench time this function."""
+    loss = micro_step(model, replica, scaler, x, y, cfg, reduce=True)
+    training.update(replica, optimizer, scaler, lr)
+    return loss
+
+
 def warm_up(model, replica, optimizer, scaler, cfg, device, train_sizes: list[int], eval_sizes: list[int]) -> None:
     """Untimed, on random images: one training step at learning rate 0 per training batch size and one eval
     forward per eval batch size, so that torch.compile compiles nothing inside the timed region. The caller
     undoes its effects (`compile.undone`)."""
-    memory = torch.channels_last if cfg.channels_last else torch.contiguous_format
-
     def images(n):
-        return torch.randn(n, 3, cfg.image_size, cfg.image_size, device=device).contiguous(memory_format=memory)
+        return torch.randn(n, 3, cfg.image_size, cfg.image_size, device=device).contiguous(
+            memory_format=memory_format(cfg))
 
     for n in train_sizes:
-        with replica.micro_step(reduce=True):
-            with autocast(cfg.precision, device):
-                loss = F.cross_entropy(model(images(n)).float(), torch.randint(cfg.num_classes, (n,), device=device),
-                                       label_smoothing=cfg.label_smoothing)
-            scaler.scale(loss).backward()
-        training.update(replica, optimizer, scaler, 0.0)
+        train_step(model, replica, optimizer, scaler, images(n), torch.randint(cfg.num_classes, (n,), device=device),
+                   cfg, 0.0)
     model.eval()
     with torch.no_grad(), autocast(cfg.precision, device):
         for n in eval_sizes:
@@ -141,10 +193,9 @@ def warm_up(model, replica, optimizer, scaler, cfg, device, train_sizes: list[in
 def evaluate(model, val, cfg, device, dist) -> float:
     model.eval()
     totals = torch.zeros(2, dtype=torch.float64, device=device)  # correct, count
-    memory = torch.channels_last if cfg.channels_last else torch.contiguous_format
     with torch.no_grad(), autocast(cfg.precision, device):
         for x, y in val:
-            x, y = x.to(device, non_blocking=True, memory_format=memory), y.to(device, non_blocking=True)
+            x, y = to_device(x, y, cfg, device)
             totals[0] += (model(x).argmax(1) == y).sum()
             totals[1] += y.numel()
     dist.all_reduce_sum(totals)
@@ -182,18 +233,10 @@ def train(cfg: presets.ResNetConfig, args: argparse.Namespace, *, division: str,
     with Run(log, submission, seed=args.seed, hyperparameters=presets.hyperparameters(cfg, train_samples),
              train_samples=train_samples, eval_samples=eval_samples,
              data_files=dataset_files(args.data) if cfg.dataset != "synthetic" else None) as run:
-        model = ResNet50(num_classes=cfg.num_classes, width=cfg.model_width, zero_init_residual=zero_init_residual)
-        run.weights_initialization(mlperf_tensor_names(model)[name] for name, _ in model.named_parameters())
-        memory = torch.channels_last if cfg.channels_last else torch.contiguous_format
-        model = dist.batch_norm_groups(model.to(device, memory_format=memory), bn_replicas)
-        if cfg.opt_name == "lars":
-            optimizer = LARS(param_groups(model, cfg.opt_weight_decay), lr=0.0, momentum=cfg.opt_momentum,
-                             epsilon=reference_epsilon(cfg.lars_epsilon), foreach=cfg.optimizer_foreach)
-        else:
-            optimizer = sgd(model, 0.0, cfg.opt_momentum, cfg.opt_weight_decay, foreach=cfg.optimizer_foreach)
-        replica = dist.replicate(model, optimizer, accumulation_steps=cfg.gradient_accumulation_steps)
-        model, optimizer = replica.module, replica.optimizer
-        scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+        model, optimizer, replica, scaler = build(
+            cfg, dist, bn_replicas=bn_replicas, zero_init_residual=zero_init_residual,
+            on_model=lambda m: run.weights_initialization(mlperf_tensor_names(m)[name]
+                                                          for name, _ in m.named_parameters()))
         train_set, val_set = datasets(cfg, args.data, manifest)
         if (len(train_set), len(val_set)) != (train_samples, eval_samples):
             raise RuntimeError(f"{len(train_set)} / {len(val_set)} images loaded where {train_samples} / "
@@ -215,16 +258,11 @@ def train(cfg: presets.ResNetConfig, args: argparse.Namespace, *, division: str,
             sampler.set_epoch(epoch)
             started, seen, loss_sum = time.time(), 0, torch.zeros((), device=device)
             for i, (x, y) in enumerate(train_loader):
-                x = x.to(device, non_blocking=True, memory_format=memory)
+                x, y = to_device(x, y, cfg, device)
                 if train_batch is not None:
                     x = train_batch(x, epoch)
-                y = y.to(device, non_blocking=True)
                 last = (i + 1) % cfg.gradient_accumulation_steps == 0 or i + 1 == len(train_loader)
-                with replica.micro_step(reduce=last):
-                    with autocast(cfg.precision, device):
-                        loss = F.cross_entropy(model(x).float(), y, label_smoothing=cfg.label_smoothing)
-                    scaler.scale(loss / cfg.gradient_accumulation_steps).backward()
-                loss_sum += loss.detach()
+                loss_sum += micro_step(model, replica, scaler, x, y, cfg, reduce=last)
                 seen += y.numel()
                 if last:
                     lr = poly_schedule(step, base_lr=cfg.opt_base_learning_rate, end_lr=cfg.opt_end_learning_rate,

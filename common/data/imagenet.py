@@ -6,9 +6,10 @@ writes DIR/imagenet_manifest.json; on bad input it prints one line `error: ...` 
     python -m mlperf_submission.common.data.imagenet --bench
 prints decode+augment throughput per core (images per CPU-second) for a synthetic 500x375 JPEG of 110 KB.
 Measured on a shared 2-core AMD EPYC VM (Python 3.11, simplejpeg 1.9.0, torch 2.13 CPU, other jobs
-running: load average 5): train_transform(224) 586 images/s, eval_transform(224) 635 images/s. Per image:
-the full-size decode 0.83 ms, the TF1 bilinear resize to 224 x 224 0.71 ms (gathering HWC rows with
-index_select; gathering from CHW took 2.6-3.2 ms), TF's crop sampler 0.06 ms.
+running), the variants in turns: train_transform(224) 615 images/s, with uint8=True (what training uses)
+590, torchvision's transforms on PIL 594 (bench/peers.py). Per image: the full-size decode 0.87 ms, the
+TF1 bilinear resize to 224 x 224 0.56 ms (0.63 ms with the rounding to uint8; whole-row gathers in an
+x-major layout, `_tf1_resize_xmajor`: the earlier per-pixel gathers took 0.68 ms), TF's crop sampler 0.06 ms.
 
 Layouts (found automatically):
   jpeg      SRC/train/<wnid>/*.JPEG, and either SRC/val/<wnid>/*.JPEG or SRC/val/*.JPEG with a labels
@@ -262,22 +263,31 @@ def tf1_resize_bilinear(
     central crop costs what the crop does. `mirror` resizes the left-right mirror image of `x` (exactly
     `x.flip(-1)` first, without the copy). Same operation order as TF's kernel: top and bottom rows
     interpolated along x, then between them along y."""
+    return _tf1_resize_xmajor(x, height, width, rows=rows, cols=cols, mirror=mirror).permute(2, 1, 0).contiguous()
+
+
+def _tf1_resize_xmajor(
+    x: torch.Tensor, height: int, width: int, *, rows: tuple[int, int] | None = None,
+    cols: tuple[int, int] | None = None, mirror: bool = False,
+) -> torch.Tensor:
+    """`tf1_resize_bilinear` laid out (count_x, count_y, C): the same float32 operations in the same order,
+    arranged so that every gather moves whole contiguous rows and every arithmetic pass runs over contiguous
+    memory. Gathering 3-byte pixels along a row (index_select on dim 1) took 0.29 ms of the old 0.74 ms per
+    224 px image on one core; this layout takes 0.44-0.70 ms in all (bit-exact: tests)."""
     rows = rows or (0, height)
     cols = cols or (0, width)
     y0, y1, yl = _tf1_axis(x.shape[1], height, *rows)
     x0, x1, xl = _tf1_axis(x.shape[2], width, *cols)
     if mirror:
         x0, x1 = x.shape[2] - 1 - x0, x.shape[2] - 1 - x1
-    hwc = x.permute(1, 2, 0)  # decoded images are HWC in memory: gather whole rows, then pixels of a row
-
-    def along_x(index: torch.Tensor) -> torch.Tensor:  # rows `index` -> (count_y, count_x, C) float32
-        r = hwc.index_select(0, index)
-        left, right = r.index_select(1, x0).float(), r.index_select(1, x1).float()
-        return left + (right - left) * xl[:, None]
-
-    top, bottom = along_x(y0), along_x(y1)
-    out = top + (bottom - top) * yl[:, None, None]  # (count_y, count_x, C)
-    return out.permute(2, 0, 1).contiguous()
+    # decoded images are HWC in memory: gather the top and bottom source rows (contiguous), then turn them
+    # column-major (one uint8 copy) so that the left and right source columns are whole rows too
+    picked = x.permute(1, 2, 0).index_select(0, torch.cat([y0, y1]))  # (2 count_y, W, C) uint8
+    columns = picked.transpose(0, 1).contiguous().index_select(0, torch.cat([x0, x1])).float()
+    left, right = columns[: len(x0)], columns[len(x0):]  # (count_x, 2 count_y, C)
+    along_x = left + (right - left) * xl[:, None, None]  # top rows, then bottom rows, along dim 1
+    top, bottom = along_x[:, : len(y0)], along_x[:, len(y0):]
+    return top + (bottom - top) * yl[None, :, None]  # (count_x, count_y, C)
 
 
 _MEAN_T = torch.tensor(MEAN, dtype=torch.float32).view(3, 1, 1)
@@ -289,26 +299,54 @@ def _normalize(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous().sub_(_MEAN_T).div_(_STD_T)
 
 
+def _to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """float32 (3, H, W) on the 0-255 scale -> uint8 (H, W, 3), rounded half to even: what a loader worker
+    hands over (a quarter of float32's bytes through shared memory and to the device; `normalise` there)."""
+    return _xmajor_to_uint8(x.permute(2, 1, 0))
+
+
+def _xmajor_to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """float32 (W, H, 3) of `_tf1_resize_xmajor`, 0-255 -> uint8 (H, W, 3), rounded half to even. A bilinear
+    mix of two grey levels stays between them, so no clamp is needed; `clamp_` keeps it safe for any input."""
+    return x.round().clamp_(0, 255).to(torch.uint8).transpose(0, 1).contiguous()  # round: x may be shared
+
+
+def normalise(x: torch.Tensor, memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+    """A batch as the model takes it, on whatever device `x` is: a uint8 (N, H, W, 3) batch of `uint8=True`
+    transforms becomes float32 (N, 3, H, W), (x - MEAN) / STD; a float batch (the float32 transforms', or
+    synthetic data) is already normalised and passes unchanged. The same float32 subtraction and division
+    as `_normalize`, so on the same integers both give the same bits (tests/test_imagenet_data.py)."""
+    if x.dtype == torch.uint8:
+        mean, std = (t.to(x.device).view(1, 3, 1, 1) for t in (_MEAN_T, _STD_T))
+        x = x.permute(0, 3, 1, 2).float().sub_(mean).div_(std)  # NHWC bytes: a channels_last float tensor
+    return x.contiguous(memory_format=memory_format)
+
+
 class _TrainTransform:
     """The reference's training preprocessing: crop window by `sample_distorted_bounding_box`, full-size
     decode of the window, horizontal flip with p = 0.5, then TF1 bilinear resize to size x size (the
-    reference flips before resizing; TF1's resize is not mirror-symmetric), then normalise."""
+    reference flips before resizing; TF1's resize is not mirror-symmetric), then normalise (or round to
+    uint8, with `uint8`)."""
 
-    def __init__(self, size: int, generator: torch.Generator | None, reduced_decode: bool):
-        self.size, self.generator, self.reduced_decode = size, generator, reduced_decode
+    def __init__(self, size: int, generator: torch.Generator | None, reduced_decode: bool, uint8: bool):
+        self.size, self.generator, self.reduced_decode, self.uint8 = size, generator, reduced_decode, uint8
 
     def pixels(self, img: Image.Image) -> torch.Tensor:
         """float32 (3, size, size) on the 0-255 scale, before normalisation."""
+        return self._resized(img).permute(2, 1, 0).contiguous()
+
+    def _resized(self, img: Image.Image) -> torch.Tensor:  # (size, size, 3) x-major, see _tf1_resize_xmajor
         width, height = img.size
         top, left, h, w = (int(v) for v in sample_distorted_bounding_box(height, width, generator=self.generator)[0])
         flip = torch.rand((), generator=self.generator).item() < 0.5
         wanted = (math.ceil(width * self.size / w), math.ceil(height * self.size / h)) if self.reduced_decode else None
         x, s = _decode_rgb(img, wanted)
         left, top, right, bottom = (round(v / s) for v in (left, top, left + w, top + h))  # in the decoded pixels
-        return tf1_resize_bilinear(x[:, top:bottom, left:right], self.size, self.size, mirror=flip)
+        return _tf1_resize_xmajor(x[:, top:bottom, left:right], self.size, self.size, mirror=flip)
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
-        return _normalize(self.pixels(img))
+        resized = self._resized(img)
+        return _xmajor_to_uint8(resized) if self.uint8 else _normalize(resized.permute(2, 1, 0))
 
 
 def eval_resize_shape(height: int, width: int, resize_min: int) -> tuple[int, int]:
@@ -320,35 +358,44 @@ def eval_resize_shape(height: int, width: int, resize_min: int) -> tuple[int, in
 
 class _EvalTransform:
     """The reference's eval preprocessing: full-size decode, TF1 bilinear resize of the short side to
-    size * 256 / 224 keeping the aspect, central size x size crop (offsets floored), normalise."""
+    size * 256 / 224 keeping the aspect, central size x size crop (offsets floored), normalise (or round to
+    uint8, with `uint8`)."""
 
-    def __init__(self, size: int):
-        self.size, self.resize = size, round(size * EVAL_RESIZE / 224)
+    def __init__(self, size: int, uint8: bool):
+        self.size, self.resize, self.uint8 = size, round(size * EVAL_RESIZE / 224), uint8
 
     def pixels(self, img: Image.Image) -> torch.Tensor:
         """float32 (3, size, size) on the 0-255 scale, before normalisation (the reference's output plus its
         channel means)."""
+        return self._resized(img).permute(2, 1, 0).contiguous()
+
+    def _resized(self, img: Image.Image) -> torch.Tensor:  # (size, size, 3) x-major, see _tf1_resize_xmajor
         width, height = img.size
         new_h, new_w = eval_resize_shape(height, width, self.resize)
         top, left = (new_h - self.size) // 2, (new_w - self.size) // 2  # floor, as the reference
         x, _ = _decode_rgb(img)
-        return tf1_resize_bilinear(x, new_h, new_w, rows=(top, self.size), cols=(left, self.size))
+        return _tf1_resize_xmajor(x, new_h, new_w, rows=(top, self.size), cols=(left, self.size))
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
-        return _normalize(self.pixels(img))
+        resized = self._resized(img)
+        return _xmajor_to_uint8(resized) if self.uint8 else _normalize(resized.permute(2, 1, 0))
 
 
 def train_transform(size: int = 224, *, generator: torch.Generator | None = None,
-                    reduced_decode: bool = False) -> Callable:
-    """PIL image -> (3, size, size) float32. Random numbers come from `generator`, else the global torch
-    RNG; leave it None under DataLoader workers, which each get their own seeded global RNG (a generator
-    would be copied into every worker, which would then all draw the same crops). `reduced_decode` decodes
-    large JPEGs at 1/2-1/8 scale where the crop allows (faster; off in the closed division, see
-    COMPLIANCE.md for what it changes)."""
-    return _TrainTransform(size, generator, reduced_decode)
-def eval_transform(size: int = 224) -> Callable:
-    """PIL image -> (3, size, size) float32, deterministic."""
-    return _EvalTransform(size)
+                    reduced_decode: bool = False, uint8: bool = False) -> Callable:
+    """PIL image -> (3, size, size) float32, normalised; with `uint8`, the same pixels rounded to uint8
+    (size, size, 3), for `normalise` on the device. Random numbers come from `generator`, else the global
+    torch RNG; leave it None under DataLoader workers, which each get their own seeded global RNG (a
+    generator would be copied into every worker, which would then all draw the same crops).
+    `reduced_decode` decodes large JPEGs at 1/2-1/8 scale where the crop allows (faster; off in the closed
+    division, see COMPLIANCE.md for what it changes)."""
+    return _TrainTransform(size, generator, reduced_decode, uint8)
+
+
+def eval_transform(size: int = 224, *, uint8: bool = False) -> Callable:
+    """PIL image -> (3, size, size) float32, normalised, deterministic; with `uint8`, rounded to uint8
+    (size, size, 3) as `train_transform`'s."""
+    return _EvalTransform(size, uint8)
 
 
 # ---------------------------------------------------------------------------------------------- layouts
@@ -565,7 +612,7 @@ def _transform_bytes(data: bytes, name: str, transform: Callable) -> torch.Tenso
 
 
 class ImageNet(torch.utils.data.Dataset):
-    """ILSVRC2012 split `train` or `val` from either layout; items are (float32 (3, H, W), int label).
+    """ILSVRC2012 split `train` or `val` from either layout; items are (transform(image), int label).
 
     `exclude` holds keys to leave out: paths relative to root for JPEGs, `<shard name>@<byte offset>` for
     records (a manifest's `skipped`). With `manifest` (from `verify_manifest`), its `skipped` are left out
