@@ -222,7 +222,7 @@ def optimizer_step(replica, optimizer, scaler, clip, cfg, step: int) -> float:
     return lr
 
 
-def evaluate(model, val, cfg, device, dist) -> float:
+def evaluate(model, val, cfg, device, dist, forward=forward) -> float:
     """Masked-LM accuracy over every masked position of the whole eval set, each sample once."""
     model.eval()
     totals = torch.zeros(2, dtype=torch.float64, device=device)
