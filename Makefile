@@ -33,7 +33,7 @@ submit_args = --division $(DIVISION) --bench $(BENCH) --nproc $(NPROC) \
 	$(if $(CKPT),--ckpt $(CKPT)) $(if $(RUNS),--runs $(RUNS)) $(if $(OUT),--out $(OUT)) $(if $(SEEDS),--seeds $(SEEDS))
 run_args = $(submit_args) --index $(INDEX) $(if $(LAUNCH),--launcher '$(LAUNCH)') $(if $(NODE),--node $(NODE))
 
-.PHONY: help setup horovod test lint submit run package time-to-target check score audit reproduce systems describe-system data clean bench report
+.PHONY: help setup horovod test lint submit run package time-to-target check score audit reproduce systems describe-system data clean bench report gpu-check
 
 help:
 	@echo "make setup                         create .venv and install the package with its pinned dependencies"
@@ -55,6 +55,8 @@ help:
 	@echo "           re-run an audited result with its seeds and mapped hyperparameters (smoke scale without DATA)"
 	@echo "make bench [QUICK=1 THREADS= OUT=] throughput vs peers side by side (out/bench/bench.{json,md}; <15 min"
 	@echo "           on 2 cores; THREADS=1 on a shared machine; QUICK=1 toy sizes in seconds)"
+	@echo "make gpu-check [OUT=]              on a CUDA GPU: environment, smoke runs eager and compiled, bench GPU rows"
+	@echo "                                   (out/gpu-check/gpu_check.{json,md}; <10 min on one H200; no GPU: skips)"
 	@echo "make report [SUB=\"a b\" BENCH_JSON= OUT=]   results page: HTML with PNG plots (out/report/index.html)"
 	@echo "make time-to-target BENCH= [SEEDS=1,2,3]   open vs closed smoke presets, minutes to the target, same seeds"
 	@echo "make systems                       official system description checker on systems/*.json"
@@ -113,6 +115,9 @@ reproduce:
 
 bench:
 	$(PY) -m mlperf_submission.bench $(if $(QUICK),--quick) $(if $(THREADS),--threads $(THREADS)) $(if $(OUT),--out $(OUT))
+
+gpu-check:
+	$(PY) -m mlperf_submission.bench.gpu_check $(if $(OUT),--out $(OUT))
 
 report:
 	$(PY) -m mlperf_submission.compliance report $(SUB) $(if $(BENCH_JSON),--bench $(BENCH_JSON)) $(if $(OUT),--out $(OUT))

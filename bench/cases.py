@@ -21,7 +21,6 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -42,7 +41,6 @@ from mlperf_submission.open.bert import presets as open_bert_presets
 FULL_LAYERS = BertConfig().num_hidden_layers  # 24
 MAX_PREDICTIONS = 76  # masked positions per sequence of the MLPerf data at 512
 MASKED_FRACTION = 0.15
-WIKIPEDIA_HISTOGRAM = Path(bert_wiki.__file__).with_name("wikipedia_seqlen_histogram.txt")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,10 +53,10 @@ class Scale:
     bert_batches: tuple[int, int]         # sequences per step at each length
     bert_layers: tuple[int, ...]          # layer counts run; scaled to FULL_LAYERS when not already there
     bert_shape: tuple[int, int, int, int] = (1024, 16, 4096, 30522)  # hidden, heads, intermediate, vocab
-    packed_rows: int                      # rows of the longer length per step, packed or padded
-    packed_layers: tuple[int, ...]        # layer counts of the packed-vs-padded rows (bert_layers' rule)
-    packed_timed_steps: int               # their timed steps: the ratio of two extrapolations needs more
-    packing_sample: int = 16384           # Wikipedia-length sequences drawn and packed into the plan
+    wiki_batch: int                       # Wikipedia-length sequences per micro-batch at the longer length
+    wiki_layers: tuple[int, ...]          # layer counts of the Wikipedia rows (bert_layers' rule)
+    wiki_timed_steps: int                 # their timed steps: the ratio of two extrapolations needs more
+    packing_sample: int = 16384           # Wikipedia-length sequences drawn and packed into open BERT's plan
     warmup_steps: int = 1
     timed_steps: int = 3
     decode_seconds: float = 3.0           # CPU-seconds per decode measurement
@@ -67,23 +65,22 @@ class Scale:
 def cpu() -> Scale:
     """A 2-core CPU: whole ResNet-50 at 224 px, BERT-Large at 1 and 2 layers, 1,024 tokens per step."""
     return Scale(name="cpu", matmul_size=2048, resnet_image_size=224, resnet_batch=16, bert_seq_lengths=(128, 512),
-                 bert_batches=(8, 2), bert_layers=(1, 2), packed_rows=4,
-                 packed_layers=(1, 4), packed_timed_steps=6)
+                 bert_batches=(8, 2), bert_layers=(1, 2), wiki_batch=8, wiki_layers=(1, 2), wiki_timed_steps=4)
 
 
 def gpu() -> Scale:
     """One GPU: whole models at batches that keep a modern GPU busy."""
     return Scale(name="gpu", matmul_size=8192, resnet_image_size=224, resnet_batch=256, bert_seq_lengths=(128, 512),
-                 bert_batches=(256, 32), bert_layers=(FULL_LAYERS,), packed_rows=32,
-                 packed_layers=(FULL_LAYERS,), packed_timed_steps=10, warmup_steps=3,
+                 bert_batches=(256, 32), bert_layers=(FULL_LAYERS,), wiki_batch=64,
+                 wiki_layers=(FULL_LAYERS,), wiki_timed_steps=10, warmup_steps=3,
                  timed_steps=10)
 
 
 def quick() -> Scale:
     """Seconds, for the tests: every code path at toy sizes. Its figures mean nothing."""
     return Scale(name="quick", matmul_size=128, resnet_image_size=32, resnet_batch=2, bert_seq_lengths=(16, 32),
-                 bert_batches=(2, 2), bert_layers=(1, 2), bert_shape=(64, 2, 128, 512), packed_rows=2,
-                 packed_layers=(1, 2), packed_timed_steps=1, packing_sample=256,
+                 bert_batches=(2, 2), bert_layers=(1, 2), bert_shape=(64, 2, 128, 512), wiki_batch=4,
+                 wiki_layers=(1, 2), wiki_timed_steps=1, packing_sample=256,
                  timed_steps=1, decode_seconds=0.2)
 
 
@@ -123,16 +120,22 @@ def measure(step: Callable[[], None], scale: Scale, device: torch.device) -> dic
     return measure_alternating({"step": step}, scale, device)["step"]
 
 
-def measure_alternating(steps: dict[str, Callable[[], None]], scale: Scale, device: torch.device) -> dict:
+def measure_alternating(steps: dict[str, Callable[[], None]], scale: Scale, device: torch.device,
+                        uncounted: tuple[str, ...] = ()) -> dict:
     """`measure` for steps that are compared with each other: warmed up one after the other, then timed in
-    turns (a, b, a, b, ...), so that a change in the machine's speed during the run hits each alike."""
+    turns (a, b, a, b, ...), so that a change in the machine's speed during the run hits each alike. The
+    steps named in `uncounted` are not FLOP-counted (flops 0): the counter cannot follow nested tensors."""
     out, times = {}, {name: [] for name in steps}
     for name, step in steps.items():
-        with flop_counter.FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION) as counter:
+        counter = flop_counter.FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION)
+        if name in uncounted:
             step()
+        else:
+            with counter:
+                step()
         for _ in range(scale.warmup_steps - 1):
             step()
-        out[name] = {"flops": counter.get_total_flops()}
+        out[name] = {"flops": counter.get_total_flops() if name not in uncounted else 0}
     _sync(device)
     for _ in range(scale.timed_steps):
         for name, step in steps.items():
@@ -248,181 +251,210 @@ def predictions(seq_len: int) -> int:
     return min(MAX_PREDICTIONS, math.ceil(MASKED_FRACTION * seq_len))
 
 
-def bert_config(scale: Scale, seq_len: int, layers: int, precision: str) -> bert_presets.BertRunConfig:
+def bert_config(scale: Scale, seq_len: int, layers: int, precision: str, **changes) -> bert_presets.BertRunConfig:
     hidden, heads, intermediate, vocab = scale.bert_shape
     return dataclasses.replace(bert_presets.h200(), num_hidden_layers=layers, hidden_size=hidden,
                                num_attention_heads=heads, intermediate_size=intermediate, vocab_size=vocab,
                                max_seq_length=seq_len, max_predictions_per_seq=predictions(seq_len),
-                               precision=precision)
+                               precision=precision, **changes)
 
 
-def bert(scale: Scale, device_name: str, which: int, impl: str) -> dict:
-    """Training steps of BERT-Large at scale.bert_seq_lengths[which] on the synthetic corpus (the MLPerf
-    reference's length rule: 90 % full-length): impl "ours" (the 1xH200 preset's settings), "ours-plain"
-    (fp32, per-tensor LAMB), "hf-defaults" or "hf-best"."""
+def global_batch() -> int:
+    """Sequences per optimizer step in training (the 1xH200 preset's): each row's update is charged to the
+    sequences of a whole global batch, as in training, not to the few of one timed micro-batch."""
+    return bert_presets.h200().global_batch_size
+
+
+class _Timed:
+    """One model's forward-backward and optimizer update as two steps to time. The update puts back the
+    gradients of the last forward-backward first (the update sets them to None), so that it always has them."""
+
+    def __init__(self, params, forward_backward, update):
+        self.params, self._forward_backward, self._update, self._grads = list(params), forward_backward, update, None
+
+    def forward_backward(self, batch, *args) -> Callable[[], None]:
+        return functools.partial(self._forward_backward, batch, *args)
+
+    def update(self) -> None:
+        if self._grads is None or any(p.grad is not None for p in self.params):
+            self._grads = [p.grad for p in self.params]
+        for p, g in zip(self.params, self._grads, strict=True):
+            p.grad = g
+        self._update()
+
+
+def ours(cfg: bert_presets.BertRunConfig, device: torch.device) -> _Timed:
+    """closed/bert/train.py's model, LAMB, clip and step functions (`micro_step`, `optimizer_step`), on one
+    device without the loader; each batch is forwarded as its layout says (padded or unpadded rows), and as
+    cfg says or the config given with it."""
+    model = BertForPretraining(cfg.model_config()).to(device)
+    replica = distributed.Dist(device=device).replicate(model, bert_train.lamb(model, cfg))
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    clip = functools.partial(bert_optim.clip_grad_norm, list(model.parameters()), cfg.max_grad_norm)
+    return _Timed(model.parameters(),
+                  lambda batch, c=cfg: bert_train.micro_step(model, replica, scaler, batch, c, device, reduce=True),
+                  lambda: bert_train.optimizer_step(replica, replica.optimizer, scaler, clip, cfg, step=0))
+
+
+def hf(scale: Scale, layers: int, seq_len: int, device: torch.device, best: bool) -> tuple[_Timed, str]:
+    hidden, heads, intermediate, vocab = scale.bert_shape
+    model, forward_backward, update, attention = peers.hf_bert(layers=layers, hidden=hidden, heads=heads,
+                                                               intermediate=intermediate, vocab=vocab, seq_len=seq_len,
+                                                               device=device, best=best)
+    return _Timed(model.parameters(), forward_backward, update), attention
+
+
+def _combined(fb: dict, update: dict, sequences: float) -> dict:
+    """A row from its two timings: the forward-backward of `sequences`, plus their share of one update of a
+    global batch."""
+    step_s = fb["step_s"] + update["step_s"] * sequences / global_batch()
+    return {**fb, "step_s": step_s, "forward_backward_s": fb["step_s"], "update_s": update["step_s"],
+            "update_share": update["step_s"] * sequences / global_batch() / step_s, "global_batch": global_batch()}
+
+
+def _time_impls(scale: Scale, layer_counts, timed_steps: int, device, make) -> dict[str, dict]:
+    """Per layer count, `make(layers)` -> {impl: (_Timed, batch)}; every forward-backward and every update is
+    timed in turns in this process; -> {impl: {"fb": scaled timing, "update": scaled timing}}."""
+    points: dict[str, dict[str, dict]] = {}
+    timing = dataclasses.replace(scale, timed_steps=timed_steps)
+    for layers in layer_counts:
+        torch.manual_seed(0)
+        made = make(layers)
+        # Batches on the device before timing, for ours and the peers alike: the copy is the loader's overlap.
+        steps = {f"{impl} fb": timed.forward_backward(_on(device, args[0]), *args[1:])
+                 for impl, (timed, batch) in made.items() for args in [batch if isinstance(batch, tuple) else (batch,)]}
+        steps |= {f"{impl} update": timed.update for impl, (timed, _) in made.items() if impl != "ours-jagged"}
+        for name, point in measure_alternating(steps, timing, device, uncounted=("ours-jagged fb",)).items():
+            impl, part = name.rsplit(" ", 1)
+            points.setdefault(impl, {}).setdefault(part, {})[layers] = point
+        del made, steps
+    return {impl: {part: scaled(p) for part, p in parts.items()} for impl, parts in points.items()}
+
+
+def _on(device: torch.device, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def _synthetic_items(cfg: bert_presets.BertRunConfig, n: int, lengths: np.ndarray | None = None) -> list[dict]:
+    arrays = bert_wiki.synthetic_instances(n, seq_len=cfg.max_seq_length, vocab_size=cfg.vocab_size,
+                                           max_pred=cfg.max_predictions_per_seq, seed=0, split="eval", lengths=lengths)
+    dataset = bert_train.ArrayDataset(arrays)
+    return [dataset[i] for i in range(n)]
+
+
+def bert(scale: Scale, device_name: str, which: int) -> dict[str, dict]:
+    """BERT-Large at scale.bert_seq_lengths[which] on full rows of the synthetic corpus (the MLPerf
+    reference's length rule: 90 % full-length): ours (the 1xH200 preset's settings, unpadded rows), ours with
+    the speed options off (fp32, per-tensor LAMB; at the shorter length), HF transformers with its defaults
+    and at its best, timed in turns: -> {impl: row}."""
     device = pick_device(device_name)
     seq_len, batch_size = scale.bert_seq_lengths[which], scale.bert_batches[which]
-    ours = bert_presets.h200()
-    precision = "fp32" if impl in ("ours-plain", "hf-defaults") else ours.precision
-    points, settings = {}, ""
-    for layers in scale.bert_layers:
-        torch.manual_seed(0)
+    precision = bert_presets.h200().precision
+    impls = ("ours", "ours-plain", "hf-defaults", "hf-best") if which == 0 else ("ours", "hf-defaults", "hf-best")
+    padded = {}
+
+    def make(layers):
         cfg = bert_config(scale, seq_len, layers, precision)
-        batch = bert_train.synthetic_batch(cfg, batch_size)
+        plain = dataclasses.replace(cfg, precision="fp32", optimizer_foreach=False)
+        items = _synthetic_items(cfg, batch_size)
+        padded["batch"] = torch.utils.data.default_collate(items)
+        made = {"ours": (ours(cfg, device), bert_train.collate(cfg)(items))}
+        if "ours-plain" in impls:
+            made["ours-plain"] = (ours(plain, device), bert_train.collate(plain)(items))
+        for impl in ("hf-defaults", "hf-best"):
+            timed, padded[impl] = hf(scale, layers, seq_len, device, best=impl == "hf-best")
+            made[impl] = (timed, padded["batch"])
+        return made
+
+    timings = _time_impls(scale, scale.bert_layers, scale.timed_steps, device, make)
+    mask = padded["batch"]["input_mask"]
+    out = {}
+    for impl in impls:
+        t = timings[impl]
+        row_precision = "fp32" if impl in ("ours-plain", "hf-defaults") else precision
         if impl.startswith("hf"):
-            hidden, heads, intermediate, vocab = scale.bert_shape
-            step, attention = peers.hf_bert_step(batch, layers=layers, hidden=hidden, heads=heads,
-                                                 intermediate=intermediate, vocab=vocab, device=device,
-                                                 best=impl == "hf-best")
-            settings = f"{precision}, attention {attention}, MLM head at every position, fused AdamW"
+            settings = (f"{row_precision}, attention {padded[impl]}, MLM head at every position, fused AdamW, "
+                        "padded rows")
         else:
-            foreach = impl == "ours"
-            step = _our_bert_step(dataclasses.replace(cfg, optimizer_foreach=foreach), batch, device)
-            settings = (f"{precision}, SDPA, MLM head at masked positions, "
-                        f"{'foreach' if foreach else 'per-tensor'} LAMB")
-        points[layers] = measure(step, scale, device)
-        del step
-    padding = 1 - batch["input_mask"].sum().item() / batch["input_mask"].numel()
-    return {**scaled(points), "samples": batch_size, "precision": notation(precision), "settings": settings,
-            "padding": padding, "peak_memory_mib": peak_memory_mib(device),
-            "threads": torch.get_num_threads()}
-
-
-def _our_bert_step(cfg: bert_presets.BertRunConfig, batch: dict, device: torch.device, forward=bert_train.forward):
-    """The training step of closed/bert/train.py, without the data loader and the distributed wrapper."""
-    return _our_bert_steps(cfg, {"step": batch}, device, forward)["step"]
-
-
-def _our_bert_steps(cfg: bert_presets.BertRunConfig, batches: dict, device: torch.device, forward=bert_train.forward):
-    """{name: training step on batches[name]}, all on one model and optimizer: steps compared with each other
-    then share their memory, which on a CPU moves a step's time by several per cent from one model to the
-    next."""
-    model = BertForPretraining(cfg.model_config()).to(device)
-    optimizer = bert_optim.Lamb(bert_optim.param_groups(model, cfg.opt_lamb_weight_decay_rate),
-                                lr=cfg.opt_base_learning_rate, betas=(cfg.opt_lamb_beta_1, cfg.opt_lamb_beta_2),
-                                eps=cfg.opt_epsilon, foreach=cfg.optimizer_foreach)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
-
-    def step(batch):
-        loss, _, _ = forward(model, batch, cfg, device)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        bert_optim.clip_grad_norm(model.parameters(), cfg.max_grad_norm)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-
-    return {name: functools.partial(step, batch) for name, batch in batches.items()}
-
-
-def wikipedia_lengths(n: int, seq_len: int, seed: int = 0) -> np.ndarray:
-    """n sequence lengths drawn from the MLPerf Wikipedia histogram at 512, scaled to seq_len."""
-    lengths, counts = np.loadtxt(WIKIPEDIA_HISTOGRAM, dtype=np.int64, unpack=True)
-    drawn = np.random.default_rng(seed).choice(lengths, size=n, p=counts / counts.sum())
-    return np.clip(np.rint(drawn * seq_len / 512), 8, seq_len).astype(np.int64)
-
-
-def rows(lengths: np.ndarray, packs: list[list[int]], seq_len: int, vocab: int, seed: int = 0,
-         width: int | None = None) -> dict:
-    """A batch of rows holding the sequences of `packs` in model.py's input format. One sequence per row:
-    a (B, S) padding mask; several: a block-diagonal (B, S, S) mask, positions restarting at each sequence,
-    the NSP heads at each sequence's first token (-100 labels on empty slots). Masked-LM arrays are `width`
-    wide (as the data's fixed predictions per row), or as wide as the most any row holds."""
-    gen = torch.Generator().manual_seed(seed)
-    packed = max(len(p) for p in packs) > 1
-    b, slots = len(packs), max(len(p) for p in packs)
-    tokens = torch.zeros(b, seq_len, dtype=torch.long)
-    out = {"input_ids": tokens, "segment_ids": tokens.clone(), "position_ids": tokens.clone(),
-           "attention_mask": torch.zeros(b, seq_len, seq_len) if packed else torch.zeros(b, seq_len),
-           "nsp_positions": torch.zeros(b, slots, dtype=torch.long),
-           "next_sentence_labels": torch.full((b, slots), -100, dtype=torch.long)}
-    masked = [[] for _ in packs]
-    for r, pack in enumerate(packs):
-        start = 0
-        for k, i in enumerate(pack):
-            n, end = int(lengths[i]), start + int(lengths[i])
-            out["input_ids"][r, start:end] = torch.randint(5, vocab, (n,), generator=gen)
-            out["segment_ids"][r, start + n // 2 : end] = 1
-            out["position_ids"][r, start:end] = torch.arange(n)
-            if packed:
-                out["attention_mask"][r, start:end, start:end] = 1
-            else:
-                out["attention_mask"][r, start:end] = 1
-            out["nsp_positions"][r, k] = start
-            out["next_sentence_labels"][r, k] = int(torch.randint(2, (), generator=gen))
-            chosen = torch.randperm(n - 1, generator=gen)[: predictions(n)] + 1 + start
-            masked[r] += chosen.tolist()
-            start = end
-    width = width or max(len(m) for m in masked)
-    out["masked_lm_positions"] = torch.zeros(b, width, dtype=torch.long)
-    out["masked_lm_ids"] = torch.zeros(b, width, dtype=torch.long)
-    out["masked_lm_weights"] = torch.zeros(b, width)
-    for r, m in enumerate(masked):
-        out["masked_lm_positions"][r, : len(m)] = torch.tensor(m)
-        out["masked_lm_ids"][r, : len(m)] = torch.randint(5, vocab, (len(m),), generator=gen)
-        out["masked_lm_weights"][r, : len(m)] = 1.0
-    if not packed:  # as the padded data: positions 0..S-1, one NSP head on [CLS]
-        del out["position_ids"], out["nsp_positions"]
-        out["next_sentence_labels"] = out["next_sentence_labels"][:, 0]
+            settings = (f"{row_precision}, SDPA, MLM head at masked positions, "
+                        f"{'per-tensor' if impl == 'ours-plain' else 'foreach'} LAMB, unpadded rows")
+        out[impl] = {**_combined(t["fb"], t["update"], batch_size), "samples": batch_size,
+                     "precision": notation(row_precision), "settings": settings,
+                     "padding": float(1 - mask.sum() / mask.numel()), "peak_memory_mib": peak_memory_mib(device),
+                     "threads": torch.get_num_threads()}
     return out
 
 
-def rows_forward(model, batch, cfg, device):
-    """-> (loss, correct, count) for a batch made by `rows`, packed or not."""
-    b = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-    with autocast(cfg.precision, device):
-        mlm_logits, nsp_logits = model(b["input_ids"], b["segment_ids"], b["attention_mask"], b["masked_lm_positions"],
-                                       position_ids=b.get("position_ids"), nsp_positions=b.get("nsp_positions"))
-    loss, correct, count = bert_optim.mlm_loss_and_accuracy(mlm_logits, b["masked_lm_ids"], b["masked_lm_weights"])
-    return loss + bert_optim.nsp_loss(nsp_logits, b["next_sentence_labels"]), correct, count
-
-
-def bert_packing(scale: Scale, device_name: str) -> dict[str, dict]:
-    """Training steps of our BERT-Large at the longer length on Wikipedia-length sequences, padded (one per
-    row) and packed as open BERT packs them (the 1xH200 open preset's algorithm and sequences per pack),
-    timed in turns on one model: -> {"padded": row, "packed": row}.
-
-    `scale.packing_sample` lengths are drawn from the Wikipedia histogram and packed into a plan; a step
-    trains `scale.packed_rows` rows: the first sequences, one per row, or the first packs of the plan (in
-    the plan's seeded random order). Sequences per step = rows x sequences per row over the whole plan (1
-    padded), because over an epoch every pack is trained and a row costs the same whatever it holds: every
-    query attends over all S keys, masked or not. The timed rows' own count is reported beside it."""
+def bert_wikipedia(scale: Scale, device_name: str) -> dict[str, dict]:
+    """BERT-Large at the longer length on sequences of the MLPerf Wikipedia length mix (bert_wiki's
+    `wikipedia_lengths`: about half of a padded row is padding): ours as closed BERT trains (each batch's
+    sequences in unpadded rows, `packing.unpadded_batch`), ours on the padded rows (`unpad=false`), ours on
+    rows packed offline as open BERT packs the whole dataset (the 1xH200 open preset's algorithm and depth,
+    `packing.pack_arrays`), and HF transformers with its defaults and at its best (rows padded to the batch's
+    longest sequence), every forward-backward and update timed in turns: -> {impl: row}."""
     device = pick_device(device_name)
-    seq_len, precision = scale.bert_seq_lengths[1], bert_presets.h200().precision
-    lengths = wikipedia_lengths(scale.packing_sample, seq_len)
+    seq_len, n, precision = scale.bert_seq_lengths[1], scale.wiki_batch, bert_presets.h200().precision
+    lengths = bert_wiki.wikipedia_lengths(scale.packing_sample, seq_len, seed=0)
     open_cfg = open_bert_presets.h200()
     plan = packing.ALGORITHMS[open_cfg.packing](packing.histogram(lengths, seq_len), seq_len,
                                                 open_cfg.max_sequences_per_pack)
-    layouts = {
-        "padded": ([[i] for i in range(len(lengths))], 1.0, "padded, one sequence per row"),
-        "packed": ([[int(i) for i in pack if i >= 0] for pack in packing.assign(lengths, plan, seed=0)],
-                   plan.speedup, f"{open_cfg.packing.upper()} plan of {plan.sequences:,} sequences: "
-                                 f"{plan.packs:,} rows, {plan.speedup:.3f} sequences per row, at most "
-                                 f"{open_cfg.max_sequences_per_pack}, block-diagonal attention"),
-    }
-    # Predictions per row as the data lays them out: 76 per padded sequence (max_predictions_per_seq), and
-    # per pack the most any pack of the plan holds (`make data PACK=`'s default max_pred_per_pack).
-    widths = {"padded": predictions(seq_len),
-              "packed": max(sum(predictions(int(lengths[i])) for i in pack) for pack in layouts["packed"][0])}
-    batches = {name: rows(lengths, packs[: scale.packed_rows], seq_len, scale.bert_shape[3], width=widths[name])
-               for name, (packs, _, _) in layouts.items()}
-    points, timing = {name: {} for name in layouts}, dataclasses.replace(scale, timed_steps=scale.packed_timed_steps)
-    for layers in scale.packed_layers:
-        torch.manual_seed(0)
-        steps = _our_bert_steps(bert_config(scale, seq_len, layers, precision), batches, device, forward=rows_forward)
-        for name, point in measure_alternating(steps, timing, device).items():
-            points[name][layers] = point
-        del steps
+    packs = packing.assign(lengths, plan, seed=0)
+    open_rows = max(1, round(n / plan.speedup))  # about the micro-batch's sequences, as packs
+    shown = {}
+
+    def make(layers):
+        cfg = bert_config(scale, seq_len, layers, precision)
+        jagged = dataclasses.replace(cfg, unpad_attention="jagged")
+        batch = _synthetic_items(cfg, n, lengths[:n])
+        padded = torch.utils.data.default_collate(batch)
+        members = packs[:open_rows]
+        flat = members[members >= 0]  # the sequences of the first packs, made alone, then packed as planned
+        arrays = {k: torch.stack([item[k] for item in _synthetic_items(cfg, len(flat), lengths[flat])]).numpy()
+                  for k in batch[0]}
+        local = np.full(members.shape, -1)
+        local[members >= 0] = np.arange(len(flat))
+        open_batch = {k: torch.from_numpy(v) for k, v in
+                      packing.pack_arrays(arrays, local, open_cfg.max_sequences_per_pack).items()}
+        longest = int(padded["input_mask"].sum(1).max())
+        trimmed = {k: v[:, :longest] if v.dim() == 2 and v.shape[1] == seq_len else v for k, v in padded.items()}
+        unpadded = bert_train.unpadded_collate(batch)
+        shown.update(rows=len(unpadded["input_ids"]), longest=longest,
+                     open_sequences=int(open_batch["nsp_weights"].sum()), padding=float(
+                         1 - padded["input_mask"].sum() / padded["input_mask"].numel()))
+        model = ours(cfg, device)  # one model for our three layouts: they then share its memory
+        made = {"ours": (model, unpadded), "ours-jagged": (model, (unpadded, jagged)), "ours-padded": (model, padded),
+                "ours-packed": (model, open_batch)}
+        for impl in ("hf-defaults", "hf-best"):
+            timed, shown[impl] = hf(scale, layers, seq_len, device, best=impl == "hf-best")
+            made[impl] = (timed, trimmed)
+        return made
+
+    timings = _time_impls(scale, scale.wiki_layers, scale.wiki_timed_steps, device, make)
+    # One model, one update; the jagged forward-backward is not counted: the same useful work as ours.
+    timings["ours-jagged"] = {"fb": {**timings["ours-jagged"]["fb"], "flops": timings["ours"]["fb"]["flops"]},
+                              "update": timings["ours"]["update"]}
+    rows_of = {"ours": shown["rows"], "ours-jagged": shown["rows"], "ours-padded": n, "ours-packed": open_rows,
+               "hf-defaults": n, "hf-best": n}
+    sequences = {impl: n for impl in rows_of} | {"ours-packed": open_rows * plan.speedup}
+    how = {"ours": f"closed BERT's unpadded rows: {n} sequences in {shown['rows']} rows, block-diagonal mask",
+           "ours-jagged": "the same unpadded rows, unpad_attention=jagged (nested-tensor attention)",
+           "ours-padded": f"unpad=false: {n} padded rows",
+           "ours-packed": f"open BERT's {open_cfg.packing.upper()} packs (at most {open_cfg.max_sequences_per_pack}, "
+                          f"{plan.speedup:.3f} sequences a pack over a plan of {plan.sequences:,}): {open_rows} rows",
+           "hf-defaults": f"{n} rows padded to the batch's longest ({shown['longest']}), attention "
+                          f"{shown['hf-defaults']}, MLM head at every position",
+           "hf-best": f"{n} rows padded to the batch's longest ({shown['longest']}), attention "
+                      f"{shown['hf-best']}, MLM head at every position"}
     out = {}
-    for name, (packs, per_row, how) in layouts.items():
-        real = lengths[[i for pack in packs for i in pack]].sum()
-        out[name] = {**scaled(points[name]), "samples": scale.packed_rows * per_row, "rows": scale.packed_rows,
-                     "sequences_per_row": per_row, "timed_sequences": sum(len(p) for p in packs[: scale.packed_rows]),
-                     "predictions_per_row": widths[name],
-                     "precision": notation(precision),
-                     "settings": f"{scale.packed_rows} rows of {seq_len} per step; {how}",
-                     "padding": float(1 - real / (len(packs) * seq_len)), "peak_memory_mib": peak_memory_mib(device),
+    for impl, rows_n in rows_of.items():
+        row_precision = "fp32" if impl == "hf-defaults" else precision
+        optimizer = "fused AdamW" if impl.startswith("hf") else "foreach LAMB"
+        out[impl] = {**_combined(timings[impl]["fb"], timings[impl]["update"], sequences[impl]),
+                     "samples": sequences[impl], "rows": rows_n, "precision": notation(row_precision),
+                     "settings": f"{row_precision}, {how[impl]}, {optimizer} per {global_batch()} sequences",
+                     "padding": shown["padding"], "peak_memory_mib": peak_memory_mib(device),
                      "threads": torch.get_num_threads()}
+    out["ours-packed"]["timed_sequences"] = shown["open_sequences"]
     return out
 
 

@@ -102,33 +102,43 @@ def torchvision_step(images: torch.Tensor, labels: torch.Tensor, device: torch.d
     return step
 
 
-def hf_bert_step(batch: dict[str, torch.Tensor], *, layers: int, hidden: int, heads: int, intermediate: int,
-                 vocab: int, device: torch.device, best: bool):
-    """-> one training step of transformers' BertForPreTraining on `batch` (our loader's format), a closure,
-    and the attention implementation the library chose."""
+def hf_bert(*, layers: int, hidden: int, heads: int, intermediate: int, vocab: int, seq_len: int,
+            device: torch.device, best: bool):
+    """transformers' BertForPreTraining -> (model, forward_backward(batch), update(), the attention
+    implementation the library chose). A batch is in our loader's padded format, moved to the device and
+    given MLM labels (-100 where nothing is masked) once, on first use, as HF's data collator would."""
     from transformers import BertConfig, BertForPreTraining
 
     config = BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                        intermediate_size=intermediate, max_position_embeddings=batch["input_ids"].shape[1],
+                        intermediate_size=intermediate, max_position_embeddings=seq_len,
                         **({"attn_implementation": "sdpa"} if best else {}))
     model = BertForPreTraining(config).to(device).train()
-    b = {k: v.to(device) for k, v in batch.items()}
-    labels = torch.full_like(b["input_ids"], -100)  # the MLM loss only where a token was masked
-    rows = torch.arange(labels.shape[0], device=device)[:, None].expand_as(b["masked_lm_positions"])
-    real = b["masked_lm_weights"] > 0
-    labels[rows[real], b["masked_lm_positions"][real]] = b["masked_lm_ids"][real]
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5, fused=True)
+    ready: dict[int, dict] = {}
 
-    def step():
+    def prepared(batch):
+        if id(batch) not in ready:
+            b = {k: v.to(device) for k, v in batch.items()}
+            labels = torch.full_like(b["input_ids"], -100)  # the MLM loss only where a token was masked
+            rows = torch.arange(labels.shape[0], device=device)[:, None].expand_as(b["masked_lm_positions"])
+            real = b["masked_lm_weights"] > 0
+            labels[rows[real], b["masked_lm_positions"][real]] = b["masked_lm_ids"][real]
+            ready[id(batch)] = {**b, "labels": labels}
+        return ready[id(batch)]
+
+    def forward_backward(batch):
+        b = prepared(batch)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=best):
             out = model(input_ids=b["input_ids"], attention_mask=b["input_mask"], token_type_ids=b["segment_ids"],
-                        labels=labels, next_sentence_label=b["next_sentence_labels"])
+                        labels=b["labels"], next_sentence_label=b["next_sentence_labels"])
         out.loss.backward()
+
+    def update():
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad()
 
-    return step, model.config._attn_implementation
+    return model, forward_backward, update, model.config._attn_implementation
 
 
 _MEAN = torch.tensor([m / 255 for m in imagenet.MEAN]).view(3, 1, 1)

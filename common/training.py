@@ -17,7 +17,7 @@ from mlperf_submission.common import config
 from mlperf_submission.common.cli import ArgumentParser, UserError
 from mlperf_submission.common.mllog import MLLog
 from mlperf_submission.common.run import Submission
-from mlperf_submission.common.runtime import distributed
+from mlperf_submission.common.runtime import distributed, ipu, memory
 from mlperf_submission.common.runtime.precision import notation
 from mlperf_submission.systems import load as load_system
 
@@ -48,6 +48,8 @@ def resolve(args: argparse.Namespace, registry: dict, validate: Callable, *, rea
     if args.data is None and cfg.dataset == real_dataset:
         raise UserError(f"preset {args.preset} {real_without_data}")
     validate(cfg)
+    if cfg.device == "ipu":
+        ipu.check(cfg)  # PopTorch and a benchmark that runs on it, or one line before anything is made
     return cfg
 
 
@@ -59,13 +61,18 @@ def submission(args: argparse.Namespace, *, division: str, benchmark: str) -> Su
 
 def ranks(cfg, global_batch: int) -> tuple[distributed.Dist, int]:
     """(this process's rank and device, its batch per micro-step) for `global_batch` items per step."""
+    if cfg.device == "ipu":
+        return ipu.ranks(cfg, global_batch)  # the PopRun instance; the micro-batch of one IPU replica
     dist = distributed.init(cfg.device, backend=cfg.distributed_backend, timeout_s=cfg.distributed_timeout_s)
     return dist, distributed.local_batch(global_batch, dist, cfg.gradient_accumulation_steps)
 
 
 def announce(benchmark: str, division: str, args: argparse.Namespace, cfg, dist: distributed.Dist,
              local_batch: int) -> None:
-    """The resolved config in full, for humans (rank 0)."""
+    """The resolved config in full, for humans (rank 0), once it is known to fit: a CUDA run whose per-GPU
+    memory estimate exceeds the GPU that --system names is refused here, before the log is opened."""
+    if torch.device(dist.device).type == "cuda":
+        memory.refuse_unfit(benchmark, cfg, local_batch, load_system(args.system)[1], dist.device)
     if dist.is_main:
         print(f"{benchmark} {division}, preset {args.preset}, seed {args.seed}, {dist.world_size} rank(s) on "
               f"{dist.device}, local batch {local_batch}, precision {notation(cfg.precision)}:\n"
@@ -74,9 +81,24 @@ def announce(benchmark: str, division: str, args: argparse.Namespace, cfg, dist:
             print("cache_clear: false (synthetic data made in memory: no dataset on storage to flush)", flush=True)
 
 
+def rank_seed(seed: int, rank: int) -> int:
+    """The torch seed of `rank` in a run seeded with `seed`: the seed itself on rank 0 (a single process draws
+    exactly what it always has); on rank r, seed + r x 0x9E3779B9 modulo 2**32 (torch's CPU generator keeps
+    only a seed's low 32 bits), which spreads the ranks of one run over the whole 32-bit range instead of
+    onto the next runs' seeds (seed + 1, seed + 2, ...)."""
+    return seed if rank == 0 else (seed + rank * 0x9E3779B9) % 2**32
+
+
 def seeded_log(args: argparse.Namespace, dist: distributed.Dist) -> MLLog:
-    """Seed torch with --seed, then open the result log (a new file) that the run writes."""
-    torch.manual_seed(args.seed)
+    """Seed torch (CPU and CUDA) with --seed on rank 0 and a seed of its own on every other rank, then open
+    the result log (a new file) that the run writes.
+
+    Each rank's own seed gives each rank its own dropout masks (the same seed everywhere would drop the same
+    units on every replica). The weights still start identical: `Dist.replicate` gives every rank rank 0's
+    parameters and buffers (DDP's construction broadcasts them; Horovod and the explicit all-reduce path
+    call `broadcast_state`), and the shuffling comes from the sampler's and loaders' own seeded generators.
+    """
+    torch.manual_seed(rank_seed(args.seed, dist.rank))
     return MLLog(args.result_log, rank=dist.rank, barrier=dist.barrier)
 
 

@@ -1,4 +1,4 @@
-"""`make bench`: the pieces it is built from (packed batches, scaling, FLOP accounting, peers) and a whole
+"""`make bench`: the pieces it is built from (the training code's steps, scaling, FLOP accounting, peers) and a whole
 `--quick` run end to end, whose JSON and Markdown must hold every row. About 35 s on one busy core, 30 s of
 it the quick run."""
 
@@ -11,6 +11,7 @@ import torch
 
 from mlperf_submission.bench import cases, peers
 from mlperf_submission.bench.__main__ import add_utilisation, main, plan, ratios, run
+from mlperf_submission.closed.bert import train as bert_train
 from mlperf_submission.closed.resnet.model import ResNet50
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -30,32 +31,22 @@ def test_scaled_to_24_layers_on_a_straight_line():
     assert cases.scaled({24: {"step_s": 3.0, "flops": 5}}) == {"step_s": 3.0, "flops": 5, "scaled_from": []}
 
 
-def test_wikipedia_lengths_follow_the_histogram():
-    lengths = cases.wikipedia_lengths(4096, 512)
-    assert lengths.min() >= 8 and lengths.max() <= 512
-    assert 0.45 < 1 - lengths.mean() / 512 < 0.55  # about half of a padded batch is padding (MLPERF_V11.md)
-    assert 0.2 < (lengths == 512).mean() < 0.35  # full-length sequences are the biggest bin
-
-
-def test_packed_rows_have_block_diagonal_attention_and_restarting_positions():
-    import numpy as np
-
-    lengths = np.array([10, 6, 12])
-    batch = cases.rows(lengths, [[0, 1], [2]], 16, vocab=100)
-    mask = batch["attention_mask"]
-    assert mask.shape == (2, 16, 16)
-    assert mask[0, :10, :10].all() and mask[0, 10:16, 10:16].all() and not mask[0, :10, 10:].any()
-    assert mask[1, :12, :12].all() and not mask[1, 12:].any()
-    assert batch["position_ids"][0].tolist() == list(range(10)) + list(range(6))
-    assert batch["nsp_positions"].tolist() == [[0, 10], [0, 0]]
-    assert batch["next_sentence_labels"][1, 1] == -100  # an empty slot
-    count = batch["masked_lm_weights"].sum(1).tolist()
-    assert count == [cases.predictions(10) + cases.predictions(6), cases.predictions(12)]
-    positions = batch["masked_lm_positions"][0, : int(count[0])]
-    assert ((positions >= 1) & (positions < 16) & (positions != 10)).all()  # never a [CLS]
-    padded = cases.rows(lengths, [[0], [1], [2]], 16, vocab=100)
-    assert padded["attention_mask"].shape == (3, 16) and "position_ids" not in padded
-    assert padded["next_sentence_labels"].shape == (3,)
+def test_the_bench_times_the_training_code_and_charges_the_update_per_global_batch():
+    """The rows run closed/bert/train.py's step functions; an update's time is shared by a global batch."""
+    scale = cases.quick()
+    cfg = cases.bert_config(scale, 16, 1, "fp32")
+    timed = cases.ours(cfg, torch.device("cpu"))
+    batch = bert_train.synthetic_batch(cfg, 3)
+    before = [p.detach().clone() for p in timed.params]
+    timed.forward_backward(batch)()
+    assert all(p.grad is not None for p in timed.params)
+    timed.update()
+    timed.update()  # the update puts the gradients back itself, so each timed call does a whole update
+    assert all(p.grad is None for p in timed.params)
+    assert any(not torch.equal(p, q) for p, q in zip(timed.params, before, strict=True))
+    row = cases._combined({"step_s": 1.0, "flops": 5}, {"step_s": 2.56}, sequences=10)
+    assert row["step_s"] == pytest.approx(1.0 + 2.56 * 10 / cases.global_batch()) and row["flops"] == 5
+    assert cases.global_batch() == 256
 
 
 def test_torchvision_peer_is_the_same_network_size():
@@ -124,7 +115,8 @@ def test_plan_covers_every_comparison():
         "ResNet-50, 224 px": ["ours", "ours-plain", "peer-defaults", "peer-best"],
         "BERT-Large, seq 128": ["ours", "ours-plain", "hf-defaults", "hf-best"],
         "BERT-Large, seq 512": ["ours", "hf-defaults", "hf-best"],
-        "BERT-Large packed vs padded, seq 512": ["padded", "packed"],
+        "BERT-Large, Wikipedia lengths, seq 512": ["ours", "ours-jagged", "ours-padded", "ours-packed", "hf-defaults",
+                                                   "hf-best"],
         "ImageNet decode + augment, 224 px": ["ours", "plain"],
     }
 
@@ -147,12 +139,12 @@ def test_quick_bench_end_to_end(tmp_path, capsys):
     labels = {(q["group"], q["ratio"]) for q in result["ratios"]}
     assert ("ResNet-50, 32 px", "ours / peer best") in labels
     assert ("BERT-Large, seq 32", "ours: MFU vs bf16 peak") in labels
-    packing = {r["impl"]: r for r in result["rows"] if r["group"].startswith("BERT-Large packed")}
-    padded, packed = packing["padded"], packing["packed"]
-    assert padded["samples"] == padded["rows"] == packed["rows"] == padded["timed_sequences"]
-    assert packed["samples"] == pytest.approx(packed["rows"] * packed["sequences_per_row"])
-    assert 1.2 < packed["sequences_per_row"] <= 3 and packed["padding"] < padded["padding"]
-    assert packed["timed_sequences"] > packed["rows"]
+    wiki = {r["impl"]: r for r in result["rows"] if "Wikipedia" in r["group"]}
+    assert wiki["ours"]["samples"] == wiki["ours-padded"]["samples"] == wiki["ours-padded"]["rows"]
+    assert wiki["ours"]["rows"] < wiki["ours-padded"]["rows"]  # the same sequences without their padding
+    assert wiki["ours-packed"]["timed_sequences"] > wiki["ours-packed"]["rows"]
+    assert 0 < wiki["ours"]["update_share"] < 1 and wiki["ours"]["global_batch"] == 256
+    assert ("BERT-Large, Wikipedia lengths, seq 32", "ours / peer best") in labels
     markdown = (tmp_path / "bench.md").read_text()
     assert "| ratio | benchmark | value | goal | met |" in markdown and "QUICK MODE" in markdown
     assert "HF transformers, best settings" in capsys.readouterr().out

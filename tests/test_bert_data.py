@@ -278,3 +278,10 @@ def test_synthetic_corpus_is_learnable_with_lamb(tmp_path):
             if step % 25 == 0 and step >= 75 and (reached := accuracy()) >= TARGET or step == 300:
                 break
     assert initial < 0.2 and reached >= TARGET, (initial, step, reached)
+
+
+def test_wikipedia_lengths_follow_the_histogram():
+    lengths = bert_wiki.wikipedia_lengths(4096, 512, seed=0)
+    assert lengths.min() >= 5 and lengths.max() <= 512
+    assert 0.45 < 1 - lengths.mean() / 512 < 0.55  # about half of a padded batch is padding (MLPERF_V11.md)
+    assert 0.2 < (lengths == 512).mean() < 0.35  # full-length sequences are the biggest bin

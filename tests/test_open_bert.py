@@ -8,18 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from mlperf_submission.closed.bert.model import BertConfig, BertForPretraining
-from mlperf_submission.closed.bert.optim import mlm_loss_and_accuracy, nsp_loss
+from mlperf_submission.closed.bert.model import BertConfig, BertForPretraining, forward_packed, packed_attention_mask
+from mlperf_submission.closed.bert.optim import mlm_loss_and_accuracy, nsp_loss, packed_loss, per_sequence_losses
 from mlperf_submission.common.cli import UserError
 from mlperf_submission.common.data import packing
 from mlperf_submission.common.data.bert_wiki import synthetic_instances
 from mlperf_submission.open.bert import presets
-from mlperf_submission.open.bert.model import (
-    forward_packed,
-    packed_attention_mask,
-    packed_loss,
-    per_sequence_losses,
-)
 
 SEQ, MAX_PRED, K = 32, 6, 3
 # Lengths of the unpacked sequences, and packs of 1, 2 and 3 of them, each full (no padding) or not.
@@ -123,13 +117,13 @@ def test_per_sequence_averaging_weighs_every_sequence_alike(model, unpacked):
     assert abs(per_sequence - per_token) > 1e-3  # the sequences have 2 to 5 predictions: the two differ
 
 
-def test_attention_mask_is_block_diagonal_over_real_tokens():
-    ids = torch.tensor([[1, 1, 2, 2, 2, 0]])
+def test_attention_mask_is_block_diagonal_and_padding_sees_only_padding():
+    ids = torch.tensor([[1, 1, 2, 2, 2, 0, 0]])
     mask = packed_attention_mask(ids)[0].int()
     assert mask.tolist() == [
-        [1, 1, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0],
-        [0, 0, 1, 1, 1, 0], [0, 0, 1, 1, 1, 0], [0, 0, 1, 1, 1, 0],
-        [0, 0, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0, 0],
+        [0, 0, 1, 1, 1, 0, 0], [0, 0, 1, 1, 1, 0, 0], [0, 0, 1, 1, 1, 0, 0],
+        [0, 0, 0, 0, 0, 1, 1], [0, 0, 0, 0, 0, 1, 1],
     ]
 
 
@@ -146,6 +140,8 @@ def test_open_presets_pack_and_keep_the_quality_target():
         presets.validate_open(dataclasses.replace(pod16, global_batch_size=3071))
     with pytest.raises(UserError, match="torch_compile"):
         presets.validate_open(dataclasses.replace(pod16, torch_compile="inductor"))
+    with pytest.raises(UserError, match="unpad=false is closed BERT's"):
+        presets.validate_open(dataclasses.replace(pod16, unpad=False))
     with pytest.raises(UserError, match="nnlshp packs at most 3"):
         presets.validate_open(dataclasses.replace(pod16, max_sequences_per_pack=4))
     presets.validate_open(dataclasses.replace(pod16, max_sequences_per_pack=8, packing="spfhp"))

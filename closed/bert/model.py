@@ -4,7 +4,19 @@
 Post-LayerNorm transformer encoder, tanh-approximated GELU, LayerNorm eps 1e-12, truncated-normal(0.02)
 initialisation cut at two standard deviations (TF's `truncated_normal_initializer`), masked-LM head
 evaluated only at `masked_lm_positions` with its decoder tied to the word embeddings, NSP head on the
-pooled [CLS]. Masks follow the reference: an additive -10000 on the attention logits of masked keys.
+pooled [CLS]. Masks are boolean (True = attend), which lets scaled-dot-product attention choose its fused
+kernels; the reference adds -10000 to the logits of masked keys, whose softmax weight exp(-10000) is 0.0 in
+float32 and bfloat16 alike, so the attention of every real token is the same.
+
+Unpadded (closed BERT's default layout, `forward_packed`): the sequences of a batch are concatenated into
+rows without their padding. Per token a row carries the id of the sequence it belongs to (`sequence_ids`,
+1..k, 0 for the padding at the row's end), from which attention is limited to the token's own sequence (a
+block-diagonal mask); position ids restart at 0 with each sequence; segment ids are each sequence's own; the
+masked-LM predictions of a row share one list (`masked_lm_sequence` says whose each is); NSP is read through
+each sequence's own [CLS] (`nsp_positions`). Every sequence's logits are those of the same sequence in a
+padded batch, up to float summation order (tests/test_bert_unpadded.py). The layout is the one offline
+packing writes (common/data/packing.py); closed BERT lays out each batch the sampler drew
+(`packing.unpadded_batch`), the open division packs the whole dataset ahead.
 
 `mlperf_tensor_names` gives the 398 TF-style names that the closed_bert compliance rules list for
 `weights_initialization`; `parameter_count` counts parameters from the config alone.
@@ -14,12 +26,11 @@ BERT-Large (`BertConfig()`): 336,226,108 parameters including both heads.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-_MASK_LOGIT = -10000.0  # the reference's additive mask value (modeling.py `attention_layer`)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,19 +55,54 @@ class BertConfig:
             )
 
 
-def extended_attention_mask(attention_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    """(B, S) padding mask or (B, S, S) query-by-key mask (1 = attend) -> additive (B, 1, 1|S, S) mask."""
-    if attention_mask is None:
-        return None
+UnpaddedAttention = Literal["block", "jagged"]
+
+
+@dataclass(frozen=True)
+class Jagged:
+    """Where the sequences of unpadded rows lie, for variable-length attention over them alone: `tokens`
+    (T,) the flat (B*S) index of every real token, sequence after sequence; `offsets` (n+1,) where each of
+    the n sequences starts among them."""
+
+    tokens: torch.Tensor
+    offsets: torch.Tensor
+
+    @staticmethod
+    def of(sequence_ids: torch.Tensor) -> Jagged:
+        """From (B, S) sequence ids (1..k within a row, 0 for padding). One host sync: the sequence count."""
+        flat = sequence_ids.reshape(-1)
+        tokens = torch.nonzero(flat > 0).squeeze(1)  # (T,) in row order: each sequence's tokens adjacent
+        row = torch.div(tokens, sequence_ids.shape[1], rounding_mode="floor")
+        key = row * (int(sequence_ids.max()) + 1) + flat[tokens]  # one value per (row, sequence)
+        _, counts = torch.unique_consecutive(key, return_counts=True)
+        offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+        return Jagged(tokens, offsets)
+
+
+def attention_mask_4d(attention_mask: torch.Tensor | Jagged | None) -> torch.Tensor | Jagged | None:
+    """(B, S) padding mask or (B, S, S) query-by-key mask (1 = attend) -> boolean (B, 1, 1|S, S); a Jagged
+    layout as it is."""
+    if attention_mask is None or isinstance(attention_mask, Jagged):
+        return attention_mask
     if attention_mask.dim() == 2:
         mask = attention_mask[:, None, None, :]  # (B, 1, 1, S): same keys for every query
     elif attention_mask.dim() == 3:
-        mask = attention_mask[:, None, :, :]  # (B, 1, S, S): e.g. block-diagonal for packed sequences
+        mask = attention_mask[:, None, :, :]  # (B, 1, S, S): e.g. block-diagonal for unpadded rows
     else:
         raise ValueError(f"attention_mask must be (B, S) or (B, S, S), got {tuple(attention_mask.shape)}")
-    # Additive rather than boolean: a query row with no visible key (padding in a packed batch) then
-    # gets uniform attention instead of NaN, exactly as in the reference.
-    return (1.0 - mask.to(dtype)) * _MASK_LOGIT
+    # Every query must see at least one key, or its softmax is NaN (0/0), and 0 * NaN would then reach real
+    # tokens through the value product: padded rows always hold [CLS], and in unpadded rows the padding
+    # tokens see each other (`packed_attention_mask`).
+    return mask.bool()
+
+
+def packed_attention_mask(sequence_ids: torch.Tensor) -> torch.Tensor:
+    """(B, S) sequence ids -> (B, S, S) bool, True where query and key belong to the same sequence.
+
+    The padding at a row's end (id 0) is one more block: real tokens never see it, and its own queries see
+    only padding, which no real token reads.
+    """
+    return sequence_ids[:, :, None] == sequence_ids[:, None, :]
 
 
 class BertEmbeddings(nn.Module):
@@ -90,6 +136,8 @@ class BertSelfAttention(nn.Module):
 
     def forward(self, x, mask):
         b, s, h = x.shape
+        if isinstance(mask, Jagged):
+            return self._jagged(x, mask)
 
         def heads(t):
             return t.view(b, s, self.num_heads, h // self.num_heads).transpose(1, 2)  # (B, N, S, D)
@@ -99,6 +147,23 @@ class BertSelfAttention(nn.Module):
             q, k, v, attn_mask=mask, dropout_p=self.dropout_p if self.training else 0.0
         )  # (B, N, S, D); scale 1/sqrt(D) as in the reference
         return context.transpose(1, 2).reshape(b, s, h)  # (B, S, H)
+
+    def _jagged(self, x, layout: Jagged):
+        """Attention of each sequence over itself alone, as nested (jagged) tensors: no mask, and no
+        arithmetic on the padding at the rows' ends, whose outputs stay 0 (no real token reads them)."""
+        b, s, h = x.shape
+        d = h // self.num_heads
+
+        def heads(t):  # (B, S, H) -> (n sequences, N, j, D)
+            flat = t.reshape(b * s, h).index_select(0, layout.tokens).view(-1, self.num_heads, d)  # (T, N, D)
+            return torch.nested.nested_tensor_from_jagged(flat, layout.offsets).transpose(1, 2)
+
+        context = F.scaled_dot_product_attention(
+            heads(self.query(x)), heads(self.key(x)), heads(self.value(x)),
+            dropout_p=self.dropout_p if self.training else 0.0,
+        ).transpose(1, 2).values()  # (T, N, D)
+        out = context.new_zeros(b * s, h).index_copy(0, layout.tokens, context.reshape(-1, h))
+        return out.view(b, s, h)
 
 
 class BertLayer(nn.Module):
@@ -194,7 +259,7 @@ class BertForPretraining(nn.Module):
         self,
         input_ids: torch.Tensor,
         token_type_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None,
+        attention_mask: torch.Tensor | Jagged | None,
         masked_lm_positions: torch.Tensor,
         position_ids: torch.Tensor | None = None,
         nsp_positions: torch.Tensor | None = None,
@@ -202,16 +267,28 @@ class BertForPretraining(nn.Module):
         """-> (mlm_logits (B, P, V), nsp_logits (B, 2), or (B, K, 2) when nsp_positions (B, K) is given).
 
         input_ids, token_type_ids: (B, S). attention_mask: (B, S) padding mask or (B, S, S) full mask,
-        1 where attention is allowed. position_ids: (B, S), default 0..S-1 (packed sequences restart it).
+        1 where attention is allowed, or the Jagged layout of unpadded rows. position_ids: (B, S), default
+        0..S-1 (unpadded rows restart it with each sequence).
         """
         if position_ids is None:
             position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
         x = self.embeddings(input_ids, token_type_ids, position_ids)  # (B, S, H)
-        x = self.encoder(x, extended_attention_mask(attention_mask, x.dtype))  # (B, S, H)
+        x = self.encoder(x, attention_mask_4d(attention_mask))  # (B, S, H)
         word_embeddings = self.embeddings.word_embeddings.weight  # (V, H), the tied decoder
         mlm_logits = self.heads.masked_lm(gather_positions(x, masked_lm_positions), word_embeddings)
         cls = x[:, 0] if nsp_positions is None else gather_positions(x, nsp_positions)  # (B, H) | (B, K, H)
         return mlm_logits, self.heads.next_sentence(self.pooler(cls))
+
+
+def forward_packed(model: BertForPretraining, batch: dict[str, torch.Tensor],
+                   attention: UnpaddedAttention = "block") -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (mlm_logits (B, Q, V), nsp_logits (B, K, 2)) for a batch of unpadded rows (see the module docstring),
+    each sequence attending over itself through a block-diagonal mask or as a jagged (nested) tensor."""
+    ids = batch["sequence_ids"]
+    layout = packed_attention_mask(ids) if attention == "block" else Jagged.of(ids)
+    return model(batch["input_ids"], batch["segment_ids"], layout,
+                 batch["masked_lm_positions"], position_ids=batch["position_ids"].long(),
+                 nsp_positions=batch["nsp_positions"])
 
 
 _LAYER_TENSORS = {

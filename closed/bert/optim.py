@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +34,7 @@ from .model import mlperf_tensor_names
 # anew: for all of BERT-Large at once (2 x 1.3 GB) the foreach step was slower than the per-tensor loop.
 FOREACH_CHUNK_ELEMENTS = 1 << 24
 EXCLUDE_FROM_WEIGHT_DECAY = ("LayerNorm", "layer_norm", "bias")  # regexes on TF names, as the reference
+LossAveraging = Literal["per_token", "per_sequence"]
 
 
 class Lamb(torch.optim.Optimizer):
@@ -252,3 +254,49 @@ def mlm_loss_and_accuracy(
 def nsp_loss(nsp_logits: torch.Tensor, next_sentence_labels: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy over (B, 2) or (B, K, 2) logits; label 0 = is next, 1 = random; -100 ignored."""
     return F.cross_entropy(nsp_logits.reshape(-1, 2).float(), next_sentence_labels.reshape(-1).long())
+
+
+def per_sequence_losses(
+    mlm_logits: torch.Tensor, nsp_logits: torch.Tensor, batch: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Per-sequence sums for a batch of unpadded rows (model.forward_packed), each (B, K), slot k for the
+    (k+1)-th sequence of a row:
+
+    mlm_nll (sum over the sequence's masked tokens), mlm_count (its number of weighted predictions),
+    mlm_correct (weighted hits), nsp_nll (its NSP cross-entropy); `nsp_weights` marks the real sequences.
+    """
+    k = nsp_logits.shape[1]
+    log_probs = F.log_softmax(mlm_logits.float(), dim=-1)  # (B, Q, V)
+    ids = batch["masked_lm_ids"].long()
+    nll = -log_probs.gather(-1, ids.unsqueeze(-1)).squeeze(-1)  # (B, Q)
+    hit = (log_probs.argmax(-1) == ids).float()  # (B, Q)
+    owner = F.one_hot(batch["masked_lm_sequence"].long(), k + 1)[..., 1:].float()  # (B, Q, K); 0 = padding
+    owner = owner * batch["masked_lm_weights"].float().unsqueeze(-1)
+    nsp_labels = batch["next_sentence_labels"].long()
+    nsp_nll = F.cross_entropy(nsp_logits.float().transpose(1, 2), nsp_labels.clamp(min=0), reduction="none")
+    return {
+        "mlm_nll": torch.einsum("bq,bqk->bk", nll, owner),
+        "mlm_count": owner.sum(1),
+        "mlm_correct": torch.einsum("bq,bqk->bk", hit, owner).detach(),
+        "nsp_nll": nsp_nll * batch["nsp_weights"].float(),  # (B, K)
+    }
+
+
+def packed_loss(parts: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],
+                averaging: LossAveraging) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> (loss, correct, count) of unpadded rows: masked-LM loss averaged as `averaging` says, plus the mean
+    NSP loss over the real sequences; correct and count as `mlm_loss_and_accuracy`'s.
+
+    `per_token` is the reference's masked-LM loss, the mean over all masked tokens of the batch, so the closed
+    division's (`mlm_loss_and_accuracy` of the padded batch, to rounding). `per_sequence` (open division
+    only; Krell et al., arXiv 2107.02027, section 4) first takes each sequence's own mean, then the mean over
+    the sequences, so that a short sequence beside a long one weighs what it would weigh alone.
+    """
+    sequences = batch["nsp_weights"].float()  # (B, K)
+    num_sequences = sequences.sum().clamp(min=1)
+    if averaging == "per_token":
+        mlm = parts["mlm_nll"].sum() / (parts["mlm_count"].sum() + 1e-5)
+    else:
+        mlm = (parts["mlm_nll"] / (parts["mlm_count"] + 1e-5) * sequences).sum() / num_sequences
+    nsp = parts["nsp_nll"].sum() / num_sequences
+    return mlm + nsp, parts["mlm_correct"].sum(), parts["mlm_count"].sum().detach()

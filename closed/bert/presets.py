@@ -16,16 +16,18 @@ from typing import Literal
 
 from mlperf_logging.mllog import constants
 
-from mlperf_submission.closed.bert.model import BertConfig
+from mlperf_submission.closed.bert.model import BertConfig, UnpaddedAttention
+from mlperf_submission.closed.bert.optim import LossAveraging
 from mlperf_submission.common.cli import UserError
 from mlperf_submission.common.run import QUALITY_TARGETS
+from mlperf_submission.common.runtime.ipu import IpuConfig
 
 TARGET = QUALITY_TARGETS["bert"]
 WIKI_EVAL_SAMPLES = 10_000  # the closed rules' eval set (eval_10k), asserted from the data
 
 
 @dataclass(frozen=True, kw_only=True)
-class BertRunConfig:
+class BertRunConfig(IpuConfig):  # the ipu_* fields: common/runtime/ipu.py, used with device=ipu
     # data
     dataset: Literal["synthetic", "wiki"] = "wiki"
     max_seq_length: int = 512
@@ -53,6 +55,7 @@ class BertRunConfig:
     opt_lamb_beta_1: float = 0.66
     opt_lamb_beta_2: float = 0.998
     opt_lamb_weight_decay_rate: float = 0.01
+    opt_lamb_bias_correction: bool = True  # the reference's; Graphcore's closed v1.1 BERT ran without (LAMB_NO_BIAS)
     opt_learning_rate_warmup_steps: int = 100
     start_warmup_step: int = 0
     opt_learning_rate_training_steps: int = 1141
@@ -64,12 +67,21 @@ class BertRunConfig:
     eval_interval_samples: int = 0
     max_samples: int = 0             # stop unconverged after this many samples (0: training steps x GBS)
     target_accuracy: float = TARGET
+    # masked-LM loss: the reference's mean over the batch's masked tokens; per_sequence is open-only
+    loss_averaging: LossAveraging = "per_token"
     # runtime
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda", "ipu"] = "auto"  # ipu: PopTorch (common/runtime/ipu.py)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     cpu_threads: int = 0             # intra-op threads on CPU; 0: torch's default
     # speed only: none of these changes what is computed beyond rounding (tests/test_speed.py)
     torch_compile: Literal["off", "inductor", "aot_eager"] = "off"  # compiled and warmed up in the untimed init
+    # Each batch laid out without its padding (model.forward_packed): the same loss and gradients as the
+    # padded rows (tests/test_bert_unpadded.py), about half the compute on Wikipedia's lengths at 512.
+    unpad: bool = True
+    # How a sequence of an unpadded row attends over itself alone: a block-diagonal mask over the row, or
+    # variable-length attention on nested (jagged) tensors, which skips the masked blocks. On the 2-core CPU
+    # `block` measured faster (MEASUREMENTS.md); on CUDA `make gpu-check` measures both.
+    unpad_attention: UnpaddedAttention = "block"
     optimizer_foreach: bool = True   # LAMB and clipping over all tensors at once (optim.py has the measurements)
     prefetch_factor: int = 2         # batches each data worker prepares ahead of the training step
     pin_memory: bool = True          # page-locked batches, so host-to-GPU copies overlap compute (CUDA only)
@@ -117,21 +129,40 @@ def smoke() -> BertRunConfig:
 
 def dgxa100() -> BertRunConfig:
     """The MLCommons RCP hyperparameters at batch 3072 (lr 0.002, beta1 0.66, beta2 0.998, wd 0.01,
-    1141 steps, 100 warmup), on 8 GPUs in fp16.
+    1141 steps, 100 warmup), on 8 GPUs in fp16, 32 sequences per GPU x 12 accumulation steps: at 64 x 6
+    the estimate is 43 GiB per GPU (common/runtime/memory.py: 34 GiB of activations with the fp32
+    residual stream), over an A100-40GB; at 32 x 12 it is 26 GiB. The global batch, and so the training,
+    is the same.
 
     Speed settings of the real presets: 16-bit autocast (a BERT-Large layer stack trained ~2.3x more
     sequences/s in bf16 than in fp32 on the 2-core CPU; tensor cores on a GPU), scaled-dot-product attention
     and the MLM head at masked positions only (model.py), foreach LAMB. torch.compile stays off until
     measured on a GPU (`--set torch_compile=inductor`; on the shared 2-core CPU inductor needed 406 s to
     compile a 2-layer MLP, cold cache)."""
-    return BertRunConfig(global_batch_size=3072, gradient_accumulation_steps=6, precision="fp16")
+    return BertRunConfig(global_batch_size=3072, gradient_accumulation_steps=12, precision="fp16")
+
+
+# Graphcore's att_ffn_placement for POD16 (pod16-closed.json and pod16-open.json): IPU:attention/feed-forward blocks.
+GRAPHCORE_POD16_PIPELINE = "1:7/6,2:6/7,3:7/6,0:4/5"
 
 
 def ipu_pod16() -> BertRunConfig:
     """Graphcore's v1.1 IPU-POD16 closed result: GBS 3072 (1536 packs of ~2 sequences; unpacked here),
-    lr 0.002, beta1 0.62, beta2 0.996, wd 0.01, 1141 steps, no warmup, clip 1.0, fp16 (16.16)."""
+    lr 0.002, beta1 0.62, beta2 0.996, wd 0.01, 1141 steps, no warmup, clip 1.0, LAMB without bias correction,
+    fp16 (16.16).
+
+    On IPUs (`--set device=ipu`), as their configs/mk2/pod16-closed.json (mlcommons/training_results_v1.1,
+    Graphcore/benchmarks/bert/implementations/popart/): 4 replicas of a 4-IPU pipeline (replication_factor 4,
+    att_ffn_placement [[1, [7, 6]], [2, [6, 7]], [3, [7, 6]], [0, [4, 5]]] after the embeddings on IPU 0), 192
+    accumulation steps of 4 sequences a replica (their batch_size 2 packs x avg_seq_per_pack 2), one step a host
+    call (batches_per_step 1), pipeline recomputation (execution_mode PIPELINE), stochastic rounding and half
+    partials, LAMB's first moment in fp16 (lamb_m_dtype), optimizer state off-chip and sharded over replicas,
+    23 % of the memory for matmul temporaries (available_memory_proportion 0.23), loss scaling 1."""
     return BertRunConfig(global_batch_size=3072, gradient_accumulation_steps=192, opt_lamb_beta_1=0.62,
-                         opt_lamb_beta_2=0.996, opt_learning_rate_warmup_steps=0, precision="fp16")
+                         opt_lamb_beta_2=0.996, opt_learning_rate_warmup_steps=0, opt_lamb_bias_correction=False,
+                         precision="fp16", ipu_replicas=4, ipu_pipeline=GRAPHCORE_POD16_PIPELINE,
+                         ipu_available_memory_proportion=0.23, ipu_half_first_moment=True,
+                         ipu_optimizer_state_offchip=True, ipu_replicated_tensor_sharding=True)
 
 
 def h200() -> BertRunConfig:
@@ -149,7 +180,8 @@ PRESETS = {"smoke": smoke, "8xA100": dgxa100, "pod16": ipu_pod16, "1xH200": h200
 # corpus, and it may be changed with --set as a demonstration may; a Wikipedia run may change none of them.
 BERT_LARGE = {"hidden_size": 1024, "num_attention_heads": 16, "intermediate_size": 4096, "vocab_size": 30522,
               "dropout": 0.1, "max_seq_length": 512, "max_predictions_per_seq": 76}
-FIXED_EVERYWHERE = {"num_hidden_layers": 24, "max_grad_norm": 1.0, "target_accuracy": TARGET}
+FIXED_EVERYWHERE = {"num_hidden_layers": 24, "max_grad_norm": 1.0, "target_accuracy": TARGET,
+                    "loss_averaging": "per_token"}
 CKPT_HINT = ("phase 2 starts from the phase-1 checkpoint: give `make submit ... CKPT=/data/bert/phase1/"
              "model.ckpt-28252` (the TF prefix, converted in the untimed init) or a converted .pt (--ckpt)")
 
@@ -163,8 +195,9 @@ def validate_closed(cfg: BertRunConfig) -> None:
     FLOOR(0.05 * (230.23 * GBS + 3e6), 25000), the phase-1 checkpoint, a sample limit within the schedule;
     the 10,000-sample eval set is asserted from the data (train.verify). The LAMB hyperparameters the rules
     list (batch, learning rate, epsilon, steps, warmup, start_warmup_step, betas, weight decay) are
-    unconstrained; the rest of LAMB (bias correction, trust ratio, the LayerNorm/bias exclusions) and the
-    schedule's shape (linear decay to 0) are the reference's code and no config field can change them.
+    unconstrained; so is bias correction, which Graphcore's accepted closed v1.1 result turned off
+    (LAMB_NO_BIAS); the rest of LAMB (trust ratio, the LayerNorm/bias exclusions) and the schedule's shape
+    (linear decay to 0) are the reference's code and no config field can change them.
     """
     problems = []
     for name, value in FIXED_EVERYWHERE.items():
@@ -190,6 +223,9 @@ def validate_closed(cfg: BertRunConfig) -> None:
         problems.append("global_batch_size must be a multiple of gradient_accumulation_steps (>= 1)")
     if problems:
         raise UserError("not allowed in the closed division: " + "; ".join(problems))
+    if cfg.unpad and cfg.torch_compile != "off":
+        # Unpadded batches change shape from batch to batch, so compiled shapes would change in the timed region.
+        raise UserError("torch_compile needs fixed shapes: set unpad=false with it, or torch_compile=off")
 
 
 def hyperparameters(cfg: BertRunConfig) -> dict:

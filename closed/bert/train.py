@@ -10,7 +10,11 @@ phase-1 checkpoint, loaded in the untimed init: `--ckpt` takes the TF prefix (co
 `checkpoint.py`) or a converted `.pt`, and a closed run on real data refuses to start without it. With the
 `smoke` preset it trains on the built-in synthetic corpus from the smoke phase-1 checkpoint of its config
 (`phase1.py`, made once and cached when no --ckpt is given; figures in the preset's docstring). Evals come
-only on the cadence; a run that reaches its sample limit unconverged stops there, `aborted`.
+only on the cadence; a run that reaches its sample limit unconverged stops there, `aborted`. Each batch
+the sampler draws is laid out without its padding in the data workers (`unpad`, model.forward_packed: the
+padded batch's loss and gradients); the sequences a step trains are counted on the host from the sampler's
+order, so the loop reads nothing back from the device between evals (fp16's loss scaler still checks each
+step for an overflow).
 """
 
 from __future__ import annotations
@@ -27,22 +31,24 @@ import numpy as np
 import torch
 
 from mlperf_submission.closed.bert import checkpoint, phase1, presets
-from mlperf_submission.closed.bert.model import BertForPretraining, mlperf_tensor_names
+from mlperf_submission.closed.bert.model import BertForPretraining, forward_packed, mlperf_tensor_names
 from mlperf_submission.closed.bert.optim import (
     Lamb,
     clip_grad_norm,
     lr_schedule,
     mlm_loss_and_accuracy,
     nsp_loss,
+    packed_loss,
     param_groups,
+    per_sequence_losses,
 )
 from mlperf_submission.common import training
 from mlperf_submission.common.cli import UserError, entry_point
-from mlperf_submission.common.data import bert_wiki
+from mlperf_submission.common.data import bert_wiki, packing
 from mlperf_submission.common.data.loader import loader
 from mlperf_submission.common.run import Run, dataset_files
 from mlperf_submission.common.runtime import distributed
-from mlperf_submission.common.runtime.compile import batch_sizes, compiled, undone
+from mlperf_submission.common.runtime.compile import batch_sizes, compiled, needs_warm_up, undone
 from mlperf_submission.common.runtime.precision import autocast
 
 DIVISION = "closed"
@@ -95,6 +101,8 @@ class ArrayDataset(torch.utils.data.Dataset):
 
     def __init__(self, arrays: dict[str, np.ndarray]):
         self.arrays = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
+        weights = self.arrays.get("nsp_weights")  # packs: the real sequences of each
+        self.sequences = len(self) if weights is None else int(weights.sum())
 
     def __len__(self) -> int:
         return len(self.arrays["input_ids"])
@@ -120,46 +128,101 @@ def datasets(cfg, data: Path | None):
     return bert_wiki.BertDataset(data, "train"), bert_wiki.BertDataset(data, "eval")
 
 
+def unpadded_collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """A batch of padded sequences -> the same sequences in unpadded rows (`packing.unpadded_batch`), in the
+    data workers, so that the training step never sees the padding."""
+    arrays = {k: np.stack([item[k].numpy() for item in items]) for k in items[0]}
+    return {k: torch.from_numpy(v) for k, v in packing.unpadded_batch(arrays).items()}
+
+
+def collate(cfg):
+    """The loaders' collate_fn: unpadded rows unless `unpad=false`; None is torch's stacking of the rows."""
+    return unpadded_collate if cfg.unpad else None
+
+
 def forward(model, batch, cfg, device):
-    """-> (loss, correct, count) for one batch, MLM at the masked positions only, plus NSP."""
+    """-> (loss, correct, count) for one batch, padded rows or unpadded ones (those carry `sequence_ids`):
+    MLM at the masked positions only, averaged as cfg.loss_averaging says, plus NSP."""
     b = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    unpadded = "sequence_ids" in b
     with autocast(cfg.precision, device):
-        mlm_logits, nsp_logits = model(b["input_ids"], b["segment_ids"], b["input_mask"], b["masked_lm_positions"])
+        if unpadded:
+            mlm_logits, nsp_logits = forward_packed(model, b, cfg.unpad_attention)
+        else:
+            mlm_logits, nsp_logits = model(b["input_ids"], b["segment_ids"], b["input_mask"],
+                                           b["masked_lm_positions"])
+    if unpadded:
+        return packed_loss(per_sequence_losses(mlm_logits, nsp_logits, b), b, cfg.loss_averaging)
     loss, correct, count = mlm_loss_and_accuracy(mlm_logits, b["masked_lm_ids"], b["masked_lm_weights"])
     return loss + nsp_loss(nsp_logits, b["next_sentence_labels"]), correct, count
 
 
 def synthetic_batch(cfg, n: int) -> dict[str, torch.Tensor]:
-    """n sequences of the synthetic corpus, shaped and typed as a loader batch: torch.compile's warm-up
-    input (the untimed init never touches the training data)."""
+    """n sequences of the synthetic corpus, laid out as a loader batch (unpadded unless `unpad=false`):
+    the warm-up input (the untimed init never touches the training data)."""
     arrays = bert_wiki.synthetic_instances(n, seq_len=cfg.max_seq_length, vocab_size=cfg.vocab_size,
                                            max_pred=cfg.max_predictions_per_seq, seed=0, split="eval")
-    return {k: torch.from_numpy(v) for k, v in arrays.items()}
+    dataset = ArrayDataset(arrays)
+    return (collate(cfg) or torch.utils.data.default_collate)([dataset[i] for i in range(n)])
 
 
-def sequences_in_batch(batch) -> int:
-    return len(batch["input_ids"])
+def sequence_count(dataset) -> int:
+    """Sequences in a dataset, as train_samples and eval_samples count them (packed datasets say theirs)."""
+    return getattr(dataset, "sequences", len(dataset))
 
 
-def sequences_in_step(cfg, dist, local_sequences: int, device) -> int:
-    """Sequences trained in one optimizer step: always the global batch when every item is one sequence."""
-    return cfg.global_batch_size
+def item_sequences(dataset) -> np.ndarray | None:
+    """Sequences in each item of a dataset of packs (their `nsp_weights`), or None: one sequence an item."""
+    weights = getattr(dataset, "arrays", {}).get("nsp_weights")
+    return None if weights is None else (np.asarray(weights) > 0).sum(1)
+
+
+def micro_batch_sequences(per_item: np.ndarray | None, sampler, world_batch: int, batches: int) -> list[int]:
+    """Sequences in each of the epoch's `batches` micro-batches over all ranks (`world_batch` items each),
+    read on the host from the sampler's order: no collective and no device read-back in the step."""
+    if per_item is None:
+        return [world_batch] * batches
+    order = sampler.order()[: batches * world_batch].numpy()
+    return per_item[order].reshape(batches, world_batch).sum(1).tolist()
 
 
 @dataclass(frozen=True)
 class Inputs:
-    """How a run reads and feeds its data: padded sequences here; packed ones in the open division."""
+    """How a run reads its data: padded sequences, laid out unpadded per batch, here; packed offline in the
+    open division. Everything else (model, loss, step, eval, log) is this file's for both."""
 
-    verify: Callable = verify                # (cfg, data folder) -> None, or UserError before any log
-    datasets: Callable = datasets            # (cfg, data folder | None) -> (train, eval) datasets
-    forward: Callable = forward              # (model, batch, cfg, device) -> (loss, correct, count)
-    sequences: Callable = sequences_in_batch  # (loader batch) -> sequences in it
-    dataset_sequences: Callable = len         # (dataset) -> sequences in it, as train/eval_samples count them
-    sequences_in_step: Callable = sequences_in_step  # (cfg, dist, local sequences, device) -> global
-    warmup_batch: Callable = synthetic_batch  # (cfg, items) -> a synthetic batch shaped as the loader's
+    verify: Callable = verify      # (cfg, data folder) -> None, or UserError before any log
+    datasets: Callable = datasets  # (cfg, data folder | None) -> (train, eval) datasets
+    collate: Callable = collate    # (cfg) -> the loaders' collate_fn (None: stack the items)
 
 
-def evaluate(model, val, cfg, device, dist, forward=forward) -> float:
+def lamb(model, cfg) -> Lamb:
+    """The reference's LAMB over the model's parameters, as cfg sets it; the schedule sets each step's lr."""
+    return Lamb(param_groups(model, cfg.opt_lamb_weight_decay_rate), lr=0.0,
+                betas=(cfg.opt_lamb_beta_1, cfg.opt_lamb_beta_2), eps=cfg.opt_epsilon,
+                bias_correction=cfg.opt_lamb_bias_correction, foreach=cfg.optimizer_foreach)
+
+
+def micro_step(model, replica, scaler, batch, cfg, device, *, reduce: bool) -> torch.Tensor:
+    """Forward and backward of one micro-batch, its loss divided over the accumulation steps (and scaled for
+    fp16); the gradients are all-reduced in the step's last one (`reduce`). -> the batch's loss."""
+    with replica.micro_step(reduce=reduce):
+        loss, _, _ = forward(model, batch, cfg, device)
+        scaler.scale(loss / cfg.gradient_accumulation_steps).backward()
+    return loss
+
+
+def optimizer_step(replica, optimizer, scaler, clip, cfg, step: int) -> float:
+    """The update that ends optimizer step `step` (from 0): the reference's learning rate, the clip, LAMB.
+    -> the learning rate."""
+    lr = lr_schedule(step, base_lr=cfg.opt_base_learning_rate, warmup_steps=cfg.opt_learning_rate_warmup_steps,
+                     start_warmup_step=cfg.start_warmup_step, total_steps=cfg.opt_learning_rate_training_steps)
+    # The mean gradient is clipped, as one device would, unless each rank clips its own first.
+    training.update(replica, optimizer, scaler, lr, clip=clip, clip_before_allreduce=cfg.clip_before_allreduce)
+    return lr
+
+
+def evaluate(model, val, cfg, device, dist) -> float:
     """Masked-LM accuracy over every masked position of the whole eval set, each sample once."""
     model.eval()
     totals = torch.zeros(2, dtype=torch.float64, device=device)
@@ -187,19 +250,17 @@ def load_checkpoint(model, cfg, dist) -> None:
               "(untimed init)", flush=True)
 
 
-def warm_up(model, replica, optimizer, scaler, cfg, device, inputs: Inputs, train_sizes, eval_sizes) -> None:
+def warm_up(model, replica, optimizer, scaler, cfg, device, train_sizes, eval_sizes) -> None:
     """Untimed, on synthetic batches: one training step at learning rate 0 per training batch size and one
     eval forward per eval batch size, so that torch.compile compiles nothing inside the timed region. The
     caller undoes its effects (`compile.undone`)."""
     for n in train_sizes:
-        with replica.micro_step(reduce=True):
-            loss, _, _ = inputs.forward(model, inputs.warmup_batch(cfg, n), cfg, device)
-            scaler.scale(loss).backward()
+        micro_step(model, replica, scaler, synthetic_batch(cfg, n), cfg, device, reduce=True)
         training.update(replica, optimizer, scaler, 0.0)
     model.eval()
     with torch.no_grad():
         for n in eval_sizes:
-            inputs.forward(model, inputs.warmup_batch(cfg, n), cfg, device)
+            forward(model, synthetic_batch(cfg, n), cfg, device)
     model.train()
 
 
@@ -211,6 +272,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def train(cfg: presets.BertRunConfig, args, *, division: str, inputs: Inputs = Inputs()) -> int:
     """One run with a resolved config; the open division calls this with its own config and inputs."""
+    if cfg.device == "ipu":
+        from mlperf_submission.closed.bert import ipu  # the step on the IPUs, through PopTorch
+
+        return ipu.train(cfg, args, division=division, inputs=inputs)
     submission = training.submission(args, division=division, benchmark="bert")
     if cfg.dataset == "wiki":
         inputs.verify(cfg, args.data)
@@ -229,17 +294,14 @@ def train(cfg: presets.BertRunConfig, args, *, division: str, inputs: Inputs = I
     train_set, val_set = inputs.datasets(cfg, args.data)
     interval, limit = presets.eval_interval(cfg), presets.max_samples(cfg)
     with Run(log, submission, seed=args.seed, hyperparameters=presets.hyperparameters(cfg),
-             train_samples=inputs.dataset_sequences(train_set),
-             eval_samples=inputs.dataset_sequences(val_set),
+             train_samples=sequence_count(train_set), eval_samples=sequence_count(val_set),
              data_files=dataset_files(args.data) if cfg.dataset != "synthetic" else None) as run:
         model = BertForPretraining(cfg.model_config())
         if cfg.init_checkpoint:
             load_checkpoint(model, cfg, dist)
         run.weights_initialization(mlperf_tensor_names(model)[name] for name, _ in model.named_parameters())
         model = model.to(device)
-        optimizer = Lamb(param_groups(model, cfg.opt_lamb_weight_decay_rate), lr=0.0,
-                         betas=(cfg.opt_lamb_beta_1, cfg.opt_lamb_beta_2), eps=cfg.opt_epsilon,
-                         foreach=cfg.optimizer_foreach)
+        optimizer = lamb(model, cfg)
         # Clipping each rank's own gradient needs it before the all-reduce, so not overlapped with backward.
         replica = dist.replicate(model, optimizer, accumulation_steps=cfg.gradient_accumulation_steps,
                                  reduce_in_backward=not cfg.clip_before_allreduce)
@@ -248,50 +310,48 @@ def train(cfg: presets.BertRunConfig, args, *, division: str, inputs: Inputs = I
         # The reference's clip_by_global_norm, on the unscaled gradients of every step.
         clip = functools.partial(clip_grad_norm, list(model.parameters()), cfg.max_grad_norm)
         sampler = distributed.train_sampler(train_set, dist, args.seed)  # one permutation over all ranks
-        overlap = dict(prefetch_factor=cfg.prefetch_factor, pin_memory=cfg.pin_memory)
+        overlap = dict(prefetch_factor=cfg.prefetch_factor, pin_memory=cfg.pin_memory, collate=inputs.collate(cfg))
         train_loader = loader(train_set, local_batch, shuffle=False, workers=cfg.data_workers,
                               seed=args.seed + dist.rank, drop_last=True, sampler=sampler, **overlap)
         val_loader = loader(distributed.eval_shard(val_set, dist), local_batch, shuffle=False,
                             workers=cfg.data_workers, seed=args.seed, drop_last=False, **overlap)
-        if cfg.torch_compile != "off":
+        if needs_warm_up(cfg.torch_compile, device):  # compiled, or eager on CUDA (issue 16)
             plain, model = model, compiled(model, cfg.torch_compile)
             with undone(plain, optimizer, scaler):
-                warm_up(model, replica, optimizer, scaler, cfg, device, inputs,
+                warm_up(model, replica, optimizer, scaler, cfg, device,
                         batch_sizes(len(train_loader.sampler), local_batch, drop_last=True),
                         batch_sizes(len(val_loader.dataset), local_batch, drop_last=False))
 
+        # Sequences in each micro-batch over all ranks, from the sampler's order; epoch 1's before run_start.
+        per_item, world_batch = item_sequences(train_set), local_batch * dist.world_size
+        counts = micro_batch_sequences(per_item, sampler, world_batch, len(train_loader))
         run.start()
         step, samples, status, epoch, block_first = 0, 0, "aborted", 0, 0
         run.block_start(first_epoch_num=block_first, epoch_count=interval)
-        started, micro, local_sequences = time.time(), 0, 0
+        started, micro, step_samples = time.time(), 0, 0
         while status != "success" and samples < limit:
             epoch += 1
             sampler.set_epoch(epoch)
-            for batch in train_loader:
+            if epoch > 1:
+                counts = micro_batch_sequences(per_item, sampler, world_batch, len(train_loader))
+            for j, batch in enumerate(train_loader):
                 micro += 1
-                with replica.micro_step(reduce=micro % cfg.gradient_accumulation_steps == 0):
-                    loss, _, _ = inputs.forward(model, batch, cfg, device)
-                    scaler.scale(loss / cfg.gradient_accumulation_steps).backward()
-                local_sequences += inputs.sequences(batch)
-                if micro % cfg.gradient_accumulation_steps:
+                last = micro % cfg.gradient_accumulation_steps == 0
+                loss = micro_step(model, replica, scaler, batch, cfg, device, reduce=last)
+                step_samples += counts[j]
+                if not last:
                     continue
-                lr = lr_schedule(step, base_lr=cfg.opt_base_learning_rate,
-                                 warmup_steps=cfg.opt_learning_rate_warmup_steps,
-                                 start_warmup_step=cfg.start_warmup_step,
-                                 total_steps=cfg.opt_learning_rate_training_steps)
-                # The mean gradient is clipped, as one device would, unless each rank clips its own first.
-                training.update(replica, optimizer, scaler, lr, clip=clip,
-                                clip_before_allreduce=cfg.clip_before_allreduce)
+                lr = optimizer_step(replica, optimizer, scaler, clip, cfg, step)
                 step += 1
-                step_samples = inputs.sequences_in_step(cfg, dist, local_sequences, device)
-                samples, local_sequences = samples + step_samples, 0
-                if samples // interval == (samples - step_samples) // interval:  # off the cadence
+                samples += step_samples
+                crossed, step_samples = samples // interval != (samples - step_samples) // interval, 0
+                if not crossed:  # off the cadence
                     if samples >= limit:
                         run.block_stop(first_epoch_num=block_first)
                         break
                     continue
                 run.eval_start(samples)
-                accuracy = evaluate(model, val_loader, cfg, device, dist, inputs.forward)
+                accuracy = evaluate(model, val_loader, cfg, device, dist)
                 run.eval_stop(samples, accuracy)
                 run.block_stop(first_epoch_num=block_first)
                 if dist.is_main:

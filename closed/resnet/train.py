@@ -29,7 +29,7 @@ from mlperf_submission.common.data.loader import loader
 from mlperf_submission.common.data.synthetic import synthetic_images
 from mlperf_submission.common.run import Run, dataset_files
 from mlperf_submission.common.runtime import distributed
-from mlperf_submission.common.runtime.compile import batch_sizes, compiled, undone
+from mlperf_submission.common.runtime.compile import batch_sizes, compiled, needs_warm_up, undone
 from mlperf_submission.common.runtime.precision import autocast
 
 DIVISION = "closed"
@@ -253,7 +253,7 @@ def train(cfg: presets.ResNetConfig, args: argparse.Namespace, *, division: str,
         train_loader, sampler, val_loader = loaders(cfg, train_set, val_set, dist, args.seed, local_batch)
         warmup_steps, decay_steps = presets.schedule_steps(cfg, train_samples)
         evals = presets.eval_epochs(cfg)
-        if cfg.torch_compile != "off":
+        if needs_warm_up(cfg.torch_compile, device):  # compiled, or eager on CUDA (issue 16)
             plain, model = model, compiled(model, cfg.torch_compile)
             with undone(plain, optimizer, scaler):
                 warm_up(model, replica, optimizer, scaler, cfg, device,

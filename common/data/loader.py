@@ -27,6 +27,7 @@ def loader(
     sampler: torch.utils.data.Sampler | None = None,
     prefetch_factor: int = 2,
     pin_memory: bool = True,
+    collate=None,
 ) -> torch.utils.data.DataLoader:
     """DataLoader whose order and augmentation follow `seed`.
 
@@ -37,7 +38,8 @@ def loader(
 
     Overlap with compute: each worker keeps `prefetch_factor` batches decoded ahead, and with `pin_memory`
     (only when CUDA is available; it means nothing on CPU) batches land in page-locked memory, so that
-    `.to(device, non_blocking=True)` copies asynchronously while the previous step runs.
+    `.to(device, non_blocking=True)` copies asynchronously while the previous step runs. `collate` (items ->
+    batch, run in the workers) replaces torch's stacking of the items.
     """
     if prefetch_factor < 1:
         raise ValueError(f"prefetch_factor must be at least 1, not {prefetch_factor}")
@@ -57,4 +59,5 @@ def loader(
         worker_init_fn=_seed_worker if workers > 0 else None,
         generator=generator,
         drop_last=drop_last,
+        collate_fn=collate,
     )

@@ -499,6 +499,40 @@ def pack_arrays(
     return out
 
 
+def first_fit_rows(lengths: np.ndarray, seq_len: int) -> np.ndarray:
+    """Lengths of one batch (B,) -> rows (n, K) of their indices, -1 for empty slots: first-fit decreasing, each
+    sequence into the first row with room, longest first. This is closed BERT's unpadded layout of a batch
+    (`unpadded_batch`): the same sequences in fewer rows, not a change of which sequences train together."""
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in order:
+        need = int(lengths[i])
+        if need > seq_len:
+            raise ValueError(f"sequence {i} holds {need} tokens, more than {seq_len}")
+        for r, free in enumerate(room):
+            if free >= need:
+                rows[r].append(int(i))
+                room[r] -= need
+                break
+        else:
+            rows.append([int(i)])
+            room.append(seq_len - need)
+    out = np.full((len(rows), max((len(r) for r in rows), default=1)), -1, np.int64)
+    for r, members in enumerate(rows):
+        out[r, : len(members)] = members
+    return out
+
+
+def unpadded_batch(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """One batch of unpacked bert_wiki arrays (B rows of S) -> the same sequences without their padding: packed
+    arrays (see the module docstring) of as few rows of S as first-fit finds, each holding up to K = the most
+    sequences any row needed, with Q = the most predictions any row holds. Shapes change from batch to batch."""
+    seq_len = arrays["input_ids"].shape[1]
+    rows = first_fit_rows(np.asarray(arrays["input_mask"]).sum(1), seq_len)
+    return pack_arrays(arrays, rows, rows.shape[1])
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Packed folders
 # ---------------------------------------------------------------------------------------------------------

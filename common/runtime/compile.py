@@ -1,8 +1,9 @@
 """torch.compile in the training paths: compilation and warm-up inside the untimed init, then undone.
 
     model = compiled(model, cfg.torch_compile)       # "off", "inductor" or "aot_eager"
-    with undone(raw_model, optimizer):               # state, gradients and RNG put back afterwards
-        ...forward and backward on synthetic batches of every shape the run will see...
+    if needs_warm_up(cfg.torch_compile, device):     # compiled, or eager on CUDA
+        with undone(raw_model, optimizer):           # state, gradients and RNG put back afterwards
+            ...forward and backward on synthetic batches of every shape the run will see...
     run.start()
 
 torch.compile traces and generates code on the first call with each new input shape and mode (train or
@@ -42,6 +43,17 @@ def compiled(model: nn.Module, backend: str) -> nn.Module:
     if backend == "off":
         return model
     return torch.compile(model, backend=backend, dynamic=False)
+
+
+def needs_warm_up(backend: str, device: torch.device) -> bool:
+    """Whether a run warms up (then undoes it) before `run_start`: always under torch.compile, which compiles
+    there; and on CUDA in eager mode too, whose first step pays for the lazy CUDA initialisation (the CUDA
+    context's modules, cuBLAS and cuDNN handles and workspaces, cuDNN's benchmark search of each shape, the
+    caching allocator's first blocks) that would otherwise fall inside the timed region. Not on an eager CPU
+    run: it has no such first-step cost worth a step of init."""
+    if backend not in BACKENDS:
+        raise ValueError(f"torch_compile must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    return backend != "off" or device.type == "cuda"
 
 
 def batch_sizes(samples: int, batch: int, *, drop_last: bool) -> list[int]:

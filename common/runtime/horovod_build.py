@@ -1,4 +1,5 @@
-"""Build Horovod 0.28.1 (PyTorch, gloo; no MPI, TensorFlow or MXNet) from its source release into this venv.
+"""Build Horovod 0.28.1 (PyTorch, gloo, and NCCL for CUDA tensors where torch is a CUDA build; no MPI,
+TensorFlow or MXNet) from its source release into this venv.
 
     make horovod        # = pip install -e '.[horovod]' (cmake and Horovod's own dependencies, pinned),
                         #   then: python -m mlperf_submission.common.runtime.horovod_build [--jobs N]
@@ -8,8 +9,11 @@ PyTorch 2.1+ headers stop with `#error C++17 or later compatible compiler is req
 (upstream horovod issue 3996, fixed on master, never released). This downloads the source release with
 pip, sets C++17 in the three places that need it (the root and torch-plugin CMakeLists, and gloo's
 `-std=c++11`; the torch plugin alone fails to link on a duplicate `gloo::rendezvous::Store::kDefaultTimeout`),
-and builds it with pip into the running interpreter's environment. On a busy 2-core CPU the build
-takes 3 to 7 minutes (more while other jobs share the cores). Optional: nothing else needs Horovod.
+and builds it with pip into the running interpreter's environment. Where this torch is a CUDA build, it
+also builds Horovod's NCCL operations (HOROVOD_GPU_OPERATIONS=NCCL, with the CUDA toolkit of the nvcc on
+PATH and NCCL from HOROVOD_NCCL_HOME or the system's), then checks `hvd.nccl_built()`; a CPU-only torch
+gets gloo alone. On a busy 2-core CPU the build takes 3 to 7 minutes (more while other jobs share the
+cores). Optional: nothing else needs Horovod.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 from mlperf_submission.common.cli import ArgumentParser, UserError, entry_point
@@ -64,8 +69,29 @@ def run(cmd: list[str], **kwargs) -> None:
         raise UserError(f"`{' '.join(cmd[:4])} ...` failed (its output is above)")
 
 
+def gpu_env(torch_cuda: str | None, nvcc: str | None, env: Mapping[str, str]) -> dict[str, str]:
+    """The variables that build Horovod's CUDA operations: NCCL all-reduce, broadcast and all-gather of CUDA
+    tensors (without them, the first broadcast of a CUDA tensor fails). Only where this torch is a CUDA build
+    (`torch.version.cuda`); then nvcc must be there too, as Horovod compiles CUDA kernels of its own.
+    HOROVOD_GPU_OPERATIONS already set in the environment is the caller's choice and is kept ("" builds
+    without them). Nothing for a CPU-only torch: gloo alone, as before."""
+    if "HOROVOD_GPU_OPERATIONS" in env or torch_cuda is None:
+        return {}
+    if nvcc is None:
+        raise UserError(f"this torch is built for CUDA {torch_cuda}, but there is no nvcc on PATH to build Horovod's "
+                        f"CUDA operations: install the CUDA {torch_cuda} toolkit (or put its bin/ on PATH), or "
+                        "build without them: `HOROVOD_GPU_OPERATIONS= make horovod`")
+    extra = {"HOROVOD_GPU_OPERATIONS": "NCCL"}
+    if "HOROVOD_CUDA_HOME" not in env:
+        extra["HOROVOD_CUDA_HOME"] = str(Path(nvcc).resolve().parent.parent)  # <toolkit>/bin/nvcc
+    return extra
+
+
 def build_env(jobs: int) -> dict[str, str]:
+    import torch  # the extension must match this torch's build, CUDA or not
+
     env = os.environ | BUILD_ENV | {"MAKEFLAGS": f"-j{jobs}"}  # Horovod's default is -j8, whatever the cores
+    env |= gpu_env(torch.version.cuda, shutil.which("nvcc"), env)
     # Prefer the cmake that the `horovod` extra pins into this environment: cmake 4 refuses gloo's old
     # cmake_minimum_required.
     cmake = Path(sys.executable).parent / "cmake"
@@ -98,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
              "--verbose", str(source)], env=env)
     check = ("import horovod, horovod.torch as hvd, torch; assert hvd.gloo_built() and not hvd.mpi_built(); "
              "print('horovod', horovod.__version__, 'with gloo, for torch', torch.__version__)")
+    if env.get("HOROVOD_GPU_OPERATIONS") == "NCCL":
+        check += "; assert hvd.nccl_built(), 'no NCCL operations'; print('with NCCL', hvd.nccl_built())"
     run([sys.executable, "-c", check])
     return 0
 

@@ -17,7 +17,6 @@ from mlperf_submission.closed.bert import presets as closed
 from mlperf_submission.common import config
 from mlperf_submission.common.cli import UserError
 from mlperf_submission.common.data import packing
-from mlperf_submission.open.bert.model import LossAveraging
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -25,12 +24,17 @@ class PackedBertConfig(closed.BertRunConfig):
     packing: Literal["spfhp", "nnlshp"] = "nnlshp"
     max_sequences_per_pack: int = 3
     sequences_per_pack: int = 2       # the nominal average that sets packs per step; the data's own is printed
-    loss_averaging: LossAveraging = "per_sequence"
+    loss_averaging: closed.LossAveraging = "per_sequence"
 
     @property
     def global_batch_items(self) -> int:
         """Packs per optimizer step over all replicas."""
         return self.global_batch_size // self.sequences_per_pack
+
+
+def _open(base: closed.BertRunConfig, **changes) -> PackedBertConfig:
+    """A closed preset made open: packed, with per-sequence loss averaging (`extend` would copy closed's)."""
+    return config.extend(PackedBertConfig, base, loss_averaging="per_sequence", **changes)
 
 
 def smoke() -> PackedBertConfig:
@@ -40,22 +44,23 @@ def smoke() -> PackedBertConfig:
     the demo's 500 steps, packed or not. The like-for-like closed run is `closed.bert.train --preset smoke --set
     synthetic_lengths=wikipedia --set max_seq_length=64 --set max_predictions_per_seq=10
     --set synthetic_train_samples=32000`."""
-    return config.extend(PackedBertConfig, closed.smoke(), synthetic_lengths="wikipedia",
-                         synthetic_train_samples=32000, max_seq_length=64, max_predictions_per_seq=10)
+    return _open(closed.smoke(), synthetic_lengths="wikipedia", synthetic_train_samples=32000, max_seq_length=64,
+                 max_predictions_per_seq=10)
 
 
 def ipu_pod16() -> PackedBertConfig:
     """Graphcore's v1.1 IPU-POD16 open result (26.05 minutes) against its closed one (32.70): NNLSHP packs of at
     most 3 sequences, 1536 packs (GBS 3072 sequences) a step, and lr 0.0022, beta1 0.50, wd 0.008, 1150 steps,
-    no gradient clipping, per-sequence loss averaging, fp16 (16.16)."""
-    return config.extend(PackedBertConfig, closed.ipu_pod16(), opt_base_learning_rate=0.0022,
-                         opt_lamb_beta_1=0.50, opt_lamb_weight_decay_rate=0.008,
-                         opt_learning_rate_training_steps=1150, max_grad_norm=0.0)
+    no gradient clipping, per-sequence loss averaging, fp16 (16.16). On IPUs closed `pod16`'s placement and
+    batch (2 packs a replica, their batch_size), with loss scaling 64 (configs/mk2/pod16-open.json)."""
+    return _open(closed.ipu_pod16(), opt_base_learning_rate=0.0022, opt_lamb_beta_1=0.50,
+                 opt_lamb_weight_decay_rate=0.008, opt_learning_rate_training_steps=1150, max_grad_norm=0.0,
+                 ipu_loss_scaling=64.0)
 
 
 def h200() -> PackedBertConfig:
     """Closed `1xH200` packed: 128 packs (about 256 sequences) a step."""
-    return config.extend(PackedBertConfig, closed.h200(), gradient_accumulation_steps=2)
+    return _open(closed.h200(), gradient_accumulation_steps=2)
 
 
 PRESETS = {"smoke": smoke, "pod16": ipu_pod16, "1xH200": h200}
@@ -73,6 +78,8 @@ def validate_open(cfg: PackedBertConfig) -> None:
     elif cfg.packing == "nnlshp" and not packing.nnlshp_feasible(cfg.max_seq_length, cfg.max_sequences_per_pack):
         problems.append(f"nnlshp packs at most {packing.nnlshp_max_per_pack(cfg.max_seq_length)} sequences at length "
                         f"{cfg.max_seq_length}; lower max_sequences_per_pack or set packing=spfhp")
+    if not cfg.unpad:
+        problems.append("packs are unpadded rows already: unpad=false is closed BERT's padded layout")
     if cfg.torch_compile != "off":
         # Packs carry a data-dependent number of predictions, so compiled shapes would change in the timed region.
         problems.append("torch_compile is not supported with packed batches; set torch_compile=off")

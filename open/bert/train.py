@@ -3,11 +3,14 @@
     python -m mlperf_submission.open.bert.train --preset smoke --seed 1 --system systems/1xH200.json \
         --result-log out/result_0.txt [--data PACKED_DIR] [--set field=value ...]
 
-The model, optimizer, schedule, eval and MLPerf log are closed BERT's (`closed/bert/train.py`); this file
-only says how packs are made and read (`open/bert/model.py` for the maths). --data takes a folder written by
-`make data BENCH=bert PACK=nnlshp`; without it the `smoke` preset packs the built-in synthetic corpus in
-memory with the preset's algorithm. Eval reads the eval set packed the same way: its masked-LM accuracy is
-a sum over masked tokens, which packing does not change.
+The model, its unpadded forward, the loss, optimizer, schedule, eval and MLPerf log are closed BERT's
+(`closed/bert/train.py`, which lays out each batch without padding as it comes); this file only says how
+packs are made ahead and read, through the three hooks of `closed.Inputs`. What differs from closed is what
+the open rules allow: offline packing (over the whole dataset, so rows are fuller than one batch's), per-
+sequence loss averaging (`loss_averaging`, closed/bert/optim.py) and the hyperparameters (presets.py).
+--data takes a folder written by `make data BENCH=bert PACK=nnlshp`; without it the `smoke` preset packs
+the built-in synthetic corpus in memory with the preset's algorithm. Eval reads the eval set packed the
+same way: its masked-LM accuracy is a sum over masked tokens, which packing does not change.
 """
 
 from __future__ import annotations
@@ -15,14 +18,11 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-import torch
 
 from mlperf_submission.closed.bert import train as closed
 from mlperf_submission.common.cli import UserError, entry_point
 from mlperf_submission.common.data import packing
-from mlperf_submission.common.runtime.precision import autocast
 from mlperf_submission.open.bert import presets
-from mlperf_submission.open.bert.model import forward_packed, packed_loss, per_sequence_losses
 
 DIVISION = "open"
 
@@ -59,32 +59,12 @@ def datasets(cfg: presets.PackedBertConfig, data):
     return packing.PackedDataset(data, "train"), packing.PackedDataset(data, "eval")
 
 
-def forward(model, batch, cfg: presets.PackedBertConfig, device):
-    """-> (loss, correct, count) for a batch of packs, averaged as cfg.loss_averaging says."""
-    b = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-    with autocast(cfg.precision, device):
-        mlm_logits, nsp_logits = forward_packed(model, b)
-    return packed_loss(per_sequence_losses(mlm_logits, nsp_logits, b), b, cfg.loss_averaging)
+def collate(cfg: presets.PackedBertConfig):
+    """Packs are laid out already: the loaders stack them."""
+    return None
 
 
-def sequences_in_batch(batch) -> int:
-    return int(batch["nsp_weights"].sum())
-
-
-def dataset_sequences(dataset) -> int:
-    if isinstance(dataset, closed.ArrayDataset):
-        return int(dataset.arrays["nsp_weights"].sum())
-    return dataset.sequences  # a PackedDataset
-
-
-def sequences_in_step(cfg, dist, local_sequences: int, device) -> int:
-    """Packs hold a varying number of sequences: count what every rank trained."""
-    total = torch.tensor([float(local_sequences)], dtype=torch.float64, device=device)
-    return int(dist.all_reduce_sum(total).item())
-
-
-INPUTS = closed.Inputs(verify=verify, datasets=datasets, forward=forward, sequences=sequences_in_batch,
-                       dataset_sequences=dataset_sequences, sequences_in_step=sequences_in_step)
+INPUTS = closed.Inputs(verify=verify, datasets=datasets, collate=collate)
 
 
 @entry_point

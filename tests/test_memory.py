@@ -1,0 +1,139 @@
+"""Per-GPU memory and /dev/shm estimates (common/runtime/memory.py): the presets that must fit do, the
+8xA100 BERT preset's old 64 x 6 split is refused on an A100-40GB before any log, and the meta-device count
+of ResNet's saved activations is what a real CPU forward pass keeps."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+import torch
+
+from mlperf_submission.closed.bert import presets as bert_presets
+from mlperf_submission.closed.resnet import presets as resnet_presets
+from mlperf_submission.closed.resnet.model import ResNet50
+from mlperf_submission.common import config, training
+from mlperf_submission.common.cli import UserError
+from mlperf_submission.common.runtime import distributed, memory
+from mlperf_submission.systems import HERE as SYSTEMS
+from mlperf_submission.systems import load as load_system
+
+CUDA = torch.device("cuda", 0)
+
+
+@pytest.fixture
+def a100_40gb(tmp_path):
+    system = json.loads((SYSTEMS / "1xH200.json").read_text()) | {
+        "system_name": "8xA100-40GB example", "accelerators_per_node": "8",
+        "accelerator_model_name": "NVIDIA A100-SXM4-40GB", "accelerator_memory_capacity": "40 GB"}
+    path = tmp_path / "a100.json"
+    path.write_text(json.dumps(system))
+    return path
+
+
+def test_bert_large_layer_keeps_44_bytes_a_token_a_hidden_unit_in_fp16_and_70_in_fp32():
+    assert memory.bert_layer_bytes_per_token(1024, 4096, "fp16", 0.1) == 44 * 1024
+    assert memory.bert_layer_bytes_per_token(1024, 4096, "bf16", 0.1) == 44 * 1024
+    assert memory.bert_layer_bytes_per_token(1024, 4096, "fp32", 0.1) == 70 * 1024
+    assert memory.bert_layer_bytes_per_token(1024, 4096, "fp16", 0.0) == 42 * 1024  # no dropout masks
+
+
+def test_8xa100_bert_at_64_per_gpu_is_over_an_a100_40gb_and_refused_before_the_log(a100_40gb, tmp_path):
+    old = config.override(bert_presets.dgxa100(), ["gradient_accumulation_steps=6"])
+    estimate = memory.bert(old, 64)
+    assert 40 * memory.GIB < estimate.total < 46 * memory.GIB  # the read-through's 40-45 GB, as counted here
+    assert 30 * memory.GIB < estimate.activations < 36 * memory.GIB
+    _, system = load_system(a100_40gb)
+    with pytest.raises(UserError, match="gradient_accumulation_steps=12") as e:
+        memory.refuse_unfit("bert", old, 64, system, CUDA)
+    assert "\n" not in str(e.value)
+    # Through the trainers' own path: refused in announce, which both call before the log is opened.
+    args = argparse.Namespace(system=str(a100_40gb), preset="8xA100", seed=1, result_log=tmp_path / "r.txt")
+    with pytest.raises(UserError):
+        training.announce("bert", "closed", args, old, distributed.Dist(world_size=8, device=CUDA), 64)
+    assert not (tmp_path / "r.txt").exists()
+    memory.refuse_unfit("bert", old, 64, system, torch.device("cpu"))  # not a GPU run: nothing to refuse
+
+
+def test_the_8xa100_bert_preset_now_fits_an_a100_40gb_with_the_same_global_batch(a100_40gb):
+    cfg = bert_presets.dgxa100()
+    assert cfg.global_batch_size == 3072 and memory.local_batch_of("bert", cfg, 8) == 32
+    _, system = load_system(a100_40gb)
+    memory.refuse_unfit("bert", cfg, 32, system, CUDA)
+    assert memory.bert(cfg, 32).total < 28 * memory.GIB
+
+
+@pytest.mark.parametrize("bench,division", [("bert", "closed"), ("bert", "open"), ("resnet", "closed"),
+                                            ("resnet", "open")])
+def test_the_1xh200_presets_fit_an_h200(bench, division):
+    cfg = memory.preset_config(bench, division, "1xH200")
+    local = memory.local_batch_of(bench, cfg, 1)
+    _, system = load_system("1xH200")
+    memory.refuse_unfit(bench, cfg, local, system, CUDA)
+    assert memory.ESTIMATES[bench](cfg, local).total < 60 * memory.GIB
+
+
+def test_resnet_activations_counted_on_the_meta_device_are_what_a_cpu_forward_keeps(one_thread):
+    """The meta device gives the saved tensors' shapes without computing; a real forward on the CPU (tensors
+    told apart by their storage) keeps the same bytes per image."""
+    cfg = resnet_presets.smoke()
+
+    def cpu_saved(n):
+        sizes = {}
+
+        def pack(t):
+            sizes[(t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))] = t.numel() * t.element_size()
+            return t
+
+        torch.manual_seed(0)
+        model = ResNet50(num_classes=cfg.num_classes, width=cfg.model_width)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(torch.randn(n, 3, cfg.image_size, cfg.image_size))
+        return sum(sizes.values())
+
+    per_image = (cpu_saved(4) - cpu_saved(2)) / 2
+    assert memory.resnet(cfg, 10).activations == int(per_image * 10)
+
+
+def test_capacity_is_read_in_the_unit_given():
+    assert memory.capacity_bytes("141 GB") == 141 * 10**9
+    assert memory.capacity_bytes("40 GiB") == 40 * 2**30
+    assert memory.capacity_bytes("80GB HBM2e") == 80 * 10**9
+    assert memory.capacity_bytes("") is None and memory.capacity_bytes("HBM3e") is None
+
+
+def test_shm_is_workers_times_prefetch_batches_of_uint8_images_per_rank():
+    cfg = resnet_presets.h200()  # 14 workers, prefetch 2, 1632 = 408 x 4 accumulation
+    image = 3 * 224 * 224 + 8  # uint8 pixels and an int64 label
+    assert memory.sample_bytes("resnet", cfg) == image
+    need = memory.shm_bytes("resnet", cfg, 408, 1)
+    assert need == 2 * (14 * 2 + 2) * 408 * image  # the training and the eval loader
+    assert 3 * memory.GIB < need < 4 * memory.GIB and memory.shm_size(need) == "5g"
+    assert memory.shm_bytes("resnet", cfg, 408, 8) == 8 * need
+    assert memory.shm_bytes("resnet", resnet_presets.smoke(), 128, 1) == 0  # no workers, no shared memory
+    # BERT: the loader's int64 features and float32 weights, 3 x 512 + 2 x 76 + 1 int64 and 76 float32.
+    assert memory.sample_bytes("bert", bert_presets.h200()) == 8 * (3 * 512 + 2 * 76 + 1) + 4 * 76
+
+
+def test_the_command_prints_the_estimate_and_the_shm_size(capsys):
+    assert memory.main(["--bench", "bert", "--preset", "8xA100", "--system", "1xH200"]) == 0
+    assert "at 32 per GPU" in capsys.readouterr().out
+    assert memory.main(["--bench", "resnet", "--preset", "1xH200", "--shm"]) == 0
+    assert "--shm-size=5g" in capsys.readouterr().out
+    assert memory.gpus_in_name("8xA100") == 8 and memory.gpus_in_name("pod16") == 16
+    assert memory.gpus_in_name("smoke") == 1
+
+
+def test_the_readmes_shm_table_and_dockerfile_say_what_the_code_computes():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    for bench, preset, gpus in (("resnet", "1xH200", 1), ("resnet", "8xA100", 8), ("bert", "1xH200", 1),
+                                ("bert", "8xA100", 8)):
+        cfg = memory.preset_config(bench, "closed", preset)
+        need = memory.shm_bytes(bench, cfg, memory.local_batch_of(bench, cfg, gpus), gpus)
+        row = f"| {gpus} | {need / memory.GIB:.2f} GiB | {memory.shm_size(need)} |"
+        assert row in readme, (bench, preset, row)
+    assert "RUN make setup" in (root / "Dockerfile").read_text()
