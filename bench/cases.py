@@ -35,7 +35,7 @@ from mlperf_submission.closed.resnet import presets as resnet_presets
 from mlperf_submission.closed.resnet import train as resnet_train
 from mlperf_submission.common.data import bert_wiki, imagenet, packing
 from mlperf_submission.common.runtime import distributed
-from mlperf_submission.common.runtime.precision import autocast, notation
+from mlperf_submission.common.runtime.precision import notation
 from mlperf_submission.open.bert import presets as open_bert_presets
 
 FULL_LAYERS = BertConfig().num_hidden_layers  # 24
