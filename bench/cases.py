@@ -35,6 +35,7 @@ from mlperf_submission.closed.resnet import presets as resnet_presets
 from mlperf_submission.closed.resnet import train as resnet_train
 from mlperf_submission.common.data import bert_wiki, imagenet, packing
 from mlperf_submission.common.runtime import distributed
+from mlperf_submission.common.runtime.compile import compiled, undone
 from mlperf_submission.common.runtime.precision import notation
 from mlperf_submission.open.bert import presets as open_bert_presets
 
@@ -224,23 +225,37 @@ def resnet_step(impl: str, images: torch.Tensor, labels: torch.Tensor, device: t
         return peers.torchvision_step(images, labels, device, best=best), precision, settings
     cfg = resnet_presets.h200()
     if impl == "ours-plain":
-        cfg = dataclasses.replace(cfg, precision="fp32", channels_last=False, optimizer_foreach=False)
+        cfg = dataclasses.replace(cfg, precision="fp32", channels_last=False, optimizer_foreach=False,
+                                  torch_compile="off")
+    step, compile_s = our_resnet_step(cfg, images, labels, device)
     settings = (f"{cfg.precision}, {'channels_last' if cfg.channels_last else 'NCHW'}, "
-                f"{'foreach' if cfg.optimizer_foreach else 'per-tensor'} LARS")
-    return our_resnet_step(cfg, images, labels, device), cfg.precision, settings
+                f"{'foreach' if cfg.optimizer_foreach else 'per-tensor'} LARS"
+                + (f", torch.compile {cfg.torch_compile} ({compile_s:.1f} s to compile, untimed)"
+                   if cfg.torch_compile != "off" else ""))
+    return step, cfg.precision, settings
 
 
 def our_resnet_step(cfg: resnet_presets.ResNetConfig, images: torch.Tensor, labels: torch.Tensor,
-                    device: torch.device):
+                    device: torch.device) -> tuple[Callable[[], None], float]:
     """closed/resnet/train.py's own step (`build`, `to_device`, `train_step`) on one rank, on a batch
-    copied to the device before the closure is returned; learning rate 1 (LARS scales it per tensor)."""
+    copied to the device before the closure is returned; learning rate 1 (LARS scales it per tensor).
+    With `cfg.torch_compile` on, the model is compiled as the trainer compiles it and one step is run and
+    undone here, untimed -> (step, seconds that first step took: the compile time; 0 when off)."""
     model, optimizer, replica, scaler = resnet_train.build(cfg, distributed.Dist(device=device))
     x, y = resnet_train.to_device(images, labels, cfg, device)
+    compile_s = 0.0
+    if cfg.torch_compile != "off":
+        plain, model = model, compiled(model, cfg.torch_compile)
+        started = time.perf_counter()
+        with undone(plain, optimizer, scaler):
+            resnet_train.train_step(model, replica, optimizer, scaler, x, y, cfg, 0.0)
+            _sync(device)
+        compile_s = time.perf_counter() - started
 
     def step():
         resnet_train.train_step(model, replica, optimizer, scaler, x, y, cfg, 1.0)
 
-    return step
+    return step, compile_s
 
 
 # ---------------------------------------------------------------------------------------------- BERT-Large

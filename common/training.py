@@ -103,10 +103,12 @@ def seeded_log(args: argparse.Namespace, dist: distributed.Dist) -> MLLog:
 
 
 def update(replica, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, lr: float, *,
-           clip: Callable[[], object] | None = None, clip_before_allreduce: bool = False) -> None:
+           clip: Callable[[], object] | None = None, clip_before_allreduce: bool = False,
+           zero_grad: bool = True) -> None:
     """The optimizer step after the last micro-step's backward: average the gradients over ranks, unscale
     and `clip()` them in place if given (before the average with `clip_before_allreduce`: each rank clips its
-    own), set `lr` on every parameter group, step (skipped by the scaler on an fp16 overflow), zero them."""
+    own), set `lr` on every parameter group, step (skipped by the scaler on an fp16 overflow), zero them
+    (`zero_grad=False`: the caller zeroes them before its next backward instead)."""
     clip_first = clip is not None and clip_before_allreduce
     if not clip_first:
         replica.reduce_gradients()
@@ -119,4 +121,5 @@ def update(replica, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScal
         group["lr"] = lr
     replica.step(scaler)
     scaler.update()
-    optimizer.zero_grad()
+    if zero_grad:
+        optimizer.zero_grad()

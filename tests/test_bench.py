@@ -79,6 +79,23 @@ def test_resnet_steps_copy_the_batch_outside_the_timed_step(monkeypatch):
     assert copied == []
 
 
+def test_our_resnet_step_compiles_untimed_as_the_trainer_does():
+    """With the preset's torch_compile on, the bench compiles our model as train.py does and runs the first
+    (compiling) step before the closure exists, reporting how long it took; off, nothing is compiled."""
+    import dataclasses
+
+    from mlperf_submission.closed.resnet import presets as resnet_presets
+
+    images, labels = torch.randn(2, 3, 32, 32), torch.randint(10, (2,))
+    small = dataclasses.replace(resnet_presets.h200(), model_width=8, num_classes=10, precision="fp32",
+                                channels_last=False)
+    for backend in ("off", "aot_eager"):
+        step, compile_s = cases.our_resnet_step(dataclasses.replace(small, torch_compile=backend), images, labels,
+                                                torch.device("cpu"))
+        step()
+        assert (compile_s > 0) == (backend != "off")
+
+
 def test_plain_decode_peer_makes_normalised_crops():
     from PIL import Image
 

@@ -205,6 +205,17 @@ def test_uint8_batches_normalised_on_the_device_give_the_float_pipelines_tensors
         assert torch.equal(imagenet.normalise(floats.to(device), memory).cpu(), floats)  # float: already done
 
 
+def test_the_shm_estimate_counts_the_bytes_a_worker_hands_over():
+    """memory.shm_bytes sizes /dev/shm from `sample_bytes`: it must be what an ImageNet item really is, the
+    uint8 224 px image the trainer's transforms make and its int64 label."""
+    from mlperf_submission.closed.resnet import presets
+    from mlperf_submission.common.runtime import memory
+
+    x = train_transform(224, uint8=True)(Image.open(io.BytesIO(jpeg_bytes(0, width=300, height=250))))
+    label = torch.tensor([0])  # the loader collates the int label to int64
+    assert memory.sample_bytes("resnet", presets.h200()) == x.nbytes + label.element_size()
+
+
 def test_tf1_resize_is_tf_kernels_formula_in_every_layout():
     """The x-major resize behind every transform against TF1's bilinear kernel written out in numpy (float32:
     top and bottom rows along x, then along y), bit for bit: down- and upscaling, windows, mirrored; and the
