@@ -211,9 +211,11 @@ def test_the_shm_estimate_counts_the_bytes_a_worker_hands_over():
     from mlperf_submission.closed.resnet import presets
     from mlperf_submission.common.runtime import memory
 
-    x = train_transform(224, uint8=True)(Image.open(io.BytesIO(jpeg_bytes(0, width=300, height=250))))
+    image = Image.open(io.BytesIO(jpeg_bytes(0, width=300, height=250)))
+    x = train_transform(224, uint8=True)(image)
     label = torch.tensor([0])  # the loader collates the int label to int64
     assert memory.sample_bytes("resnet", presets.h200()) == x.nbytes + label.element_size()
+    assert memory.sample_bytes("resnet", presets.h200(), "eval") == eval_transform(224)(image).nbytes + 8
 
 
 def test_tf1_resize_is_tf_kernels_formula_in_every_layout():

@@ -86,11 +86,12 @@ def datasets(cfg: presets.ResNetConfig, data: Path | None, manifest: dict | None
         return SyntheticBatches(cfg, "train"), SyntheticBatches(cfg, "val")
     from mlperf_submission.common.data import imagenet
 
-    # uint8 batches: a quarter of float32's bytes through the workers' shared memory and to the device, which
-    # normalises them (`to_device`); the pixels rounded to integers (COMPLIANCE.md).
+    # Training batches in uint8: a quarter of float32's bytes through the workers' shared memory and to the
+    # device, which normalises them (`to_device`); the pixels rounded to integers (COMPLIANCE.md). Eval stays
+    # float32, the reference's eval pixels bit-exact: 50,000 images, a small share of the run's copies.
     augment = imagenet.train_transform(cfg.image_size, reduced_decode=cfg.reduced_decode, uint8=True)
     train = imagenet.ImageNet(data, "train", augment, manifest=manifest)
-    val = imagenet.ImageNet(data, "val", imagenet.eval_transform(cfg.image_size, uint8=True), manifest=manifest)
+    val = imagenet.ImageNet(data, "val", imagenet.eval_transform(cfg.image_size), manifest=manifest)
     return train, val
 
 

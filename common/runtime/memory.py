@@ -183,11 +183,12 @@ def refuse_unfit(benchmark: str, cfg, local_batch: int, system: dict, device: to
             f"batch stays), e.g. --set gradient_accumulation_steps={2 * cfg.gradient_accumulation_steps}")
 
 
-def sample_bytes(benchmark: str, cfg) -> int:
-    """Bytes of one training sample as the data workers hand it over: ResNet a uint8 3 x S x S image and an
-    int64 label; BERT the loader's int64 features and float32 weights at the preset's lengths."""
+def sample_bytes(benchmark: str, cfg, split: str = "train") -> int:
+    """Bytes of one sample as the data workers hand it over: ResNet a 3 x S x S image, uint8 for training and
+    float32 for eval (the reference's eval pixels exactly), and an int64 label; BERT the loader's int64
+    features and float32 weights at the preset's lengths, both splits."""
     if benchmark == "resnet":
-        return 3 * cfg.image_size * cfg.image_size + 8
+        return 3 * cfg.image_size * cfg.image_size * (1 if split == "train" else 4) + 8
     from mlperf_submission.common.data.bert_wiki import feature_specs
 
     specs = feature_specs(cfg.max_seq_length, cfg.max_predictions_per_seq)
@@ -197,14 +198,16 @@ def sample_bytes(benchmark: str, cfg) -> int:
 
 
 def shm_bytes(benchmark: str, cfg, local_batch: int, ranks_per_node: int) -> int:
-    """The /dev/shm one node's data workers need: per rank, for the training and the eval loader, each worker's
-    `prefetch_factor` batches in flight plus the two the main process holds, at the local batch. Both loaders
-    count, as BERT evaluates in the middle of an epoch, while the training loader's batches wait in shared
-    memory (ResNet evaluates between epochs, so for it this is twice what it needs)."""
+    """The /dev/shm one node's data workers need: per rank, each worker's `prefetch_factor` batches in flight
+    plus the two the main process holds, at the local batch. BERT evaluates in the middle of an epoch, while
+    the training loader's batches wait in shared memory: both loaders count. ResNet evaluates between
+    epochs, when the training loader holds none: the larger of the two, eval's float32 images."""
     if cfg.data_workers == 0:
         return 0
     batches = cfg.data_workers * cfg.prefetch_factor + 2
-    return ranks_per_node * 2 * batches * local_batch * sample_bytes(benchmark, cfg)
+    train, evaluation = sample_bytes(benchmark, cfg, "train"), sample_bytes(benchmark, cfg, "eval")
+    per_sample = max(train, evaluation) if benchmark == "resnet" else train + evaluation
+    return ranks_per_node * batches * local_batch * per_sample
 
 
 def shm_size(nbytes: int) -> str:
