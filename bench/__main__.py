@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from mlperf_submission.bench import cases
+from mlperf_submission.bench import cases, ratio_text
 from mlperf_submission.common.cli import ArgumentParser, atomic_write_text, entry_point
 from mlperf_submission.compliance.package import git_commit
 from mlperf_submission.systems import describe_local
@@ -120,6 +120,12 @@ def ratios(rows: list[dict]) -> list[dict]:
             a, b = rate(group, num), rate(group, den)
             if a is not None and b is not None:
                 goal = SPEEDUP_GOALS[label]
+                noisy = [r["unreliable"] for r in rows if r["group"] == group and r["impl"] in (num, den)
+                         and "unreliable" in r]
+                if noisy:  # a ratio of a figure that timing noise made up would mislead: say so instead
+                    out.append({"group": group, "ratio": label, "value": None, "goal": goal, "met": None,
+                                "unreliable": "; ".join(noisy)})
+                    continue
                 out.append({"group": group, "ratio": label, "value": a / b, "goal": goal,
                             "met": None if goal is None else a / b >= goal})
         ours = next((r for r in rows if r["group"] == group and r["impl"] == "ours" and "mfu" in r), None)
@@ -177,7 +183,7 @@ def markdown(result: dict) -> str:
     for q in result["ratios"]:
         goal = "-" if q["goal"] is None else f"{q['goal']:g}"
         met = "-" if q["met"] is None else ("yes" if q["met"] else "no")
-        lines.append(f"| {q['ratio']} | {q['group']} | {q['value']:.2f} | {goal} | {met} |")
+        lines.append(f"| {q['ratio']} | {q['group']} | {ratio_text(q)} | {goal} | {met} |")
     lines += ["", "Notes:"] + [f"- {n}" for n in result["notes"]]
     return "\n".join(lines) + "\n"
 

@@ -66,7 +66,7 @@ class Scale:
 def cpu() -> Scale:
     """A 2-core CPU: whole ResNet-50 at 224 px, BERT-Large at 1 and 2 layers, 1,024 tokens per step."""
     return Scale(name="cpu", matmul_size=2048, resnet_image_size=224, resnet_batch=16, bert_seq_lengths=(128, 512),
-                 bert_batches=(8, 2), bert_layers=(1, 2), wiki_batch=8, wiki_layers=(1, 2), wiki_timed_steps=4)
+                 bert_batches=(8, 2), bert_layers=(1, 3), wiki_batch=8, wiki_layers=(1, 2), wiki_timed_steps=4)
 
 
 def gpu() -> Scale:
@@ -156,6 +156,8 @@ def scaled(points: dict[int, dict]) -> dict:
     for key in ("step_s", "flops"):
         per_layer = max(b[key] - a[key], 0) / (l2 - l1)  # max: timing noise must not give a negative slope
         out[key] = a[key] + (FULL_LAYERS - l1) * per_layer
+    if b["step_s"] <= a["step_s"]:  # more layers took no longer: noise swamped the slope, so no figure
+        out["unreliable"] = f"{l2} layers timed no slower than {l1}"
     return {**out, "scaled_from": sorted(points), "measured": {str(n): p for n, p in sorted(points.items())}}
 
 
@@ -323,7 +325,10 @@ def _combined(fb: dict, update: dict, sequences: float) -> dict:
     """A row from its two timings: the forward-backward of `sequences`, plus their share of one update of a
     global batch."""
     step_s = fb["step_s"] + update["step_s"] * sequences / global_batch()
-    return {**fb, "step_s": step_s, "forward_backward_s": fb["step_s"], "update_s": update["step_s"],
+    unreliable = [f"{part}: {t['unreliable']}" for part, t in (("forward-backward", fb), ("update", update))
+                  if "unreliable" in t]
+    return {**fb, **({"unreliable": "; ".join(unreliable)} if unreliable else {}), "step_s": step_s,
+            "forward_backward_s": fb["step_s"], "update_s": update["step_s"],
             "update_share": update["step_s"] * sequences / global_batch() / step_s, "global_batch": global_batch()}
 
 

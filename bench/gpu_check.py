@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from mlperf_submission.bench import ratio_text
 from mlperf_submission.common.cli import ArgumentParser, atomic_dir, atomic_write_text, entry_point
 
 FORMAT = "mlperf_submission.gpu_check/1"
@@ -178,7 +179,7 @@ def markdown(report: dict) -> str:
                          f"{_cell(r.get('samples_per_s'))} | {_cell(r.get('step_s'))} | "
                          f"{_cell(r.get('peak_memory_mib'))} | {mfu} |")
         lines += ["", "| ratio | group | value |", "|---|---|---|"]
-        lines += [f"| {q['ratio']} | {q['group']} | {q['value']:.2f} |" for q in bench["ratios"]]
+        lines += [f"| {q['ratio']} | {q['group']} | {ratio_text(q)} |" for q in bench["ratios"]]
     return "\n".join(lines) + "\n"
 
 

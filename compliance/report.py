@@ -32,6 +32,7 @@ from pathlib import Path
 
 from mlperf_logging.compliance_checker import mlp_parser
 
+from mlperf_submission.bench import ratio_text
 from mlperf_submission.common.cli import UserError, atomic_dir
 from mlperf_submission.common.run import QUALITY_TARGETS
 from mlperf_submission.compliance import score as scoring
@@ -246,7 +247,7 @@ def bench_section(bench: dict, source: Path, plots: Path) -> str:
         throughput_plot(group, [r for r in rows if r["group"] == group], plots / name)
         parts.append(_img(name, f"throughput, {group}"))
     parts.append(_table(["ratio", "benchmark", "value", "goal", "met"],
-                        [[q["ratio"], q["group"], f"{q['value']:.2f}", "-" if q["goal"] is None else f"{q['goal']:g}",
+                        [[q["ratio"], q["group"], ratio_text(q), "-" if q["goal"] is None else f"{q['goal']:g}",
                           "-" if q["met"] is None else ("yes" if q["met"] else "no")] for q in bench["ratios"]]))
     parts.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in bench["notes"]) + "</ul>")
     return "\n".join(parts)

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from mlperf_submission.bench import cases, peers
+from mlperf_submission.bench import cases, peers, ratio_text
 from mlperf_submission.bench.__main__ import add_utilisation, main, plan, ratios, run
 from mlperf_submission.closed.bert import train as bert_train
 from mlperf_submission.closed.resnet.model import ResNet50
@@ -27,7 +27,8 @@ def test_scaled_to_24_layers_on_a_straight_line():
     assert out["step_s"] == pytest.approx(1.0 + 23 * 0.5) and out["flops"] == 10 + 23 * 8
     assert out["scaled_from"] == [1, 2]
     noisy = cases.scaled({1: {"step_s": 1.0, "flops": 10}, 2: {"step_s": 0.9, "flops": 18}})
-    assert noisy["step_s"] == 1.0  # a negative slope from timing noise is not extrapolated
+    assert noisy["step_s"] == 1.0  # a negative slope from timing noise is not extrapolated, and is flagged
+    assert noisy["unreliable"] == "2 layers timed no slower than 1" and "unreliable" not in out
     assert cases.scaled({24: {"step_s": 3.0, "flops": 5}}) == {"step_s": 3.0, "flops": 5, "scaled_from": []}
 
 
@@ -117,6 +118,10 @@ def test_utilisation_and_ratios():
     assert [r["mfu"] for r in rows] == [0.5, 0.5, 0.25]  # model FLOPs are ours, 4 TFLOP, for every row
     got = {q["ratio"]: (q["value"], q["met"]) for q in ratios(rows)}
     assert got == {"ours / peer defaults": (4.0, True), "ours / peer best": (2.0, True)}
+    rows[2]["unreliable"] = "forward-backward: 2 layers timed no slower than 1"
+    noisy = {q["ratio"]: q for q in ratios(rows)}["ours / peer best"]
+    assert (noisy["value"], noisy["met"]) == (None, None)
+    assert ratio_text(noisy) == "not measured (forward-backward: 2 layers timed no slower than 1)"
 
 
 def test_a_case_runs_in_a_fresh_process():
