@@ -80,9 +80,9 @@ class BertRunConfig(IpuConfig):  # the ipu_* fields: common/runtime/ipu.py, used
     unpad: bool = True
     # How a sequence of an unpadded row attends over itself alone: a block-diagonal mask over the row, or
     # variable-length attention on nested (jagged) tensors (torch's prototype API), which skips the masked
-    # blocks. Measured on the 2-core CPU (MEASUREMENTS.md): jagged 0.07x block at toy widths, 1.13x at
-    # BERT-Large's, extrapolated from 1 and 2 layers with a larger fixed cost; `make gpu-check` measures
-    # both on CUDA. Block stays the default until a run on the target device says otherwise.
+    # blocks. Measured on the 2-core CPU (MEASUREMENTS.md): jagged 0.07x block at toy widths, 0.65x and 1.13x
+    # at BERT-Large's in two runs (extrapolated from 1 and 2 layers: within this VM's noise); `make
+    # gpu-check` measures both on CUDA. Block stays the default until a run on the target device says more.
     unpad_attention: UnpaddedAttention = "block"
     optimizer_foreach: bool = True   # LAMB and clipping over all tensors at once (optim.py has the measurements)
     prefetch_factor: int = 2         # batches each data worker prepares ahead of the training step
