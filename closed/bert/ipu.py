@@ -202,11 +202,19 @@ def train(cfg: presets.BertRunConfig, args, *, division: str, inputs) -> int:
         per_item, world_call = host.item_sequences(train_set), per_call * dist.world_size
         counts = host.micro_batch_sequences(per_item, sampler, world_call, len(train_loader))
 
+        cadence = host.Cadence(run, interval, limit, cfg.target_accuracy)
+
+        def report(accuracy: float) -> None:
+            if dist.is_main:
+                print(f"{samples:,} samples: loss {loss.float().mean().item():.3f}, lr {lr:.5f}, masked-LM "
+                      f"accuracy {accuracy:.4f}, {samples / (time.time() - started):,.1f} sequences/s",
+                      flush=True)
+
         run.start()
-        step, samples, status, epoch, block_first = 0, 0, "aborted", 0, 0
-        run.block_start(first_epoch_num=block_first, epoch_count=interval)
+        cadence.start()
+        step, samples, epoch, done = 0, 0, 0, False
         started = time.time()
-        while status != "success" and samples < limit:
+        while not done:
             epoch += 1
             sampler.set_epoch(epoch)
             if epoch > 1:
@@ -220,30 +228,13 @@ def train(cfg: presets.BertRunConfig, args, *, division: str, inputs) -> int:
                 ipu.set_lr(trainer, optimizer, lr)
                 loss = trainer(*(batch[k] for k in keys))
                 step += 1
-                step_samples = counts[j]
-                samples += step_samples
-                if samples // interval == (samples - step_samples) // interval:  # off the cadence
-                    if samples >= limit:
-                        run.block_stop(first_epoch_num=block_first)
-                        break
-                    continue
-                run.eval_start(samples)
-                accuracy = evaluate(evaluator, trainer, val_loader, keys, dist)
-                run.eval_stop(samples, accuracy)
-                run.block_stop(first_epoch_num=block_first)
-                if dist.is_main:
-                    print(f"{samples:,} samples: loss {loss.float().mean().item():.3f}, lr {lr:.5f}, masked-LM "
-                          f"accuracy {accuracy:.4f}, {samples / (time.time() - started):,.1f} sequences/s",
-                          flush=True)
-                if accuracy >= cfg.target_accuracy:
-                    status = "success"
+                samples += counts[j]
+                done = cadence.after_step(samples, counts[j],
+                                          lambda: evaluate(evaluator, trainer, val_loader, keys, dist), report)
+                if done:
                     break
-                if samples >= limit:
-                    break
-                block_first = samples
-                run.block_start(first_epoch_num=block_first, epoch_count=interval)
-        run.stop(status)
+        run.stop(cadence.status)
     if dist.is_main:
-        print(f"run_stop: {status} after {samples:,} samples", flush=True)
+        print(f"run_stop: {cadence.status} after {samples:,} samples", flush=True)
     distributed.shutdown()
     return 0

@@ -222,6 +222,45 @@ def optimizer_step(replica, optimizer, scaler, clip, cfg, step: int) -> float:
     return lr
 
 
+@dataclass
+class Cadence:
+    """A run's evals and stop rules, with its MLPerf blocks: an eval only when a step crosses a multiple of
+    `interval` samples; success at the first eval at or above `target`; `aborted` at `limit` samples."""
+
+    run: Run
+    interval: int
+    limit: int
+    target: float
+    status: str = "aborted"
+    block_first: int = 0
+
+    def start(self) -> None:
+        self.run.block_start(first_epoch_num=0, epoch_count=self.interval)
+
+    def after_step(self, samples: int, step_samples: int, evaluate: Callable[[], float],
+                   report: Callable[[float], None]) -> bool:
+        """After the optimizer step that brought the count to `samples`: evaluate if one is due, and `report`
+        its accuracy; -> True when the run ends here."""
+        if samples // self.interval == (samples - step_samples) // self.interval:  # off the cadence
+            if samples >= self.limit:
+                self.run.block_stop(first_epoch_num=self.block_first)
+                return True
+            return False
+        self.run.eval_start(samples)
+        accuracy = evaluate()
+        self.run.eval_stop(samples, accuracy)
+        self.run.block_stop(first_epoch_num=self.block_first)
+        report(accuracy)
+        if accuracy >= self.target:
+            self.status = "success"
+            return True
+        if samples >= self.limit:
+            return True
+        self.block_first = samples
+        self.run.block_start(first_epoch_num=samples, epoch_count=self.interval)
+        return False
+
+
 def evaluate(model, val, cfg, device, dist, forward=forward) -> float:
     """Masked-LM accuracy over every masked position of the whole eval set, each sample once."""
     model.eval()
@@ -325,11 +364,18 @@ def train(cfg: presets.BertRunConfig, args, *, division: str, inputs: Inputs = I
         # Sequences in each micro-batch over all ranks, from the sampler's order; epoch 1's before run_start.
         per_item, world_batch = item_sequences(train_set), local_batch * dist.world_size
         counts = micro_batch_sequences(per_item, sampler, world_batch, len(train_loader))
+        cadence = Cadence(run, interval, limit, cfg.target_accuracy)
+
+        def report(accuracy: float) -> None:
+            if dist.is_main:
+                print(f"{samples:,} samples: loss {loss.item():.3f}, lr {lr:.5f}, masked-LM accuracy "
+                      f"{accuracy:.4f}, {samples / (time.time() - started):,.1f} sequences/s", flush=True)
+
         run.start()
-        step, samples, status, epoch, block_first = 0, 0, "aborted", 0, 0
-        run.block_start(first_epoch_num=block_first, epoch_count=interval)
+        cadence.start()
+        step, samples, epoch, done = 0, 0, 0, False
         started, micro, step_samples = time.time(), 0, 0
-        while status != "success" and samples < limit:
+        while not done:
             epoch += 1
             sampler.set_epoch(epoch)
             if epoch > 1:
@@ -344,29 +390,14 @@ def train(cfg: presets.BertRunConfig, args, *, division: str, inputs: Inputs = I
                 lr = optimizer_step(replica, optimizer, scaler, clip, cfg, step)
                 step += 1
                 samples += step_samples
-                crossed, step_samples = samples // interval != (samples - step_samples) // interval, 0
-                if not crossed:  # off the cadence
-                    if samples >= limit:
-                        run.block_stop(first_epoch_num=block_first)
-                        break
-                    continue
-                run.eval_start(samples)
-                accuracy = evaluate(model, val_loader, cfg, device, dist)
-                run.eval_stop(samples, accuracy)
-                run.block_stop(first_epoch_num=block_first)
-                if dist.is_main:
-                    print(f"{samples:,} samples: loss {loss.item():.3f}, lr {lr:.5f}, masked-LM accuracy "
-                          f"{accuracy:.4f}, {samples / (time.time() - started):,.1f} sequences/s", flush=True)
-                if accuracy >= cfg.target_accuracy:
-                    status = "success"
+                done = cadence.after_step(samples, step_samples,
+                                          lambda: evaluate(model, val_loader, cfg, device, dist), report)
+                step_samples = 0
+                if done:
                     break
-                if samples >= limit:
-                    break
-                block_first = samples
-                run.block_start(first_epoch_num=block_first, epoch_count=interval)
-        run.stop(status)
+        run.stop(cadence.status)
     if dist.is_main:
-        print(f"run_stop: {status} after {samples:,} samples", flush=True)
+        print(f"run_stop: {cadence.status} after {samples:,} samples", flush=True)
     distributed.shutdown()
     return 0
 
