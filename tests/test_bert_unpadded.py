@@ -117,11 +117,11 @@ def test_each_micro_batchs_sequences_over_all_ranks_are_read_on_the_host():
         for s in samplers:
             s.set_epoch(epoch)
         batches = len(samplers[0]) // batch
-        got = bert_train.micro_batch_sequences(per_item, samplers[0], ranks * batch, batches)
+        got = samplers[0].batch_sums(per_item, ranks * batch, batches)
         shards = [list(s) for s in samplers]
         want = [sum(int(per_item[i]) for shard in shards for i in shard[k * batch:(k + 1) * batch])
                 for k in range(batches)]
         assert got == want
-    assert bert_train.micro_batch_sequences(None, samplers[0], 15, 4) == [15] * 4
+    assert samplers[0].batch_sums(None, 15, 4) == [15] * 4
     dataset = bert_train.ArrayDataset({"nsp_weights": np.array([[1, 1, 0], [1, 0, 0]], np.float32)})
     assert bert_train.item_sequences(dataset).tolist() == [2, 1] and dataset.sequences == 3

@@ -200,25 +200,17 @@ def train(cfg: presets.BertRunConfig, args, *, division: str, inputs) -> int:
                             init_started=init_started, is_main=dist.is_main)
         # Sequences of each host call over all instances, from the sampler's order, as train.py counts them.
         per_item, world_call = host.item_sequences(train_set), per_call * dist.world_size
-        counts = host.micro_batch_sequences(per_item, sampler, world_call, len(train_loader))
+        counts = sampler.batch_sums(per_item, world_call, len(train_loader))
 
-        cadence = host.Cadence(run, interval, limit, cfg.target_accuracy)
-
-        def report(accuracy: float) -> None:
-            if dist.is_main:
-                print(f"{samples:,} samples: loss {loss.float().mean().item():.3f}, lr {lr:.5f}, masked-LM "
-                      f"accuracy {accuracy:.4f}, {samples / (time.time() - started):,.1f} sequences/s",
-                      flush=True)
-
+        cadence = host.Cadence(run, interval, limit, cfg.target_accuracy, dist.is_main)
         run.start()
         cadence.start()
         step, samples, epoch, done = 0, 0, 0, False
-        started = time.time()
         while not done:
             epoch += 1
             sampler.set_epoch(epoch)
             if epoch > 1:
-                counts = host.micro_batch_sequences(per_item, sampler, world_call, len(train_loader))
+                counts = sampler.batch_sums(per_item, world_call, len(train_loader))
             for j, batch in enumerate(train_loader):   # one optimizer step per host call
                 lr = lr_schedule(step, base_lr=cfg.opt_base_learning_rate,
                                  warmup_steps=cfg.opt_learning_rate_warmup_steps,
@@ -230,7 +222,8 @@ def train(cfg: presets.BertRunConfig, args, *, division: str, inputs) -> int:
                 step += 1
                 samples += counts[j]
                 done = cadence.after_step(samples, counts[j],
-                                          lambda: evaluate(evaluator, trainer, val_loader, keys, dist), report)
+                                          lambda: evaluate(evaluator, trainer, val_loader, keys, dist),
+                                          loss.float().mean().item, lr)  # a host tensor: no device read
                 if done:
                     break
         run.stop(cadence.status)

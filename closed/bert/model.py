@@ -8,15 +8,10 @@ pooled [CLS]. Masks are boolean (True = attend), which lets scaled-dot-product a
 kernels; the reference adds -10000 to the logits of masked keys, whose softmax weight exp(-10000) is 0.0 in
 float32 and bfloat16 alike, so the attention of every real token is the same.
 
-Unpadded (closed BERT's default layout, `forward_packed`): the sequences of a batch are concatenated into
-rows without their padding. Per token a row carries the id of the sequence it belongs to (`sequence_ids`,
-1..k, 0 for the padding at the row's end), from which attention is limited to the token's own sequence (a
-block-diagonal mask); position ids restart at 0 with each sequence; segment ids are each sequence's own; the
-masked-LM predictions of a row share one list (`masked_lm_sequence` says whose each is); NSP is read through
-each sequence's own [CLS] (`nsp_positions`). Every sequence's logits are those of the same sequence in a
-padded batch, up to float summation order (tests/test_bert_unpadded.py). The layout is the one offline
-packing writes (common/data/packing.py); closed BERT lays out each batch the sampler drew
-(`packing.unpadded_batch`), the open division packs the whole dataset ahead.
+Unpadded rows (`forward_packed`; the layout of common/data/packing.py, made per batch in closed BERT and
+ahead in the open division): sequences concatenated without padding, `sequence_ids` (1..k, 0 = padding)
+limiting attention to each token's own sequence, positions restarting per sequence, NSP at each sequence's
+own [CLS]. Every sequence's logits are those of the padded batch, to rounding (tests/test_bert_unpadded.py).
 
 `mlperf_tensor_names` gives the 398 TF-style names that the closed_bert compliance rules list for
 `weights_initialization`; `parameter_count` counts parameters from the config alone.
@@ -49,10 +44,8 @@ class BertConfig:
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads "
-                f"{self.num_attention_heads}"
-            )
+            raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads "
+                             f"{self.num_attention_heads}")
 
 
 UnpaddedAttention = Literal["block", "jagged"]
@@ -69,11 +62,10 @@ class Jagged:
 
     @staticmethod
     def of(sequence_ids: torch.Tensor) -> Jagged:
-        """From (B, S) sequence ids (1..k within a row, 0 for padding). One host sync: the sequence count."""
-        flat = sequence_ids.reshape(-1)
+        """From (B, S) sequence ids (1..k < S within a row, 0 for padding). One host sync: the sequence count."""
+        flat, s = sequence_ids.reshape(-1), sequence_ids.shape[1]
         tokens = torch.nonzero(flat > 0).squeeze(1)  # (T,) in row order: each sequence's tokens adjacent
-        row = torch.div(tokens, sequence_ids.shape[1], rounding_mode="floor")
-        key = row * (int(sequence_ids.max()) + 1) + flat[tokens]  # one value per (row, sequence)
+        key = torch.div(tokens, s, rounding_mode="floor") * s + flat[tokens]  # one value per (row, sequence)
         _, counts = torch.unique_consecutive(key, return_counts=True)
         offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
         return Jagged(tokens, offsets)
@@ -90,9 +82,8 @@ def attention_mask_4d(attention_mask: torch.Tensor | Jagged | None) -> torch.Ten
         mask = attention_mask[:, None, :, :]  # (B, 1, S, S): e.g. block-diagonal for unpadded rows
     else:
         raise ValueError(f"attention_mask must be (B, S) or (B, S, S), got {tuple(attention_mask.shape)}")
-    # Every query must see at least one key, or its softmax is NaN (0/0), and 0 * NaN would then reach real
-    # tokens through the value product: padded rows always hold [CLS], and in unpadded rows the padding
-    # tokens see each other (`packed_attention_mask`).
+    # Every query must see a key, or its softmax is NaN and 0 * NaN reaches real tokens through the values:
+    # padded rows always hold [CLS]; in unpadded rows padding sees padding (`packed_attention_mask`).
     return mask.bool()
 
 

@@ -177,15 +177,6 @@ def item_sequences(dataset) -> np.ndarray | None:
     return None if weights is None else (np.asarray(weights) > 0).sum(1)
 
 
-def micro_batch_sequences(per_item: np.ndarray | None, sampler, world_batch: int, batches: int) -> list[int]:
-    """Sequences in each of the epoch's `batches` micro-batches over all ranks (`world_batch` items each),
-    read on the host from the sampler's order: no collective and no device read-back in the step."""
-    if per_item is None:
-        return [world_batch] * batches
-    order = sampler.order()[: batches * world_batch].numpy()
-    return per_item[order].reshape(batches, world_batch).sum(1).tolist()
-
-
 @dataclass(frozen=True)
 class Inputs:
     """How a run reads its data: padded sequences, laid out unpadded per batch, here; packed offline in the
@@ -225,22 +216,26 @@ def optimizer_step(replica, optimizer, scaler, clip, cfg, step: int) -> float:
 @dataclass
 class Cadence:
     """A run's evals and stop rules, with its MLPerf blocks: an eval only when a step crosses a multiple of
-    `interval` samples; success at the first eval at or above `target`; `aborted` at `limit` samples."""
+    `interval` samples; success at the first eval at or above `target`; `aborted` at `limit` samples. Rank 0
+    (`is_main`) prints each eval's line."""
 
     run: Run
     interval: int
     limit: int
     target: float
+    is_main: bool
     status: str = "aborted"
     block_first: int = 0
+    started: float = 0.0
 
     def start(self) -> None:
         self.run.block_start(first_epoch_num=0, epoch_count=self.interval)
+        self.started = time.time()
 
     def after_step(self, samples: int, step_samples: int, evaluate: Callable[[], float],
-                   report: Callable[[float], None]) -> bool:
-        """After the optimizer step that brought the count to `samples`: evaluate if one is due, and `report`
-        its accuracy; -> True when the run ends here."""
+                   loss: Callable[[], float], lr: float) -> bool:
+        """After the optimizer step that brought the count to `samples`: evaluate if one is due (its line
+        shows `loss()`, read only then); -> True when the run ends here."""
         if samples // self.interval == (samples - step_samples) // self.interval:  # off the cadence
             if samples >= self.limit:
                 self.run.block_stop(first_epoch_num=self.block_first)
@@ -250,7 +245,9 @@ class Cadence:
         accuracy = evaluate()
         self.run.eval_stop(samples, accuracy)
         self.run.block_stop(first_epoch_num=self.block_first)
-        report(accuracy)
+        if self.is_main:
+            print(f"{samples:,} samples: loss {loss():.3f}, lr {lr:.5f}, masked-LM accuracy {accuracy:.4f}, "
+                  f"{samples / (time.time() - self.started):,.1f} sequences/s", flush=True)
         if accuracy >= self.target:
             self.status = "success"
             return True
@@ -363,23 +360,16 @@ def train(cfg: presets.BertRunConfig, args, *, division: str, inputs: Inputs = I
 
         # Sequences in each micro-batch over all ranks, from the sampler's order; epoch 1's before run_start.
         per_item, world_batch = item_sequences(train_set), local_batch * dist.world_size
-        counts = micro_batch_sequences(per_item, sampler, world_batch, len(train_loader))
-        cadence = Cadence(run, interval, limit, cfg.target_accuracy)
-
-        def report(accuracy: float) -> None:
-            if dist.is_main:
-                print(f"{samples:,} samples: loss {loss.item():.3f}, lr {lr:.5f}, masked-LM accuracy "
-                      f"{accuracy:.4f}, {samples / (time.time() - started):,.1f} sequences/s", flush=True)
-
+        counts = sampler.batch_sums(per_item, world_batch, len(train_loader))
+        cadence = Cadence(run, interval, limit, cfg.target_accuracy, dist.is_main)
         run.start()
         cadence.start()
-        step, samples, epoch, done = 0, 0, 0, False
-        started, micro, step_samples = time.time(), 0, 0
+        step, samples, epoch, done, micro, step_samples = 0, 0, 0, False, 0, 0
         while not done:
             epoch += 1
             sampler.set_epoch(epoch)
             if epoch > 1:
-                counts = micro_batch_sequences(per_item, sampler, world_batch, len(train_loader))
+                counts = sampler.batch_sums(per_item, world_batch, len(train_loader))
             for j, batch in enumerate(train_loader):
                 micro += 1
                 last = micro % cfg.gradient_accumulation_steps == 0
@@ -390,8 +380,8 @@ def train(cfg: presets.BertRunConfig, args, *, division: str, inputs: Inputs = I
                 lr = optimizer_step(replica, optimizer, scaler, clip, cfg, step)
                 step += 1
                 samples += step_samples
-                done = cadence.after_step(samples, step_samples,
-                                          lambda: evaluate(model, val_loader, cfg, device, dist), report)
+                done = cadence.after_step(samples, step_samples, lambda: evaluate(model, val_loader, cfg, device, dist),
+                                          loss.item, lr)
                 step_samples = 0
                 if done:
                     break

@@ -444,6 +444,15 @@ class EpochSampler(torch.utils.data.Sampler[int]):
             self._order = self._permutation(self.epoch)[torch.arange(self.num_samples * self.num_replicas) % self.size]
         return self._order
 
+    def batch_sums(self, per_item, world_batch: int, batches: int) -> list[int]:
+        """`per_item` (a numpy array over the dataset, None: 1 an item) summed over each of the epoch's first
+        `batches` global batches of `world_batch` items (every rank's k-th batch together), on the host: how
+        BERT counts a step's sequences in packs with no collective and no device read-back."""
+        if per_item is None:
+            return [world_batch] * batches
+        order = self.order()[: batches * world_batch].numpy()
+        return per_item[order].reshape(batches, world_batch).sum(1).tolist()
+
     def __len__(self) -> int:
         return self.num_samples
 
