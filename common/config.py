@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from typing import Any, TypeVar
 
 from mlperf_submission.common.cli import UserError
@@ -78,8 +78,8 @@ def override(cfg: C, assignments: Sequence[str]) -> C:
     return dataclasses.replace(cfg, **changes)
 
 
-def describe(cfg: Any) -> str:
-    """One `field = value` line per field, for printing the resolved config at start-up."""
-    rows = [(f.name, getattr(cfg, f.name)) for f in dataclasses.fields(cfg)]
+def describe(cfg: Any, *, hidden: Container[str] = ()) -> str:
+    """One `field = value` line per field (less those `hidden`), for printing the resolved config at start-up."""
+    rows = [(f.name, getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if f.name not in hidden]
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"  {name:<{width}} = {value!r}" for name, value in rows)

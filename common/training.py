@@ -1,7 +1,9 @@
-"""What the two closed trainers (closed/resnet/train.py, closed/bert/train.py) do the same way, as plain
-functions they call in order: the command line, the config from preset and `--set`, the run's preamble
-(system, ranks, local batch, the printed config, the seed and the result log) and the optimizer update
-that ends every accumulated step. The run itself, `run_start` to `run_stop`, stays in each train.py.
+"""What the training loops (closed/resnet/train.py, closed/bert/train.py, closed/bert/ipu.py) do the same way,
+as plain functions they call in order: the command line (`Invocation`, what it says beside the config), the
+config from preset and `--set`, the run's preamble (system, ranks, local batch, the printed config, then
+`begin_run`: the seed, the result log and the `Run`), the accumulation rule (`step_bounds`) and the optimizer
+update that ends every accumulated step. The run itself, `run_start` to `run_stop`, stays in each loop; its
+evals and blocks are common/cadence.py's.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,10 +19,12 @@ import torch
 from mlperf_submission.common import config
 from mlperf_submission.common.cli import ArgumentParser, UserError
 from mlperf_submission.common.mllog import MLLog
-from mlperf_submission.common.run import Submission
+from mlperf_submission.common.run import Run, Submission, dataset_files
 from mlperf_submission.common.runtime import distributed, ipu, memory
 from mlperf_submission.common.runtime.precision import notation
 from mlperf_submission.systems import load as load_system
+
+IPU_FIELDS = frozenset(f.name for f in dataclasses.fields(ipu.IpuConfig))
 
 
 def arguments(*, prog: str, description: str | None, registry: dict, data_help: str,
@@ -36,10 +41,28 @@ def arguments(*, prog: str, description: str | None, registry: dict, data_help: 
     return p
 
 
+@dataclass(frozen=True)
+class Invocation:
+    """What the command line says about one run beside its config: the loops take this, not argparse's
+    Namespace (a trainer's own options, such as BERT's --ckpt, go into the config in its resolve_config)."""
+
+    preset: str
+    seed: int
+    system: str
+    result_log: Path
+    data: Path | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Invocation:
+        return cls(preset=args.preset, seed=args.seed, system=args.system, result_log=args.result_log,
+                   data=args.data)
+
+
 def resolve(args: argparse.Namespace, registry: dict, validate: Callable, *, real_dataset: str,
-            synthetic_with_data: str, real_without_data: str, **fields):
+            synthetic_with_data: str, real_without_data: str, ipu_unsupported: str = "", **fields):
     """The preset, its `--set` overrides, then `fields` (from other options), checked against --data and
-    validated. The two messages follow "preset NAME ": a synthetic preset given DATA, a real one without."""
+    validated. The two messages follow "preset NAME ": a synthetic preset given DATA, a real one without.
+    `ipu_unsupported`: why device=ipu is refused for this benchmark ("": it runs there)."""
     cfg = config.override(config.select(registry, args.preset), args.overrides)
     if fields:
         cfg = dataclasses.replace(cfg, **fields)
@@ -48,14 +71,16 @@ def resolve(args: argparse.Namespace, registry: dict, validate: Callable, *, rea
     if args.data is None and cfg.dataset == real_dataset:
         raise UserError(f"preset {args.preset} {real_without_data}")
     validate(cfg)
+    if cfg.device == "ipu" and ipu_unsupported:
+        raise UserError(f"device=ipu: {ipu_unsupported}")
     if cfg.device == "ipu":
         ipu.check(cfg)  # PopTorch and a benchmark that runs on it, or one line before anything is made
     return cfg
 
 
-def submission(args: argparse.Namespace, *, division: str, benchmark: str) -> Submission:
+def submission(run: Invocation, *, division: str, benchmark: str) -> Submission:
     """The log's submission fields, from the system description named by --system."""
-    _, system = load_system(args.system)
+    _, system = load_system(run.system)
     return Submission.from_system(system, division=division, benchmark=benchmark)
 
 
@@ -67,16 +92,18 @@ def ranks(cfg, global_batch: int) -> tuple[distributed.Dist, int]:
     return dist, distributed.local_batch(global_batch, dist, cfg.gradient_accumulation_steps)
 
 
-def announce(benchmark: str, division: str, args: argparse.Namespace, cfg, dist: distributed.Dist,
+def announce(benchmark: str, division: str, run: Invocation, cfg, dist: distributed.Dist,
              local_batch: int) -> None:
     """The resolved config in full, for humans (rank 0), once it is known to fit: a CUDA run whose per-GPU
-    memory estimate exceeds the GPU that --system names is refused here, before the log is opened."""
+    memory estimate exceeds the GPU that --system names is refused here, before the log is opened. The
+    `ipu_*` fields a config inherits (common/runtime/ipu.IpuConfig) are shown only on the IPU."""
     if torch.device(dist.device).type == "cuda":
-        memory.refuse_unfit(benchmark, cfg, local_batch, load_system(args.system)[1], dist.device)
+        memory.refuse_unfit(benchmark, cfg, local_batch, load_system(run.system)[1], dist.device)
     if dist.is_main:
-        print(f"{benchmark} {division}, preset {args.preset}, seed {args.seed}, {dist.world_size} rank(s) on "
+        hidden = () if cfg.device == "ipu" else IPU_FIELDS
+        print(f"{benchmark} {division}, preset {run.preset}, seed {run.seed}, {dist.world_size} rank(s) on "
               f"{dist.device}, local batch {local_batch}, precision {notation(cfg.precision)}:\n"
-              f"{config.describe(cfg)}", flush=True)
+              f"{config.describe(cfg, hidden=hidden)}", flush=True)
         if cfg.dataset == "synthetic":
             print("cache_clear: false (synthetic data made in memory: no dataset on storage to flush)", flush=True)
 
@@ -89,7 +116,7 @@ def rank_seed(seed: int, rank: int) -> int:
     return seed if rank == 0 else (seed + rank * 0x9E3779B9) % 2**32
 
 
-def seeded_log(args: argparse.Namespace, dist: distributed.Dist) -> MLLog:
+def seeded_log(run: Invocation, dist: distributed.Dist) -> MLLog:
     """Seed torch (CPU and CUDA) with --seed on rank 0 and a seed of its own on every other rank, then open
     the result log (a new file) that the run writes.
 
@@ -98,8 +125,29 @@ def seeded_log(args: argparse.Namespace, dist: distributed.Dist) -> MLLog:
     parameters and buffers (DDP's construction broadcasts them; Horovod and the explicit all-reduce path
     call `broadcast_state`), and the shuffling comes from the sampler's and loaders' own seeded generators.
     """
-    torch.manual_seed(rank_seed(args.seed, dist.rank))
-    return MLLog(args.result_log, rank=dist.rank, barrier=dist.barrier)
+    torch.manual_seed(rank_seed(run.seed, dist.rank))
+    return MLLog(run.result_log, rank=dist.rank, barrier=dist.barrier)
+
+
+def begin_run(run: Invocation, dist: distributed.Dist, submission: Submission, *, hyperparameters: dict,
+              train_samples: int, eval_samples: int, synthetic: bool) -> Run:
+    """The seeded result log (`seeded_log`) and the `Run` over it, whose `with` block logs the preamble from
+    cache_clear to the sample counts; a dataset on storage (not `synthetic`) is flushed from the page cache
+    first, every file of the --data folder."""
+    log = seeded_log(run, dist)
+    return Run(log, submission, seed=run.seed, hyperparameters=hyperparameters, train_samples=train_samples,
+               eval_samples=eval_samples, data_files=None if synthetic else dataset_files(run.data))
+
+
+def step_bounds(index: int, accumulation_steps: int, batches: int | None = None) -> tuple[bool, bool]:
+    """(first, last): whether micro-batch `index` (from 0) opens and closes an optimizer step of
+    `accumulation_steps` micro-batches. The count runs on across epochs (BERT: its loader drops the last
+    partial batch and its schedule counts steps over the whole run) unless `batches`, the micro-batches of an
+    epoch, is given: then `index` counts within the epoch and its last micro-batch closes a step, short if
+    need be (ResNet: every image every epoch, and its schedule counts ceil(images / batch) steps an epoch)."""
+    first = index % accumulation_steps == 0
+    last = (index + 1) % accumulation_steps == 0 or (batches is not None and index + 1 == batches)
+    return first, last
 
 
 def update(replica, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, lr: float, *,

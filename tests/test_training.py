@@ -3,9 +3,14 @@ shared command line."""
 
 from __future__ import annotations
 
+import dataclasses
+import types
+from pathlib import Path
+
 import pytest
 import torch
 
+from mlperf_submission.closed.bert import presets as bert_presets
 from mlperf_submission.closed.bert import train as bert_train
 from mlperf_submission.closed.resnet import train as resnet_train
 from mlperf_submission.common import training
@@ -75,3 +80,23 @@ def test_both_trainers_take_the_shared_options_and_bert_its_checkpoint(tmp_path)
     assert bert_train.parse_args([*common, "--ckpt", "x.pt"]).ckpt == "x.pt"
     with pytest.raises(SystemExit):
         resnet_train.parse_args([*common, "--ckpt", "x.pt"])
+    run_args = training.Invocation.from_args(bert_train.parse_args(common))
+    assert run_args == training.Invocation(preset="smoke", seed=3, system="1xH200", result_log=tmp_path / "r.txt")
+
+
+@pytest.mark.parametrize(("batches", "bounds"), [
+    (None, [(True, False), (False, False), (False, True), (True, False), (False, False)]),  # BERT: across epochs
+    (5, [(True, False), (False, False), (False, True), (True, False), (False, True)]),      # ResNet: epoch's end
+])
+def test_step_bounds_of_three_micro_batches_a_step(batches, bounds):
+    assert [training.step_bounds(i, 3, batches) for i in range(5)] == bounds
+
+
+@pytest.mark.parametrize("device", ["cpu", "ipu"])
+def test_the_ipu_fields_are_printed_only_on_the_ipu(capsys, device):
+    cfg = dataclasses.replace(bert_presets.smoke(), device=device)
+    dist = types.SimpleNamespace(is_main=True, world_size=1, device=torch.device("cpu"))
+    training.announce("bert", "closed", training.Invocation("smoke", 1, "1xH200", Path("r.txt")), cfg, dist, 8)
+    printed = capsys.readouterr().out
+    assert "max_seq_length" in printed
+    assert ("ipu_pipeline" in printed) == (device == "ipu") and ("ipu_replicas" in printed) == (device == "ipu")
