@@ -11,7 +11,7 @@ training throughput (samples/s), time per step, peak memory and model FLOP utili
     its defaults and best documented settings (on a CPU at 1 and 2 layers of the real width, scaled to 24);
   - BERT-Large at 512 on the MLPerf Wikipedia length mix: ours as closed BERT trains (unpadded rows), ours
     on padded rows, ours on open BERT's offline packs, and the two HF rows (padded to the batch's longest);
-  every BERT row as the package trains (closed/bert/train.py's `micro_step` and `optimizer_step`), its
+  every BERT row as the package trains (closed/bert/steps.py's `micro_step` and `optimizer_step`), its
   update charged per global batch of the 1xH200 preset (256 sequences), not per timed micro-batch;
   - ImageNet decode + training augmentation, images per CPU-second: ours against torchvision's transforms;
 then prints the ratios against the goals of issues 5 and 6 and writes OUT/bench.json and OUT/bench.md (with the
@@ -201,7 +201,7 @@ def notes(scale: cases.Scale, rows: list[dict]) -> list[str]:
         "torch.utils.flop_counter (the Wikipedia group: our unpadded rows'); optimizer FLOPs not counted.",
         "Peak memory: the whole process's peak resident memory on CPU (Python and torch included), torch's "
         "peak allocation on CUDA.",
-        "ResNet-50 rows: ours (closed/resnet/train.py's own train_step) and the peers timed in turns in one process, "
+        "ResNet-50 rows: ours (closed/resnet/steps.py's own train_step) and the peers timed in turns in one process, "
         "so drift on a shared machine hits each alike; every batch copied to the device before timing, for all "
         "alike; peak memory is that process's, over the four.",
         "Decode rows: images per CPU-second on one thread, a synthetic 500x375 JPEG of about 110 KB.",

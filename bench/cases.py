@@ -27,12 +27,13 @@ import torch
 from torch.utils import flop_counter
 
 from mlperf_submission.bench import peers
+from mlperf_submission.closed.bert import data as bert_data
 from mlperf_submission.closed.bert import optim as bert_optim
 from mlperf_submission.closed.bert import presets as bert_presets
-from mlperf_submission.closed.bert import train as bert_train
+from mlperf_submission.closed.bert import steps as bert_steps
 from mlperf_submission.closed.bert.model import BertConfig, BertForPretraining
 from mlperf_submission.closed.resnet import presets as resnet_presets
-from mlperf_submission.closed.resnet import train as resnet_train
+from mlperf_submission.closed.resnet import steps as resnet_steps
 from mlperf_submission.common.data import bert_wiki, imagenet, packing
 from mlperf_submission.common.runtime import distributed
 from mlperf_submission.common.runtime.compile import compiled, undone
@@ -239,23 +240,24 @@ def resnet_step(impl: str, images: torch.Tensor, labels: torch.Tensor, device: t
 
 def our_resnet_step(cfg: resnet_presets.ResNetConfig, images: torch.Tensor, labels: torch.Tensor,
                     device: torch.device) -> tuple[Callable[[], None], float]:
-    """closed/resnet/train.py's own step (`build`, `to_device`, `train_step`) on one rank, on a batch
+    """closed/resnet/steps.py's own step (`build`, `to_device`, `train_step`) on one rank, on a batch
     copied to the device before the closure is returned; learning rate 1 (LARS scales it per tensor).
     With `cfg.torch_compile` on, the model is compiled as the trainer compiles it and one step is run and
     undone here, untimed -> (step, seconds that first step took: the compile time; 0 when off)."""
-    model, optimizer, replica, scaler = resnet_train.build(cfg, distributed.Dist(device=device))
-    x, y = resnet_train.to_device(images, labels, cfg, device)
+    model, optimizer, replica, scaler = resnet_steps.build(resnet_steps.resnet50(cfg), cfg,
+                                                           distributed.Dist(device=device))
+    x, y = resnet_steps.to_device(images, labels, cfg, device)
     compile_s = 0.0
     if cfg.torch_compile != "off":
         plain, model = model, compiled(model, cfg.torch_compile)
         started = time.perf_counter()
         with undone(plain, optimizer, scaler):
-            resnet_train.train_step(model, replica, optimizer, scaler, x, y, cfg, 0.0)
+            resnet_steps.train_step(model, replica, optimizer, scaler, x, y, cfg, 0.0)
             _sync(device)
         compile_s = time.perf_counter() - started
 
     def step():
-        resnet_train.train_step(model, replica, optimizer, scaler, x, y, cfg, 1.0)
+        resnet_steps.train_step(model, replica, optimizer, scaler, x, y, cfg, 1.0)
 
     return step, compile_s
 
@@ -301,16 +303,16 @@ class _Timed:
 
 
 def ours(cfg: bert_presets.BertRunConfig, device: torch.device) -> _Timed:
-    """closed/bert/train.py's model, LAMB, clip and step functions (`micro_step`, `optimizer_step`), on one
+    """closed/bert/steps.py's model, LAMB, clip and step functions (`micro_step`, `optimizer_step`), on one
     device without the loader; each batch is forwarded as its layout says (padded or unpadded rows), and as
     cfg says or the config given with it."""
     model = BertForPretraining(cfg.model_config()).to(device)
-    replica = distributed.Dist(device=device).replicate(model, bert_train.lamb(model, cfg))
+    replica = distributed.Dist(device=device).replicate(model, bert_steps.lamb(model, cfg))
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     clip = functools.partial(bert_optim.clip_grad_norm, list(model.parameters()), cfg.max_grad_norm)
     return _Timed(model.parameters(),
-                  lambda batch, c=cfg: bert_train.micro_step(model, replica, scaler, batch, c, device, reduce=True),
-                  lambda: bert_train.optimizer_step(replica, replica.optimizer, scaler, clip, cfg, step=0))
+                  lambda batch, c=cfg: bert_steps.micro_step(model, replica, scaler, batch, c, device, reduce=True),
+                  lambda: bert_steps.optimizer_step(replica, replica.optimizer, scaler, clip, cfg, step=0))
 
 
 def hf(scale: Scale, layers: int, seq_len: int, device: torch.device, best: bool) -> tuple[_Timed, str]:
@@ -359,7 +361,7 @@ def _on(device: torch.device, batch: dict[str, torch.Tensor]) -> dict[str, torch
 def _synthetic_items(cfg: bert_presets.BertRunConfig, n: int, lengths: np.ndarray | None = None) -> list[dict]:
     arrays = bert_wiki.synthetic_instances(n, seq_len=cfg.max_seq_length, vocab_size=cfg.vocab_size,
                                            max_pred=cfg.max_predictions_per_seq, seed=0, split="eval", lengths=lengths)
-    dataset = bert_train.ArrayDataset(arrays)
+    dataset = bert_data.ArrayDataset(arrays)
     return [dataset[i] for i in range(n)]
 
 
@@ -379,9 +381,9 @@ def bert(scale: Scale, device_name: str, which: int) -> dict[str, dict]:
         plain = dataclasses.replace(cfg, precision="fp32", optimizer_foreach=False)
         items = _synthetic_items(cfg, batch_size)
         padded["batch"] = torch.utils.data.default_collate(items)
-        made = {"ours": (ours(cfg, device), bert_train.collate(cfg)(items))}
+        made = {"ours": (ours(cfg, device), bert_data.collate(cfg)(items))}
         if "ours-plain" in impls:
-            made["ours-plain"] = (ours(plain, device), bert_train.collate(plain)(items))
+            made["ours-plain"] = (ours(plain, device), bert_data.collate(plain)(items))
         for impl in ("hf-defaults", "hf-best"):
             timed, padded[impl] = hf(scale, layers, seq_len, device, best=impl == "hf-best")
             made[impl] = (timed, padded["batch"])
@@ -438,7 +440,7 @@ def bert_wikipedia(scale: Scale, device_name: str) -> dict[str, dict]:
                       packing.pack_arrays(arrays, local, open_cfg.max_sequences_per_pack).items()}
         longest = int(padded["input_mask"].sum(1).max())
         trimmed = {k: v[:, :longest] if v.dim() == 2 and v.shape[1] == seq_len else v for k, v in padded.items()}
-        unpadded = bert_train.unpadded_collate(batch)
+        unpadded = bert_data.unpadded_collate(batch)
         shown.update(rows=len(unpadded["input_ids"]), longest=longest,
                      open_sequences=int(open_batch["nsp_weights"].sum()), padding=float(
                          1 - padded["input_mask"].sum() / padded["input_mask"].numel()))

@@ -7,9 +7,13 @@
         run.start()                                  # init_stop, run_start: the clock starts
         run.block_start(first_epoch_num=1, epoch_count=4)
         ...train...
-        run.eval(accuracy, epoch_num=4)
+        run.eval_start(4)
+        run.eval_stop(4, accuracy)                   # eval_accuracy, eval_stop
         run.block_stop(first_epoch_num=1)
         run.stop("success")                          # run_stop
+
+(The training loops open and close their blocks and evals through common/cadence.Cadence, and make the Run
+through common/training.begin_run.)
 
 Entering flushes the dataset's files from the page cache (a run that cannot fails before logging anything),
 then logs cache_clear (true only when flushed; false for data made in memory), init_start, the submission
@@ -251,12 +255,6 @@ class Run:
     def block_stop(self, *, first_epoch_num: int) -> None:
         self.log.end(constants.BLOCK_STOP, metadata={constants.FIRST_EPOCH_NUM: first_epoch_num},
                      stack_offset=1)
-
-    def epoch_start(self, epoch_num: int) -> None:
-        self.log.start(constants.EPOCH_START, metadata={constants.EPOCH_NUM: epoch_num}, stack_offset=1)
-
-    def epoch_stop(self, epoch_num: int) -> None:
-        self.log.end(constants.EPOCH_STOP, metadata={constants.EPOCH_NUM: epoch_num}, stack_offset=1)
 
     def eval_start(self, epoch_num: int | float) -> None:
         self.log.start(constants.EVAL_START, metadata={constants.EPOCH_NUM: epoch_num}, stack_offset=1)

@@ -19,12 +19,14 @@ import copy
 import json
 import os
 from pathlib import Path
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
 
-from mlperf_submission.closed.bert import train as bert_train
-from mlperf_submission.closed.resnet import train as resnet_train
+from mlperf_submission.closed.bert import steps as bert_steps
+from mlperf_submission.closed.resnet import presets as resnet_presets
+from mlperf_submission.closed.resnet import steps as resnet_steps
 from mlperf_submission.closed.resnet.model import ResNet50
 from mlperf_submission.closed.resnet.optim import LARS, param_groups, poly_schedule
 from mlperf_submission.common.data.loader import loader
@@ -111,17 +113,17 @@ def eval_checks(dist: distributed.Dist) -> dict:
     # ResNet's eval: label 0 for sample 0 only, so 1/11 only if each sample counts once.
     labels = (ids != 0).long()
     val = distributed.eval_shard(torch.utils.data.TensorDataset(torch.zeros(EVAL_SAMPLES, 3, 4, 4), labels), dist)
-    cfg = resnet_train.presets.smoke()
-    resnet_top1 = resnet_train.evaluate(Constant(), loader(val, 4, shuffle=False, workers=0, seed=0, drop_last=False),
+    cfg = resnet_presets.smoke()
+    resnet_top1 = resnet_steps.evaluate(Constant(), loader(val, 4, shuffle=False, workers=0, seed=0, drop_last=False),
                                         cfg, dist.device, dist)
 
     # BERT's eval with a forward that scores sample 0 alone as correct, each sample one masked position.
     def forward(model, batch, cfg, device):
         return torch.zeros(()), (batch == 0).sum(), torch.tensor(len(batch))
 
-    bert_accuracy = bert_train.evaluate(torch.nn.Identity(), loader(shard, 4, shuffle=False, workers=0, seed=0,
-                                                                    drop_last=False),
-                                        None, dist.device, dist, forward)
+    with mock.patch.object(bert_steps, "forward", forward):
+        bert_accuracy = bert_steps.evaluate(torch.nn.Identity(), loader(shard, 4, shuffle=False, workers=0, seed=0,
+                                                                        drop_last=False), None, dist.device, dist)
     return {"seen": seen.tolist(), "resnet_top1": resnet_top1, "bert_accuracy": bert_accuracy}
 
 

@@ -11,7 +11,7 @@ import torch
 
 from mlperf_submission.bench import cases, peers, ratio_text
 from mlperf_submission.bench.__main__ import add_utilisation, main, plan, ratios, run
-from mlperf_submission.closed.bert import train as bert_train
+from mlperf_submission.closed.bert import data as bert_data
 from mlperf_submission.closed.resnet.model import ResNet50
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -33,11 +33,11 @@ def test_scaled_to_24_layers_on_a_straight_line():
 
 
 def test_the_bench_times_the_training_code_and_charges_the_update_per_global_batch():
-    """The rows run closed/bert/train.py's step functions; an update's time is shared by a global batch."""
+    """The rows run closed/bert/steps.py's step functions; an update's time is shared by a global batch."""
     scale = cases.quick()
     cfg = cases.bert_config(scale, 16, 1, "fp32")
     timed = cases.ours(cfg, torch.device("cpu"))
-    batch = bert_train.synthetic_batch(cfg, 3)
+    batch = bert_data.synthetic_batch(cfg, 3)
     before = [p.detach().clone() for p in timed.params]
     timed.forward_backward(batch)()
     assert all(p.grad is not None for p in timed.params)

@@ -75,7 +75,7 @@ def test_smoke_phase1_checkpoint_is_a_tf_checkpoint_at_the_phase1_accuracy(smoke
     assert len(skipped) == len(slots) + 1
     model = BertForPretraining(presets.smoke().model_config())
     model.load_state_dict(state)
-    accuracy = phase1.masked_lm_accuracy(model, phase1._arrays(presets.smoke(), "eval"))
+    accuracy = phase1.masked_lm_accuracy(model, phase1._tensors(presets.smoke(), "eval"), presets.smoke())
     assert accuracy == pytest.approx(meta["masked_lm_accuracy"], abs=1e-6)  # the weights it was measured with
     index = smoke_phase1.with_name(smoke_phase1.name + ".index")
     written = index.stat().st_mtime_ns

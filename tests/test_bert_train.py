@@ -87,7 +87,7 @@ def test_a_real_preset_without_the_phase1_checkpoint_is_one_line_and_writes_noth
 
 
 def test_real_data_must_hold_the_10000_eval_samples(tmp_path):
-    from mlperf_submission.closed.bert.train import verify
+    from mlperf_submission.closed.bert.data import verify
     from mlperf_submission.common.data import bert_wiki
 
     bert_wiki.write_synthetic(tmp_path / "d", num_train=16, num_eval=12, seq_len=16, vocab_size=200, max_pred=3,

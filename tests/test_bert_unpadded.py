@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import torch
 
+from mlperf_submission.closed.bert import data as bert_data
 from mlperf_submission.closed.bert import presets
-from mlperf_submission.closed.bert import train as bert_train
+from mlperf_submission.closed.bert import steps as bert_steps
 from mlperf_submission.closed.bert.model import BertForPretraining, Jagged
 from mlperf_submission.common.cli import UserError
 from mlperf_submission.common.data import bert_wiki, packing
@@ -35,7 +36,7 @@ def items():
     """BATCH sequences of Wikipedia's length mix (about half of a padded row is padding), as loader items."""
     lengths = bert_wiki.wikipedia_lengths(BATCH, SEQ, seed=3)
     arrays = bert_wiki.synthetic_instances(BATCH, seq_len=SEQ, vocab_size=1000, max_pred=10, seed=0, lengths=lengths)
-    dataset = bert_train.ArrayDataset(arrays)
+    dataset = bert_data.ArrayDataset(arrays)
     return [dataset[i] for i in range(BATCH)]
 
 
@@ -51,7 +52,7 @@ def test_first_fit_puts_every_sequence_once_in_rows_that_fit():
 
 
 def test_unpadded_rows_hold_the_same_sequences_in_fewer_rows(items):
-    batch = bert_train.unpadded_collate(items)
+    batch = bert_data.unpadded_collate(items)
     lengths = torch.stack([item["input_mask"] for item in items]).sum(1)
     assert int(batch["nsp_weights"].sum()) == BATCH
     assert (batch["sequence_ids"] > 0).sum() == lengths.sum()  # every real token once, no padding between
@@ -62,7 +63,7 @@ def test_unpadded_rows_hold_the_same_sequences_in_fewer_rows(items):
 
 def _loss_and_grads(model, batch, c):
     model.zero_grad()
-    loss, correct, count = bert_train.forward(model, batch, c, torch.device("cpu"))
+    loss, correct, count = bert_steps.forward(model, batch, c, torch.device("cpu"))
     loss.backward()
     return loss.detach(), correct, count, [p.grad.clone() for p in model.parameters()]
 
@@ -72,7 +73,7 @@ def test_unpadded_loss_accuracy_and_gradients_equal_the_padded_batch(items):
     torch.manual_seed(0)
     model = BertForPretraining(unpadded.model_config())  # smoke: dropout 0, so both see one function
     want = _loss_and_grads(model, torch.utils.data.default_collate(items), padded)
-    got = _loss_and_grads(model, bert_train.unpadded_collate(items), unpadded)
+    got = _loss_and_grads(model, bert_data.unpadded_collate(items), unpadded)
     torch.testing.assert_close(got[0], want[0], rtol=1e-6, atol=1e-7)
     assert (got[1], got[2]) == (want[1], want[2])  # the masked-LM hits and their count, exactly
     for g, w in zip(got[3], want[3], strict=True):
@@ -80,10 +81,10 @@ def test_unpadded_loss_accuracy_and_gradients_equal_the_padded_batch(items):
 
 
 def test_closed_lays_out_batches_unpadded_unless_told_and_refuses_compile_with_it():
-    assert presets.smoke().unpad and bert_train.collate(presets.smoke()) is bert_train.unpadded_collate
-    assert bert_train.collate(cfg(unpad=False)) is None
-    assert "sequence_ids" in bert_train.synthetic_batch(cfg(), 4)
-    assert "sequence_ids" not in bert_train.synthetic_batch(cfg(unpad=False), 4)
+    assert presets.smoke().unpad and bert_data.collate(presets.smoke()) is bert_data.unpadded_collate
+    assert bert_data.collate(cfg(unpad=False)) is None
+    assert "sequence_ids" in bert_data.synthetic_batch(cfg(), 4)
+    assert "sequence_ids" not in bert_data.synthetic_batch(cfg(unpad=False), 4)
     smoke = presets.smoke()
     with pytest.raises(UserError, match="torch_compile needs fixed shapes"):
         presets.validate_closed(dataclasses.replace(smoke, torch_compile="aot_eager"))
@@ -97,7 +98,7 @@ def test_jagged_attention_equals_the_block_mask(items):
     block, jagged = cfg(), cfg(unpad_attention="jagged")
     torch.manual_seed(0)
     model = BertForPretraining(block.model_config())
-    batch = bert_train.unpadded_collate(items)
+    batch = bert_data.unpadded_collate(items)
     layout = Jagged.of(batch["sequence_ids"])
     assert len(layout.offsets) == BATCH + 1 and int(layout.offsets[-1]) == int((batch["sequence_ids"] > 0).sum())
     want, got = _loss_and_grads(model, batch, block), _loss_and_grads(model, batch, jagged)
@@ -123,5 +124,5 @@ def test_each_micro_batchs_sequences_over_all_ranks_are_read_on_the_host():
                 for k in range(batches)]
         assert got == want
     assert samplers[0].batch_sums(None, 15, 4) == [15] * 4
-    dataset = bert_train.ArrayDataset({"nsp_weights": np.array([[1, 1, 0], [1, 0, 0]], np.float32)})
-    assert bert_train.item_sequences(dataset).tolist() == [2, 1] and dataset.sequences == 3
+    dataset = bert_data.ArrayDataset({"nsp_weights": np.array([[1, 1, 0], [1, 0, 0]], np.float32)})
+    assert dataset.item_sequences.tolist() == [2, 1] and dataset.sequences == 3

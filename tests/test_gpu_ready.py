@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from mlperf_submission.closed.resnet import presets as resnet_presets
-from mlperf_submission.closed.resnet import train as resnet_train
+from mlperf_submission.closed.resnet import steps as resnet_steps
 from mlperf_submission.closed.resnet.model import ResNet50
 from mlperf_submission.closed.resnet.optim import LARS, param_groups
 from mlperf_submission.common import training
@@ -161,7 +161,7 @@ def test_an_eager_warm_up_is_undone(one_thread):
     before = copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
     rng = torch.get_rng_state()
     with undone(model, optimizer, scaler):
-        resnet_train.warm_up(model, replica, optimizer, scaler, cfg, torch.device("cpu"), [4, 3], [2])
+        resnet_steps.warm_up(model, replica, optimizer, scaler, cfg, torch.device("cpu"), [4, 3], [2])
         assert any(not torch.equal(v, before[0][k]) for k, v in model.state_dict().items())  # it did change
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[0][k]), k

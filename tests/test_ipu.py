@@ -15,9 +15,11 @@ import torch
 
 from mlperf_submission.closed.bert import ipu as bert_ipu
 from mlperf_submission.closed.bert import presets
+from mlperf_submission.closed.bert.data import Inputs, synthetic_batch
 from mlperf_submission.closed.bert.model import BertForPretraining
 from mlperf_submission.closed.bert.optim import Lamb, clip_grad_norm, param_groups
-from mlperf_submission.closed.bert.train import Inputs, forward, main, synthetic_batch
+from mlperf_submission.closed.bert.steps import forward
+from mlperf_submission.closed.bert.train import main
 from mlperf_submission.common.cli import UserError
 from mlperf_submission.common.runtime import ipu
 from mlperf_submission.compliance.tools import check_log

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import subprocess
@@ -12,9 +11,10 @@ import pytest
 import torch
 
 from mlperf_submission.closed.resnet import presets
+from mlperf_submission.closed.resnet.train import Variant
 from mlperf_submission.closed.resnet.train import main as train_main
 from mlperf_submission.closed.resnet.train import train as train_run
-from mlperf_submission.common import config
+from mlperf_submission.common import config, training
 from mlperf_submission.common.cli import UserError
 from mlperf_submission.common.data.synthetic import synthetic_images
 from mlperf_submission.compliance.tools import check_log
@@ -66,10 +66,10 @@ def test_counts_must_be_the_full_imagenet():
 def test_decay_steps_are_the_references_and_logged_as_computed():
     """One computation (presets.schedule_steps): train steps - warmup steps + 1, from the training-set size."""
     cfg = presets.h200()
-    spe = -(-presets.IMAGENET_TRAIN // cfg.global_batch_size)
-    assert presets.schedule_steps(cfg, presets.IMAGENET_TRAIN) == (2 * spe, (37 - 2) * spe + 1)
+    steps_per_epoch = -(-presets.IMAGENET_TRAIN // cfg.global_batch_size)
+    assert presets.schedule_steps(cfg, presets.IMAGENET_TRAIN) == (2 * steps_per_epoch, (37 - 2) * steps_per_epoch + 1)
     hp = presets.hyperparameters(cfg, presets.IMAGENET_TRAIN)
-    assert hp["lars_opt_learning_rate_decay_steps"] == (37 - 2) * spe + 1
+    assert hp["lars_opt_learning_rate_decay_steps"] == (37 - 2) * steps_per_epoch + 1
 
 
 def test_sgd_hyperparameters_use_the_sgd_keys():
@@ -144,20 +144,21 @@ def test_training_on_a_tiny_imagenet_folder(tmp_path):
     assert train_main(argv) == 2  # no manifest yet: `make data` first
     assert not log.exists()
     assert imagenet.main([str(data), "--out", str(data), "--workers", "1"]) == 0
+    assert Variant().check_counts is presets.check_counts  # the closed rule, unless a caller turns it off
     assert train_main(argv) == 2  # 18 / 6 images, 3 classes: not the ImageNet the closed rules name
     assert not log.exists()
     # The same real-data path at a scale that runs in seconds: the closed trainer without the closed checks.
     cfg = dataclasses.replace(presets.h200(), model_width=8, image_size=32, num_classes=3, global_batch_size=6,
                               gradient_accumulation_steps=1, data_workers=0, precision="fp32", channels_last=False,
                               device="cpu", eval_offset=1, max_epochs=1)
-    args = argparse.Namespace(preset="1xH200", seed=3, system="1xH200", result_log=log, data=data, overrides=[])
-    assert train_run(cfg, args, division="closed") == 0
+    run_args = training.Invocation(preset="1xH200", seed=3, system="1xH200", result_log=log, data=data)
+    assert train_run(cfg, run_args, division="closed", variant=Variant(check_counts=None)) == 0
     events = [json.loads(ln.split(":::MLLOG ", 1)[1]) for ln in log.read_text().splitlines()]
     by_key = {e["key"]: e for e in events}
     assert (by_key["train_samples"]["value"], by_key["eval_samples"]["value"]) == (18, 6)  # counted, not typed
     assert by_key["eval_accuracy"]["metadata"]["epoch_num"] == 1
     assert by_key["run_stop"]["metadata"]["status"] == "aborted"  # random pixels: the target is not reached
-    spe = 3  # 18 images at batch 6
-    assert by_key["lars_opt_learning_rate_decay_steps"]["value"] == (37 - 2) * spe + 1
+    steps_per_epoch = 3  # 18 images at batch 6
+    assert by_key["lars_opt_learning_rate_decay_steps"]["value"] == (37 - 2) * steps_per_epoch + 1
     verdict = check_log(log)
     assert [e for e in verdict.summary_lines() if "eval_accuracy" not in e] == []

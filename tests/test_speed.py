@@ -18,9 +18,10 @@ import re
 import pytest
 import torch
 
+from mlperf_submission.closed.bert import data as bert_data
 from mlperf_submission.closed.bert import optim as bert_optim
 from mlperf_submission.closed.bert import presets as bert_presets
-from mlperf_submission.closed.bert import train as bert_train
+from mlperf_submission.closed.bert import steps as bert_steps
 from mlperf_submission.closed.bert.model import BertForPretraining
 from mlperf_submission.closed.resnet import presets as resnet_presets
 from mlperf_submission.closed.resnet import train as resnet_train
@@ -110,10 +111,10 @@ def _bert_losses(fast: bool, steps: int = 6) -> list[float]:
     cfg = dataclasses.replace(bert_presets.smoke(), num_hidden_layers=2, precision="bf16" if fast else "fp32")
     model = BertForPretraining(cfg.model_config())
     opt = bert_optim.Lamb(bert_optim.param_groups(model, 0.01), lr=0.01, foreach=fast)
-    batch = bert_train.synthetic_batch(cfg, 16)
+    batch = bert_data.synthetic_batch(cfg, 16)
     losses = []
     for _ in range(steps):
-        loss, _, _ = bert_train.forward(model, batch, cfg, CPU)
+        loss, _, _ = bert_steps.forward(model, batch, cfg, CPU)
         loss.backward()
         bert_optim.clip_grad_norm(model.parameters(), 1.0)
         opt.step()

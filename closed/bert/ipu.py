@@ -6,8 +6,9 @@ LAMB) on the IPUs, one host call per optimizer step.
         --ckpt /data/bert/phase1/model.ckpt-28252
     python -m mlperf_submission.open.bert.train --preset pod16 --set device=ipu ...   # packed, open
 
-train.py hands a run here when `device=ipu`. The lifecycle, the eval cadence, the schedule, the losses and the data
-are train.py's (`forward`, `Inputs`); what differs is where the step runs. PopTorch compiles fixed shapes, so
+train.py hands a run here when `device=ipu`. The lifecycle (common/training.begin_run), the eval cadence
+(common/cadence.py), the schedule, the losses and the data are those of every BERT loop (steps.py, data.py);
+what differs is where the step runs. PopTorch compiles fixed shapes, so
 closed BERT's sequences stay in their padded rows here (`unpad=false`: the same loss and gradients as the unpadded
 layout, tests/test_bert_unpadded.py); open BERT's packs are fixed-size already. The model and its loss go into one
 module (`Pretraining`): in training mode it returns the loss PopTorch differentiates, in eval mode the masked-LM
@@ -28,16 +29,17 @@ from __future__ import annotations
 import dataclasses
 import time
 
+import numpy as np
 import torch
 from torch import nn
 
-from mlperf_submission.closed.bert import presets
-from mlperf_submission.closed.bert import train as host
+from mlperf_submission.closed.bert import presets, steps
+from mlperf_submission.closed.bert.data import Inputs, SequenceDataset
 from mlperf_submission.closed.bert.model import BertForPretraining, mlperf_tensor_names
-from mlperf_submission.closed.bert.optim import lr_schedule, param_groups
+from mlperf_submission.closed.bert.optim import param_groups
 from mlperf_submission.common import training
+from mlperf_submission.common.cadence import Cadence
 from mlperf_submission.common.cli import UserError
-from mlperf_submission.common.run import Run, dataset_files
 from mlperf_submission.common.runtime import distributed, ipu
 
 
@@ -82,12 +84,12 @@ class Pretraining(nn.Module):
     def __init__(self, model: BertForPretraining, cfg, keys: list[str], poptorch):
         super().__init__()
         self.model, self.keys, self.poptorch = model, keys, poptorch
-        # train.py's forward with autocast off: on the IPU the weights themselves are fp16 (16.16) or fp32.
+        # steps.forward with autocast off: on the IPU the weights themselves are fp16 (16.16) or fp32.
         self.cfg = dataclasses.replace(cfg, precision="fp32")
 
     def forward(self, *tensors):
         batch = dict(zip(self.keys, tensors, strict=True))
-        loss, correct, count = host.forward(self.model, batch, self.cfg, torch.device("cpu"))
+        loss, correct, count = steps.forward(self.model, batch, self.cfg, torch.device("cpu"))
         if self.training:
             return self.poptorch.identity_loss(loss, reduction="none")
         return correct, count
@@ -148,86 +150,122 @@ def evaluate(evaluator, trainer, val_loader, keys, dist) -> float:
     return (totals[0] / totals[1]).item()
 
 
-def train(cfg: presets.BertRunConfig, args, *, division: str, inputs) -> int:
-    """One run on IPUs; train.py calls this for device=ipu with its resolved config and inputs."""
+def checked(cfg: presets.BertRunConfig, inputs: Inputs) -> presets.BertRunConfig:
+    """cfg with the padded layout (PopTorch compiles fixed shapes), or UserError before any log."""
     if inputs.collate(cfg) is not None:  # per-batch layouts change shapes; PopTorch compiles fixed ones
         cfg = dataclasses.replace(cfg, unpad=False)
-    if inputs.collate(cfg) is not None or getattr(cfg, "unpad_attention", "block") != "block":
+    if inputs.collate(cfg) is not None or cfg.unpad_attention != "block":
         raise UserError("device=ipu needs fixed-shape batches: padded rows (unpad=false) or offline packs, with "
                         "unpad_attention=block")
     if cfg.ipu_device_iterations != 1:
         raise UserError("ipu_device_iterations must be 1 for BERT: the learning rate changes every step, and the "
                         "host sets it between calls")
-    submission = training.submission(args, division=division, benchmark="bert")
-    if cfg.dataset == "wiki":
-        inputs.verify(cfg, args.data)
     pipeline(cfg.ipu_pipeline, cfg.num_hidden_layers)  # a bad spec stops here, before any log
-    dist, micro = training.ranks(cfg, cfg.global_batch_items)
+    return cfg
+
+
+def train(cfg: presets.BertRunConfig, run_args: training.Invocation, *, division: str, inputs: Inputs) -> int:
+    """One run on IPUs; train.py calls this for device=ipu with its resolved config and inputs."""
+    cfg = checked(cfg, inputs)
+    submission = training.submission(run_args, division=division, benchmark="bert")
+    if cfg.dataset == "wiki":
+        inputs.verify(cfg, run_args.data)
+    dist, micro_batch = training.ranks(cfg, cfg.global_batch_items)
     poptorch, inst = ipu.poptorch_module(), ipu.instances()
-    training.announce("bert", division, args, cfg, dist, micro)
-    log = training.seeded_log(args, dist)
+    training.announce("bert", division, run_args, cfg, dist, micro_batch)
     if cfg.cpu_threads:
         torch.set_num_threads(cfg.cpu_threads)
-    train_set, val_set = inputs.datasets(cfg, args.data)
+    train_set, val_set = inputs.datasets(cfg, run_args.data)
     if dist.is_main:
-        print(f"IPU: {cfg.ipu_replicas} replica(s) over {inst.count} instance(s), micro-batch {micro}, "
+        print(f"IPU: {cfg.ipu_replicas} replica(s) over {inst.count} instance(s), micro-batch {micro_batch}, "
               f"{cfg.gradient_accumulation_steps} accumulation steps, pipeline {cfg.ipu_pipeline or 'none'}, "
-              f"{'packs' if host.sequence_count(val_set) != len(val_set) else 'padded rows'}, "
+              f"{'packs' if val_set.sequences != len(val_set) else 'padded rows'}, "
               f"precision {'16.16' if cfg.precision == 'fp16' else '32.32'}", flush=True)
-    interval, limit = presets.eval_interval(cfg), presets.max_samples(cfg)
-    local = ipu.local_replicas(cfg, inst)
-    with Run(log, submission, seed=args.seed, hyperparameters=presets.hyperparameters(cfg),
-             train_samples=host.sequence_count(train_set), eval_samples=host.sequence_count(val_set),
-             data_files=dataset_files(args.data) if cfg.dataset != "synthetic" else None) as run:
+    with training.begin_run(run_args, dist, submission, hyperparameters=presets.hyperparameters(cfg),
+                            train_samples=train_set.sequences, eval_samples=val_set.sequences,
+                            synthetic=cfg.dataset == "synthetic") as run:
         init_started = time.monotonic()
         model = BertForPretraining(cfg.model_config())
         if cfg.init_checkpoint:
-            host.load_checkpoint(model, cfg, dist)
+            steps.load_checkpoint(model, cfg, dist)
         run.weights_initialization(mlperf_tensor_names(model)[name] for name, _ in model.named_parameters())
-        keys = sorted(val_set[0])
-        trainer, evaluator, optimizer, train_opts, eval_opts = build(cfg, model, keys, poptorch, seed=args.seed,
-                                                                     inst=inst)
-        sampler = distributed.train_sampler(train_set, dist, args.seed)  # one permutation over all instances
-        train_loader = ipu.loader(poptorch, train_opts, train_set, micro, workers=cfg.data_workers, drop_last=True,
-                                  sampler=sampler)
-        per_call = micro * local * cfg.gradient_accumulation_steps
-        val_loader = ipu.loader(poptorch, eval_opts, PaddedEval(distributed.eval_shard(val_set, dist), per_call),
-                                micro, workers=cfg.data_workers, drop_last=False)
-        # Each graph with its own split's shapes: packed splits may hold different predictions per pack.
-        examples = [shaped_like(train_set, per_call), shaped_like(val_set, per_call)]
-        ipu.compile_in_init([(model_, [example[k] for k in keys]) for model_, example in
-                             zip((trainer, evaluator), examples, strict=True)],
-                            init_started=init_started, is_main=dist.is_main)
-        # Sequences of each host call over all instances, from the sampler's order, as train.py counts them.
-        per_item, world_call = host.item_sequences(train_set), per_call * dist.world_size
-        counts = sampler.batch_sums(per_item, world_call, len(train_loader))
-
-        cadence = host.Cadence(run, interval, limit, cfg.target_accuracy, dist.is_main)
+        loop = compiled_loop(cfg, model, train_set, val_set, micro_batch, poptorch, inst, dist, run_args.seed,
+                             init_started)
+        cadence = Cadence(run, first=presets.eval_interval(cfg), every=presets.eval_interval(cfg),
+                          limit=presets.max_samples(cfg), target=cfg.target_accuracy)
+        # ---- the timed region: run_start (run.start) to run_stop (run.stop); the graphs are compiled ----
         run.start()
         cadence.start()
-        step, samples, epoch, done = 0, 0, 0, False
-        while not done:
-            epoch += 1
-            sampler.set_epoch(epoch)
-            if epoch > 1:
-                counts = sampler.batch_sums(per_item, world_call, len(train_loader))
-            for j, batch in enumerate(train_loader):   # one optimizer step per host call
-                lr = lr_schedule(step, base_lr=cfg.opt_base_learning_rate,
-                                 warmup_steps=cfg.opt_learning_rate_warmup_steps,
-                                 start_warmup_step=cfg.start_warmup_step,
-                                 total_steps=cfg.opt_learning_rate_training_steps)
-                ipu.attach(trainer, evaluator)
-                ipu.set_lr(trainer, optimizer, lr)
-                loss = trainer(*(batch[k] for k in keys))
-                step += 1
-                samples += counts[j]
-                done = cadence.after_step(samples, counts[j],
-                                          lambda: evaluate(evaluator, trainer, val_loader, keys, dist),
-                                          loss.float().mean().item, lr)  # a host tensor: no device read
-                if done:
-                    break
+        samples = timed_loop(loop, cfg, dist, cadence)
         run.stop(cadence.status)
     if dist.is_main:
         print(f"run_stop: {cadence.status} after {samples:,} samples", flush=True)
     distributed.shutdown()
     return 0
+
+
+@dataclasses.dataclass
+class Loop:
+    """What the IPU's timed loop runs, all of it built and compiled in the untimed init."""
+
+    trainer: object                 # poptorch.trainingModel
+    evaluator: object               # poptorch.inferenceModel
+    optimizer: object               # poptorch.optim.LAMB
+    keys: list[str]                 # the batch fields, in the order the graphs take them
+    sampler: distributed.EpochSampler
+    train_loader: torch.utils.data.DataLoader
+    val_loader: torch.utils.data.DataLoader
+    per_item: np.ndarray | None     # sequences in each training item (packs), None: one each
+    world_call: int                 # items in one host call over all instances
+    first_counts: list[int]         # epoch 1's sequences per host call, counted untimed
+
+    def batch_sums(self) -> list[int]:
+        return self.sampler.batch_sums(self.per_item, self.world_call, len(self.train_loader))
+
+
+def compiled_loop(cfg, model, train_set: SequenceDataset, val_set: SequenceDataset, micro_batch: int, poptorch,
+                  inst: ipu.Instances, dist, seed: int, init_started: float) -> Loop:
+    """The untimed init after the weights: both graphs built, their loaders, and both compiled (or loaded
+    from the executable cache)."""
+    keys = sorted(val_set[0])
+    trainer, evaluator, optimizer, train_opts, eval_opts = build(cfg, model, keys, poptorch, seed=seed, inst=inst)
+    sampler = distributed.train_sampler(train_set, dist, seed)  # one permutation over all instances
+    train_loader = ipu.loader(poptorch, train_opts, train_set, micro_batch, workers=cfg.data_workers,
+                              drop_last=True, sampler=sampler)
+    per_call = micro_batch * ipu.local_replicas(cfg, inst) * cfg.gradient_accumulation_steps
+    val_loader = ipu.loader(poptorch, eval_opts, PaddedEval(distributed.eval_shard(val_set, dist), per_call),
+                            micro_batch, workers=cfg.data_workers, drop_last=False)
+    # Each graph with its own split's shapes: packed splits may hold different predictions per pack.
+    examples = [shaped_like(train_set, per_call), shaped_like(val_set, per_call)]
+    ipu.compile_in_init([(model_, [example[k] for k in keys]) for model_, example in
+                         zip((trainer, evaluator), examples, strict=True)],
+                        init_started=init_started, is_main=dist.is_main)
+    # Sequences of each host call over all instances, from the sampler's order, as train.py counts them.
+    per_item, world_call = train_set.item_sequences, per_call * dist.world_size
+    return Loop(trainer, evaluator, optimizer, keys, sampler, train_loader, val_loader, per_item, world_call,
+                sampler.batch_sums(per_item, world_call, len(train_loader)))
+
+
+def timed_loop(loop: Loop, cfg, dist, cadence: Cadence) -> int:
+    """Training from run_start until the cadence ends the run: one optimizer step per host call (the
+    accumulation happens on the IPUs), the cadence after each. -> the samples (sequences) trained."""
+    step, samples, epoch, counts = 0, 0, 0, loop.first_counts
+    while True:
+        epoch += 1
+        loop.sampler.set_epoch(epoch)
+        if epoch > 1:
+            counts = loop.batch_sums()
+        for j, batch in enumerate(loop.train_loader):
+            lr = steps.learning_rate(cfg, step)
+            ipu.attach(loop.trainer, loop.evaluator)
+            ipu.set_lr(loop.trainer, loop.optimizer, lr)
+            loss = loop.trainer(*(batch[k] for k in loop.keys))
+            step += 1
+            samples += counts[j]
+            done = cadence.after(samples, counts[j],
+                                 lambda: evaluate(loop.evaluator, loop.trainer, loop.val_loader, loop.keys, dist))
+            if cadence.accuracy is not None and dist.is_main:  # loss: a host tensor, no device read
+                print(steps.progress(samples, loss.float().mean().item(), lr, cadence.accuracy,
+                                     time.time() - cadence.started), flush=True)
+            if done:
+                return samples

@@ -37,19 +37,14 @@ import torch
 
 from mlperf_submission.closed.bert import presets
 from mlperf_submission.closed.bert.checkpoint import _is_kernel, tf_from_state_dict, write_tf_checkpoint
+from mlperf_submission.closed.bert.data import synthetic_arrays
 from mlperf_submission.closed.bert.model import BertForPretraining, tf_tensor_name
-from mlperf_submission.closed.bert.optim import (
-    Lamb,
-    clip_grad_norm,
-    lr_schedule,
-    mlm_loss_and_accuracy,
-    nsp_loss,
-    param_groups,
-)
+from mlperf_submission.closed.bert.optim import Lamb, clip_grad_norm, lr_schedule, param_groups
+from mlperf_submission.closed.bert.steps import eval_totals, forward
 from mlperf_submission.common import config
 from mlperf_submission.common.cli import ArgumentParser, UserError, atomic_dir, atomic_write_text, entry_point
-from mlperf_submission.common.data import bert_wiki
 
+CPU = torch.device("cpu")
 DEFAULT_CACHE = Path("out/cache")
 FORMAT = 1  # bump whenever the procedure below changes what it writes: old cache entries then go unused
 PHASE1_TARGET = 0.34       # masked-LM accuracy of ckpt-28252 on the eval set (0.34085)
@@ -87,51 +82,38 @@ def phase1_corpus(cfg: presets.BertRunConfig) -> presets.BertRunConfig:
                                synthetic_lengths="reference")
 
 
-def _arrays(cfg: presets.BertRunConfig, split: str) -> dict[str, torch.Tensor]:
-    num = cfg.synthetic_train_samples if split == "train" else cfg.synthetic_eval_samples
-    lengths = None
-    if cfg.synthetic_lengths == "wikipedia":
-        lengths = bert_wiki.wikipedia_lengths(num, cfg.max_seq_length, seed=cfg.synthetic_seed + (split == "eval"))
-    arrays = bert_wiki.synthetic_instances(num, seq_len=cfg.max_seq_length, vocab_size=cfg.vocab_size,
-                                           max_pred=cfg.max_predictions_per_seq, seed=cfg.synthetic_seed,
-                                           split=split, lengths=lengths)
-    return {k: torch.from_numpy(v) for k, v in arrays.items()}
+def _tensors(cfg: presets.BertRunConfig, split: str) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(v) for k, v in synthetic_arrays(cfg, split).items()}
 
 
-def _losses(model, b: dict[str, torch.Tensor]):
-    mlm, nsp = model(b["input_ids"], b["segment_ids"], b["input_mask"], b["masked_lm_positions"])
-    loss, correct, count = mlm_loss_and_accuracy(mlm, b["masked_lm_ids"], b["masked_lm_weights"])
-    return loss + nsp_loss(nsp, b["next_sentence_labels"]), correct, count
+def _batches(arrays: dict[str, torch.Tensor], batch: int = 256):
+    for start in range(0, len(arrays["input_ids"]), batch):
+        yield {k: v[start:start + batch] for k, v in arrays.items()}
 
 
-def masked_lm_accuracy(model, arrays: dict[str, torch.Tensor], batch: int = 256) -> float:
+def masked_lm_accuracy(model, arrays: dict[str, torch.Tensor], cfg: presets.BertRunConfig) -> float:
     """Masked-LM accuracy over every masked position of `arrays` (the phase-2 eval set)."""
-    model.eval()
-    correct = count = 0.0
-    with torch.no_grad():
-        for start in range(0, len(arrays["input_ids"]), batch):
-            _, c, n = _losses(model, {k: v[start:start + batch] for k, v in arrays.items()})
-            correct, count = correct + c.item(), count + n.item()
-    model.train()
-    return correct / count
+    totals = eval_totals(model, _batches(arrays), cfg, CPU)
+    return (totals[0] / totals[1]).item()
 
 
 def pretrain(cfg: presets.BertRunConfig) -> tuple[BertForPretraining, Lamb, int, float]:
     """Train the model of `cfg` on its phase-1 corpus to PHASE1_TARGET; -> (model, optimizer, steps, accuracy)."""
     r = RECIPE
+    cfg = dataclasses.replace(cfg, precision="fp32")  # the padded forward of steps.forward, without autocast
     torch.manual_seed(r["seed"])
     model = BertForPretraining(cfg.model_config())
     optimizer = Lamb(param_groups(model, r["weight_decay_rate"]), lr=0.0, betas=(r["beta_1"], r["beta_2"]),
                      eps=r["epsilon"])
-    train = _arrays(phase1_corpus(cfg), "train")
-    evals = _arrays(cfg, "eval")
+    train = _tensors(phase1_corpus(cfg), "train")
+    evals = _tensors(cfg, "eval")
     order = torch.Generator().manual_seed(r["seed"])
     size, batch, step = len(train["input_ids"]), r["global_batch_size"], 0
     while step < r["training_steps"]:
         permutation = torch.randperm(size, generator=order)
         for start in range(0, size - batch + 1, batch):
             picked = permutation[start:start + batch]
-            loss, _, _ = _losses(model, {k: v[picked] for k, v in train.items()})
+            loss, _, _ = forward(model, {k: v[picked] for k, v in train.items()}, cfg, CPU)
             loss.backward()
             clip_grad_norm(model.parameters(), r["max_grad_norm"])
             for group in optimizer.param_groups:
@@ -140,7 +122,7 @@ def pretrain(cfg: presets.BertRunConfig) -> tuple[BertForPretraining, Lamb, int,
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            if step % r["eval_every"] == 0 and (accuracy := masked_lm_accuracy(model, evals)) >= r["target"]:
+            if step % r["eval_every"] == 0 and (accuracy := masked_lm_accuracy(model, evals, cfg)) >= r["target"]:
                 if not ACCEPTED[0] <= accuracy <= ACCEPTED[1]:
                     raise Phase1Error(f"smoke phase-1 pretraining overshot: masked-LM accuracy {accuracy:.4f} "
                                       f"at step {step}, outside {ACCEPTED}; lower EVAL_EVERY in {__file__}")

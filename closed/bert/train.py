@@ -25,31 +25,20 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from mlperf_submission.closed.bert import checkpoint, phase1, presets
-from mlperf_submission.closed.bert.model import BertForPretraining, forward_packed, mlperf_tensor_names
-from mlperf_submission.closed.bert.optim import (
-    Lamb,
-    clip_grad_norm,
-    lr_schedule,
-    mlm_loss_and_accuracy,
-    nsp_loss,
-    packed_loss,
-    param_groups,
-    per_sequence_losses,
-)
+from mlperf_submission.closed.bert import checkpoint, ipu, phase1, presets, steps
+from mlperf_submission.closed.bert.data import CLOSED_INPUTS, Inputs, SequenceDataset
+from mlperf_submission.closed.bert.model import BertForPretraining, mlperf_tensor_names
+from mlperf_submission.closed.bert.optim import clip_grad_norm
 from mlperf_submission.common import training
+from mlperf_submission.common.cadence import Cadence
 from mlperf_submission.common.cli import UserError, entry_point
-from mlperf_submission.common.data import bert_wiki, packing
 from mlperf_submission.common.data.loader import loader
-from mlperf_submission.common.run import Run, dataset_files
 from mlperf_submission.common.runtime import distributed
 from mlperf_submission.common.runtime.compile import batch_sizes, compiled, needs_warm_up, undone
-from mlperf_submission.common.runtime.precision import autocast
 
 DIVISION = "closed"
 
@@ -85,306 +74,130 @@ def with_phase1(cfg: presets.BertRunConfig) -> presets.BertRunConfig:
     return dataclasses.replace(cfg, init_checkpoint=str(phase1.smoke_checkpoint(cfg)))
 
 
-def synthetic_arrays(cfg: presets.BertRunConfig, split: str) -> dict[str, np.ndarray]:
-    """The built-in synthetic corpus of a preset, as bert_wiki arrays."""
-    num = cfg.synthetic_train_samples if split == "train" else cfg.synthetic_eval_samples
-    lengths = None
-    if cfg.synthetic_lengths == "wikipedia":
-        lengths = bert_wiki.wikipedia_lengths(num, cfg.max_seq_length, seed=cfg.synthetic_seed + (split == "eval"))
-    return bert_wiki.synthetic_instances(num, seq_len=cfg.max_seq_length, vocab_size=cfg.vocab_size,
-                                         max_pred=cfg.max_predictions_per_seq, seed=cfg.synthetic_seed, split=split,
-                                         lengths=lengths)
-
-
-class ArrayDataset(torch.utils.data.Dataset):
-    """Arrays held in memory (the synthetic corpus, packed or not), in the same item format as BertDataset."""
-
-    def __init__(self, arrays: dict[str, np.ndarray]):
-        self.arrays = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
-        weights = self.arrays.get("nsp_weights")  # packs: the real sequences of each
-        self.sequences = len(self) if weights is None else int(weights.sum())
-
-    def __len__(self) -> int:
-        return len(self.arrays["input_ids"])
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {k: v[i] for k, v in self.arrays.items()}
-
-
-def verify(cfg, data: Path) -> None:
-    """Checksums of the whole converted folder, and the closed rules' eval set of 10,000 samples."""
-    try:
-        manifest = bert_wiki.verify(data)
-    except bert_wiki.DataError as e:
-        raise UserError(f"{e} (prepare the data with `make data BENCH=bert`)") from None
-    if (count := manifest["splits"]["eval"]["count"]) != presets.WIKI_EVAL_SAMPLES:
-        raise UserError(f"{data}: the eval split holds {count:,} samples; the closed rules evaluate on the "
-                        f"{presets.WIKI_EVAL_SAMPLES:,} of eval_10k (`make data BENCH=bert ... EVAL=eval_10k`)")
-
-
-def datasets(cfg, data: Path | None):
-    if cfg.dataset == "synthetic":
-        return ArrayDataset(synthetic_arrays(cfg, "train")), ArrayDataset(synthetic_arrays(cfg, "eval"))
-    return bert_wiki.BertDataset(data, "train"), bert_wiki.BertDataset(data, "eval")
-
-
-def unpadded_collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """A batch of padded sequences -> the same sequences in unpadded rows (`packing.unpadded_batch`), in the
-    data workers, so that the training step never sees the padding."""
-    arrays = {k: np.stack([item[k].numpy() for item in items]) for k in items[0]}
-    return {k: torch.from_numpy(v) for k, v in packing.unpadded_batch(arrays).items()}
-
-
-def collate(cfg):
-    """The loaders' collate_fn: unpadded rows unless `unpad=false`; None is torch's stacking of the rows."""
-    return unpadded_collate if cfg.unpad else None
-
-
-def forward(model, batch, cfg, device):
-    """-> (loss, correct, count) for one batch, padded rows or unpadded ones (those carry `sequence_ids`):
-    MLM at the masked positions only, averaged as cfg.loss_averaging says, plus NSP."""
-    b = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-    unpadded = "sequence_ids" in b
-    with autocast(cfg.precision, device):
-        if unpadded:
-            mlm_logits, nsp_logits = forward_packed(model, b, cfg.unpad_attention)
-        else:
-            mlm_logits, nsp_logits = model(b["input_ids"], b["segment_ids"], b["input_mask"],
-                                           b["masked_lm_positions"])
-    if unpadded:
-        return packed_loss(per_sequence_losses(mlm_logits, nsp_logits, b), b, cfg.loss_averaging)
-    loss, correct, count = mlm_loss_and_accuracy(mlm_logits, b["masked_lm_ids"], b["masked_lm_weights"])
-    return loss + nsp_loss(nsp_logits, b["next_sentence_labels"]), correct, count
-
-
-def synthetic_batch(cfg, n: int) -> dict[str, torch.Tensor]:
-    """n sequences of the synthetic corpus, laid out as a loader batch (unpadded unless `unpad=false`):
-    the warm-up input (the untimed init never touches the training data)."""
-    arrays = bert_wiki.synthetic_instances(n, seq_len=cfg.max_seq_length, vocab_size=cfg.vocab_size,
-                                           max_pred=cfg.max_predictions_per_seq, seed=0, split="eval")
-    dataset = ArrayDataset(arrays)
-    return (collate(cfg) or torch.utils.data.default_collate)([dataset[i] for i in range(n)])
-
-
-def sequence_count(dataset) -> int:
-    """Sequences in a dataset, as train_samples and eval_samples count them (packed datasets say theirs)."""
-    return getattr(dataset, "sequences", len(dataset))
-
-
-def item_sequences(dataset) -> np.ndarray | None:
-    """Sequences in each item of a dataset of packs (their `nsp_weights`), or None: one sequence an item."""
-    weights = getattr(dataset, "arrays", {}).get("nsp_weights")
-    return None if weights is None else (np.asarray(weights) > 0).sum(1)
-
-
-@dataclass(frozen=True)
-class Inputs:
-    """How a run reads its data: padded sequences, laid out unpadded per batch, here; packed offline in the
-    open division. Everything else (model, loss, step, eval, log) is this file's for both."""
-
-    verify: Callable = verify      # (cfg, data folder) -> None, or UserError before any log
-    datasets: Callable = datasets  # (cfg, data folder | None) -> (train, eval) datasets
-    collate: Callable = collate    # (cfg) -> the loaders' collate_fn (None: stack the items)
-
-
-def lamb(model, cfg) -> Lamb:
-    """The reference's LAMB over the model's parameters, as cfg sets it; the schedule sets each step's lr."""
-    return Lamb(param_groups(model, cfg.opt_lamb_weight_decay_rate), lr=0.0,
-                betas=(cfg.opt_lamb_beta_1, cfg.opt_lamb_beta_2), eps=cfg.opt_epsilon,
-                bias_correction=cfg.opt_lamb_bias_correction, foreach=cfg.optimizer_foreach)
-
-
-def micro_step(model, replica, scaler, batch, cfg, device, *, reduce: bool) -> torch.Tensor:
-    """Forward and backward of one micro-batch, its loss divided over the accumulation steps (and scaled for
-    fp16); the gradients are all-reduced in the step's last one (`reduce`). -> the batch's loss."""
-    with replica.micro_step(reduce=reduce):
-        loss, _, _ = forward(model, batch, cfg, device)
-        scaler.scale(loss / cfg.gradient_accumulation_steps).backward()
-    return loss
-
-
-def optimizer_step(replica, optimizer, scaler, clip, cfg, step: int) -> float:
-    """The update that ends optimizer step `step` (from 0): the reference's learning rate, the clip, LAMB.
-    -> the learning rate."""
-    lr = lr_schedule(step, base_lr=cfg.opt_base_learning_rate, warmup_steps=cfg.opt_learning_rate_warmup_steps,
-                     start_warmup_step=cfg.start_warmup_step, total_steps=cfg.opt_learning_rate_training_steps)
-    # The mean gradient is clipped, as one device would, unless each rank clips its own first.
-    training.update(replica, optimizer, scaler, lr, clip=clip, clip_before_allreduce=cfg.clip_before_allreduce)
-    return lr
-
-
 @dataclass
-class Cadence:
-    """A run's evals and stop rules, with its MLPerf blocks: an eval only when a step crosses a multiple of
-    `interval` samples; success at the first eval at or above `target`; `aborted` at `limit` samples. Rank 0
-    (`is_main`) prints each eval's line."""
+class Loop:
+    """What the timed loop runs, all of it built in the untimed init."""
 
-    run: Run
-    interval: int
-    limit: int
-    target: float
-    is_main: bool
-    status: str = "aborted"
-    block_first: int = 0
-    started: float = 0.0
+    model: torch.nn.Module
+    replica: distributed.DataParallel
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    clip: Callable[[], object]
+    sampler: distributed.EpochSampler
+    train_loader: torch.utils.data.DataLoader
+    val_loader: torch.utils.data.DataLoader
+    per_item: np.ndarray | None   # sequences in each training item (packs), None: one each
+    world_batch: int              # items in one micro-batch over all ranks
+    first_counts: list[int] = dataclasses.field(default_factory=list)  # epoch 1's batch_sums, made untimed
 
-    def start(self) -> None:
-        self.run.block_start(first_epoch_num=0, epoch_count=self.interval)
-        self.started = time.time()
-
-    def after_step(self, samples: int, step_samples: int, evaluate: Callable[[], float],
-                   loss: Callable[[], float], lr: float) -> bool:
-        """After the optimizer step that brought the count to `samples`: evaluate if one is due (its line
-        shows `loss()`, read only then); -> True when the run ends here."""
-        if samples // self.interval == (samples - step_samples) // self.interval:  # off the cadence
-            if samples >= self.limit:
-                self.run.block_stop(first_epoch_num=self.block_first)
-                return True
-            return False
-        self.run.eval_start(samples)
-        accuracy = evaluate()
-        self.run.eval_stop(samples, accuracy)
-        self.run.block_stop(first_epoch_num=self.block_first)
-        if self.is_main:
-            print(f"{samples:,} samples: loss {loss():.3f}, lr {lr:.5f}, masked-LM accuracy {accuracy:.4f}, "
-                  f"{samples / (time.time() - self.started):,.1f} sequences/s", flush=True)
-        if accuracy >= self.target:
-            self.status = "success"
-            return True
-        if samples >= self.limit:
-            return True
-        self.block_first = samples
-        self.run.block_start(first_epoch_num=samples, epoch_count=self.interval)
-        return False
+    def batch_sums(self) -> list[int]:
+        """Sequences in each micro-batch of the sampler's current epoch, over all ranks: counted on the host,
+        so the loop reads nothing back from the device to count its samples."""
+        return self.sampler.batch_sums(self.per_item, self.world_batch, len(self.train_loader))
 
 
-def evaluate(model, val, cfg, device, dist, forward=forward) -> float:
-    """Masked-LM accuracy over every masked position of the whole eval set, each sample once."""
-    model.eval()
-    totals = torch.zeros(2, dtype=torch.float64, device=device)
-    with torch.no_grad():
-        for batch in val:
-            _, correct, count = forward(model, batch, cfg, device)
-            totals += torch.stack([correct, count]).double()
-    dist.all_reduce_sum(totals)
-    model.train()
-    return (totals[0] / totals[1]).item()
+def prepared(model, cfg: presets.BertRunConfig, dist: distributed.Dist, inputs: Inputs, train_set: SequenceDataset,
+             val_set: SequenceDataset, local_batch: int, seed: int) -> Loop:
+    """The untimed init after the weights: the model on the device, LAMB, the replica, the fp16 scaler, the
+    clip, the loaders and (compiled, or eager on CUDA: issue 16) the warm-up, its effects undone."""
+    device = dist.device
+    model = model.to(device)
+    optimizer = steps.lamb(model, cfg)
+    # Clipping each rank's own gradient needs it before the all-reduce, so not overlapped with backward.
+    replica = dist.replicate(model, optimizer, accumulation_steps=cfg.gradient_accumulation_steps,
+                             reduce_in_backward=not cfg.clip_before_allreduce)
+    model, optimizer = replica.module, replica.optimizer
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    # The reference's clip_by_global_norm, on the unscaled gradients of every step.
+    clip = functools.partial(clip_grad_norm, list(model.parameters()), cfg.max_grad_norm)
+    sampler = distributed.train_sampler(train_set, dist, seed)  # one permutation over all ranks
+    loading = dict(prefetch_factor=cfg.prefetch_factor, pin_memory=cfg.pin_memory, collate=inputs.collate(cfg))
+    train_loader = loader(train_set, local_batch, shuffle=False, workers=cfg.data_workers, seed=seed + dist.rank,
+                          drop_last=True, sampler=sampler, **loading)
+    val_loader = loader(distributed.eval_shard(val_set, dist), local_batch, shuffle=False,
+                        workers=cfg.data_workers, seed=seed, drop_last=False, **loading)
+    if needs_warm_up(cfg.torch_compile, device):
+        plain, model = model, compiled(model, cfg.torch_compile)
+        with undone(plain, optimizer, scaler):
+            steps.warm_up(model, replica, optimizer, scaler, cfg, device,
+                          batch_sizes(len(train_loader.sampler), local_batch, drop_last=True),
+                          batch_sizes(len(val_loader.dataset), local_batch, drop_last=False))
+    loop = Loop(model, replica, optimizer, scaler, clip, sampler, train_loader, val_loader,
+                train_set.item_sequences, local_batch * dist.world_size)
+    loop.first_counts = loop.batch_sums()  # epoch 1's, from the sampler's order as built: before run_start
+    return loop
 
 
-def load_checkpoint(model, cfg, dist) -> None:
-    """The phase-1 weights, read and (a TF prefix) converted here, between init_start and init_stop, where
-    the rules count them as initialisation; the clock starts only after."""
-    started = time.time()
-    try:
-        state = checkpoint.load_init_checkpoint(cfg.init_checkpoint, cfg.model_config())
-    except checkpoint.CheckpointError as e:
-        raise UserError(f"init checkpoint: {e}") from None
-    model.load_state_dict(state)
-    if dist.is_main:
-        print(f"init checkpoint {cfg.init_checkpoint}: {len(state)} tensors, "
-              f"{sum(t.numel() for t in state.values()):,} parameters, loaded in {time.time() - started:.1f} s "
-              "(untimed init)", flush=True)
-
-
-def warm_up(model, replica, optimizer, scaler, cfg, device, train_sizes, eval_sizes) -> None:
-    """Untimed, on synthetic batches: one training step at learning rate 0 per training batch size and one
-    eval forward per eval batch size, so that torch.compile compiles nothing inside the timed region. The
-    caller undoes its effects (`compile.undone`)."""
-    for n in train_sizes:
-        micro_step(model, replica, scaler, synthetic_batch(cfg, n), cfg, device, reduce=True)
-        training.update(replica, optimizer, scaler, 0.0)
-    model.eval()
-    with torch.no_grad():
-        for n in eval_sizes:
-            forward(model, synthetic_batch(cfg, n), cfg, device)
-    model.train()
+def timed_loop(loop: Loop, cfg: presets.BertRunConfig, dist: distributed.Dist, cadence: Cadence) -> int:
+    """Training from run_start until the cadence ends the run: an optimizer step every
+    gradient_accumulation_steps micro-batches, counted across epochs (`training.step_bounds`), the cadence
+    after each. -> the samples (sequences) trained."""
+    evaluate = functools.partial(steps.evaluate, loop.model, loop.val_loader, cfg, dist.device, dist)
+    counts = loop.first_counts
+    step, samples, epoch, micro_batches, step_samples = 0, 0, 0, 0, 0
+    while True:
+        epoch += 1
+        loop.sampler.set_epoch(epoch)
+        if epoch > 1:
+            counts = loop.batch_sums()
+        for j, batch in enumerate(loop.train_loader):
+            _, last = training.step_bounds(micro_batches, cfg.gradient_accumulation_steps)
+            micro_batches += 1
+            loss = steps.micro_step(loop.model, loop.replica, loop.scaler, batch, cfg, dist.device, reduce=last)
+            step_samples += counts[j]
+            if not last:
+                continue
+            lr = steps.optimizer_step(loop.replica, loop.optimizer, loop.scaler, loop.clip, cfg, step)
+            step += 1
+            samples += step_samples
+            done = cadence.after(samples, step_samples, evaluate)
+            if cadence.accuracy is not None and dist.is_main:
+                print(steps.progress(samples, loss.item(), lr, cadence.accuracy, time.time() - cadence.started),
+                      flush=True)
+            step_samples = 0
+            if done:
+                return samples
 
 
 @entry_point
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    return train(with_phase1(resolve_config(args)), args, division=DIVISION)
+    return train(with_phase1(resolve_config(args)), training.Invocation.from_args(args), division=DIVISION)
 
 
-def train(cfg: presets.BertRunConfig, args, *, division: str, inputs: Inputs = Inputs()) -> int:
+def train(cfg: presets.BertRunConfig, run_args: training.Invocation, *, division: str,
+          inputs: Inputs = CLOSED_INPUTS) -> int:
     """One run with a resolved config; the open division calls this with its own config and inputs."""
     if cfg.device == "ipu":
-        from mlperf_submission.closed.bert import ipu  # the step on the IPUs, through PopTorch
-
-        return ipu.train(cfg, args, division=division, inputs=inputs)
-    submission = training.submission(args, division=division, benchmark="bert")
+        return ipu.train(cfg, run_args, division=division, inputs=inputs)  # the step on the IPUs, through PopTorch
+    submission = training.submission(run_args, division=division, benchmark="bert")
     if cfg.dataset == "wiki":
-        inputs.verify(cfg, args.data)
+        inputs.verify(cfg, run_args.data)
     if cfg.clip_before_allreduce and cfg.precision == "fp16":
         raise UserError("clip_before_allreduce with fp16 loss scaling: ranks could disagree on skipping a step "
                         "(choose bf16, or clip after the all-reduce)")
     dist, local_batch = training.ranks(cfg, cfg.global_batch_items)
-    device = dist.device
-    training.announce("bert", division, args, cfg, dist, local_batch)
-    log = training.seeded_log(args, dist)
+    training.announce("bert", division, run_args, cfg, dist, local_batch)
     # Tiny smoke widths produce denormal floats that run ~10x slower on x86 CPUs; flushing them to zero
     # is what GPUs do by default.
     torch.set_flush_denormal(True)
     if cfg.cpu_threads:
         torch.set_num_threads(cfg.cpu_threads)
-    train_set, val_set = inputs.datasets(cfg, args.data)
-    interval, limit = presets.eval_interval(cfg), presets.max_samples(cfg)
-    with Run(log, submission, seed=args.seed, hyperparameters=presets.hyperparameters(cfg),
-             train_samples=sequence_count(train_set), eval_samples=sequence_count(val_set),
-             data_files=dataset_files(args.data) if cfg.dataset != "synthetic" else None) as run:
+    train_set, val_set = inputs.datasets(cfg, run_args.data)
+    with training.begin_run(run_args, dist, submission, hyperparameters=presets.hyperparameters(cfg),
+                            train_samples=train_set.sequences, eval_samples=val_set.sequences,
+                            synthetic=cfg.dataset == "synthetic") as run:
         model = BertForPretraining(cfg.model_config())
         if cfg.init_checkpoint:
-            load_checkpoint(model, cfg, dist)
+            steps.load_checkpoint(model, cfg, dist)
         run.weights_initialization(mlperf_tensor_names(model)[name] for name, _ in model.named_parameters())
-        model = model.to(device)
-        optimizer = lamb(model, cfg)
-        # Clipping each rank's own gradient needs it before the all-reduce, so not overlapped with backward.
-        replica = dist.replicate(model, optimizer, accumulation_steps=cfg.gradient_accumulation_steps,
-                                 reduce_in_backward=not cfg.clip_before_allreduce)
-        model, optimizer = replica.module, replica.optimizer
-        scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
-        # The reference's clip_by_global_norm, on the unscaled gradients of every step.
-        clip = functools.partial(clip_grad_norm, list(model.parameters()), cfg.max_grad_norm)
-        sampler = distributed.train_sampler(train_set, dist, args.seed)  # one permutation over all ranks
-        overlap = dict(prefetch_factor=cfg.prefetch_factor, pin_memory=cfg.pin_memory, collate=inputs.collate(cfg))
-        train_loader = loader(train_set, local_batch, shuffle=False, workers=cfg.data_workers,
-                              seed=args.seed + dist.rank, drop_last=True, sampler=sampler, **overlap)
-        val_loader = loader(distributed.eval_shard(val_set, dist), local_batch, shuffle=False,
-                            workers=cfg.data_workers, seed=args.seed, drop_last=False, **overlap)
-        if needs_warm_up(cfg.torch_compile, device):  # compiled, or eager on CUDA (issue 16)
-            plain, model = model, compiled(model, cfg.torch_compile)
-            with undone(plain, optimizer, scaler):
-                warm_up(model, replica, optimizer, scaler, cfg, device,
-                        batch_sizes(len(train_loader.sampler), local_batch, drop_last=True),
-                        batch_sizes(len(val_loader.dataset), local_batch, drop_last=False))
-
-        # Sequences in each micro-batch over all ranks, from the sampler's order; epoch 1's before run_start.
-        per_item, world_batch = item_sequences(train_set), local_batch * dist.world_size
-        counts = sampler.batch_sums(per_item, world_batch, len(train_loader))
-        cadence = Cadence(run, interval, limit, cfg.target_accuracy, dist.is_main)
+        state = prepared(model, cfg, dist, inputs, train_set, val_set, local_batch, run_args.seed)
+        cadence = Cadence(run, first=presets.eval_interval(cfg), every=presets.eval_interval(cfg),
+                          limit=presets.max_samples(cfg), target=cfg.target_accuracy)
+        # ---- the timed region: run_start (run.start) to run_stop (run.stop); nothing is compiled inside ----
         run.start()
         cadence.start()
-        step, samples, epoch, done, micro, step_samples = 0, 0, 0, False, 0, 0
-        while not done:
-            epoch += 1
-            sampler.set_epoch(epoch)
-            if epoch > 1:
-                counts = sampler.batch_sums(per_item, world_batch, len(train_loader))
-            for j, batch in enumerate(train_loader):
-                micro += 1
-                last = micro % cfg.gradient_accumulation_steps == 0
-                loss = micro_step(model, replica, scaler, batch, cfg, device, reduce=last)
-                step_samples += counts[j]
-                if not last:
-                    continue
-                lr = optimizer_step(replica, optimizer, scaler, clip, cfg, step)
-                step += 1
-                samples += step_samples
-                done = cadence.after_step(samples, step_samples, lambda: evaluate(model, val_loader, cfg, device, dist),
-                                          loss.item, lr)
-                step_samples = 0
-                if done:
-                    break
+        samples = timed_loop(state, cfg, dist, cadence)
         run.stop(cadence.status)
     if dist.is_main:
         print(f"run_stop: {cadence.status} after {samples:,} samples", flush=True)

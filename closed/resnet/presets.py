@@ -28,13 +28,15 @@ TARGET = QUALITY_TARGETS["resnet"]
 CLOSED_TASK = {"image_size": 224, "model_width": 64, "num_classes": IMAGENET_CLASSES}
 
 
+# Why device=ipu stops, before any log (train.resolve_config through common/training.resolve).
+IPU_UNSUPPORTED = (
+    "ResNet-50 on IPUs is not supported: the closed recipe's LARS is not among poptorch.optim's optimizers and "
+    "PopTorch runs no Python optimizer step on the device (Graphcore's v1.1 ResNet ran LARS in TensorFlow 1 for "
+    "IPU); use device=cpu or cuda")
+
+
 @dataclass(frozen=True, kw_only=True)
 class ResNetConfig:
-    # Why device=ipu stops, before any log (common/runtime/ipu.check); unannotated, so not a config field.
-    ipu_unsupported = (
-        "ResNet-50 on IPUs is not supported: the closed recipe's LARS is not among poptorch.optim's optimizers and "
-        "PopTorch runs no Python optimizer step on the device (Graphcore's v1.1 ResNet ran LARS in TensorFlow 1 for "
-        "IPU); use device=cpu or cuda")
     # data
     dataset: Literal["synthetic", "imagenet"] = "imagenet"
     num_classes: int = 1000
@@ -70,7 +72,7 @@ class ResNetConfig:
     max_epochs: int = 0              # 0: none; else stop (aborted) after this many epochs if that is earlier
     target_accuracy: float = TARGET
     # runtime
-    device: Literal["auto", "cpu", "cuda", "ipu"] = "auto"  # ipu: refused with ipu_unsupported's reason
+    device: Literal["auto", "cpu", "cuda", "ipu"] = "auto"  # ipu: refused with IPU_UNSUPPORTED
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     channels_last: bool = False
     # speed only: none of these changes what is computed beyond rounding (tests/test_speed.py)

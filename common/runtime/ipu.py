@@ -76,9 +76,6 @@ def poptorch_module():
 
 def check(cfg) -> None:
     """Before any log: the benchmark supports IPUs, PopTorch is importable, and the fields are coherent."""
-    unsupported = getattr(type(cfg), "ipu_unsupported", "")
-    if unsupported:
-        raise UserError(f"device=ipu: {unsupported}")
     if not isinstance(cfg, IpuConfig):
         raise UserError(f"device=ipu: {type(cfg).__name__} has no IPU fields")
     poptorch_module()

@@ -4,22 +4,30 @@
         --result-log out/result_0.txt [--data PACKED_DIR] [--set field=value ...]
 
 The model, its unpadded forward, the loss, optimizer, schedule, eval and MLPerf log are closed BERT's
-(`closed/bert/train.py`, which lays out each batch without padding as it comes); this file only says how
-packs are made ahead and read, through the three hooks of `closed.Inputs`. What differs from closed is what
-the open rules allow: offline packing (over the whole dataset, so rows are fuller than one batch's), per-
-sequence loss averaging (`loss_averaging`, closed/bert/optim.py) and the hyperparameters (presets.py).
---data takes a folder written by `make data BENCH=bert PACK=nnlshp`; without it the `smoke` preset packs
-the built-in synthetic corpus in memory with the preset's algorithm. Eval reads the eval set packed the
-same way: its masked-LM accuracy is a sum over masked tokens, which packing does not change.
+(`closed/bert/train.py` with its steps.py and data.py, which lays out each batch without padding as it
+comes); this file only says how packs are made ahead and read, through the typed hooks of `data.Inputs`,
+each dataset a `data.SequenceDataset` that states its sequences. What differs from closed is what the open
+rules allow: offline packing (over the whole dataset, so rows are fuller than one batch's), per-sequence loss
+averaging (`loss_averaging`, closed/bert/optim.py) and the hyperparameters (presets.py). --data takes a folder
+written by `make data BENCH=bert PACK=nnlshp`; without it the `smoke` preset packs the built-in synthetic
+corpus in memory with the preset's algorithm. Eval reads the eval set packed the same way: its masked-LM
+accuracy is a sum over masked tokens, which packing does not change.
+
+Open-only branches that stay in closed files: `ArrayDataset`'s `nsp_weights` (sequences per pack) in
+closed/bert/data.py; `loss_averaging="sequence"` in closed/bert/optim.py (`packed_loss`); the packs' fixed
+shapes on the IPU (closed/bert/ipu.py `checked`, `shaped_like`).
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import numpy as np
 
 from mlperf_submission.closed.bert import train as closed
+from mlperf_submission.closed.bert.data import ArrayDataset, Inputs, SequenceDataset, Split, synthetic_arrays
+from mlperf_submission.common import training
 from mlperf_submission.common.cli import UserError, entry_point
 from mlperf_submission.common.data import packing
 from mlperf_submission.open.bert import presets
@@ -52,11 +60,17 @@ def verify(cfg: presets.PackedBertConfig, data) -> None:
                         f"BENCH=bert PACK={cfg.packing} MAX_PER_PACK={cfg.max_sequences_per_pack}` or --set the preset")
 
 
-def datasets(cfg: presets.PackedBertConfig, data):
+def packed_split(data: Path, split: str) -> SequenceDataset:
+    """One split of a packed folder, with its sequences: the folder's count, and per pack its nsp_weights."""
+    packs = packing.PackedDataset(data, split)
+    return Split(packs, packs.sequences, (np.asarray(packs.arrays["nsp_weights"]) > 0).sum(1))
+
+
+def datasets(cfg: presets.PackedBertConfig, data: Path | None) -> tuple[SequenceDataset, SequenceDataset]:
     if cfg.dataset == "synthetic":
-        made = [pack(closed.synthetic_arrays(cfg, split), cfg, cfg.synthetic_seed) for split in ("train", "eval")]
-        return closed.ArrayDataset(made[0]), closed.ArrayDataset(made[1])
-    return packing.PackedDataset(data, "train"), packing.PackedDataset(data, "eval")
+        made = [pack(synthetic_arrays(cfg, split), cfg, cfg.synthetic_seed) for split in ("train", "eval")]
+        return ArrayDataset(made[0]), ArrayDataset(made[1])
+    return packed_split(data, "train"), packed_split(data, "eval")
 
 
 def collate(cfg: presets.PackedBertConfig):
@@ -64,7 +78,7 @@ def collate(cfg: presets.PackedBertConfig):
     return None
 
 
-INPUTS = closed.Inputs(verify=verify, datasets=datasets, collate=collate)
+INPUTS = Inputs(verify=verify, datasets=datasets, collate=collate)
 
 
 @entry_point
@@ -72,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     args = closed.parse_args(argv, prog="python -m mlperf_submission.open.bert.train", registry=presets.PRESETS,
                              description=__doc__)
     cfg = closed.resolve_config(args, presets.PRESETS, validate=presets.validate_open)
-    return closed.train(cfg, args, division=DIVISION, inputs=INPUTS)
+    return closed.train(cfg, training.Invocation.from_args(args), division=DIVISION, inputs=INPUTS)
 
 
 if __name__ == "__main__":
