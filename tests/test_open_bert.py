@@ -152,3 +152,20 @@ def test_nsp_of_empty_slots_costs_nothing(model, unpacked):
     with torch.no_grad():
         parts = per_sequence_losses(*forward_packed(model, b), b)
     assert parts["nsp_nll"][0, 1:].abs().sum() == 0 and parts["mlm_count"][0, 1:].sum() == 0
+
+
+def test_datasets_on_storage_state_their_sequences_through_the_seam(tmp_path):
+    """Closed reads a converted folder one sequence an item; open reads its packs, each with its own count."""
+    from mlperf_submission.closed.bert import data as closed_data
+    from mlperf_submission.closed.bert import presets as closed_presets
+    from mlperf_submission.common.data import bert_wiki
+    from mlperf_submission.open.bert.train import packed_split
+
+    bert_wiki.write_synthetic(tmp_path / "wiki", num_train=40, num_eval=12, seq_len=32, vocab_size=200, max_pred=4,
+                              seed=1)
+    train, val = closed_data.datasets(dataclasses.replace(closed_presets.smoke(), dataset="wiki"), tmp_path / "wiki")
+    assert (train.sequences, val.sequences, train.item_sequences) == (40, 12, None) and len(train) == 40
+    packing.write_packed(tmp_path / "wiki", tmp_path / "packed", algorithm="spfhp", max_per_pack=3)
+    packs = packed_split(tmp_path / "packed", "train")
+    assert packs.sequences == 40 == int(packs.item_sequences.sum()) and len(packs.item_sequences) == len(packs)
+    assert set(packs[0]) >= {"input_ids", "nsp_weights"}
