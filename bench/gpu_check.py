@@ -27,8 +27,8 @@ from pathlib import Path
 
 import torch
 
-from mlperf_submission.bench import ratio_text
 from mlperf_submission.common.cli import ArgumentParser, atomic_dir, atomic_write_text, entry_point
+from mlperf_submission.common.evidence import git_commit, ratio_text
 
 FORMAT = "mlperf_submission.gpu_check/1"
 # The most seconds each part may take. The parts run in this order, the most telling first, and each gets
@@ -208,8 +208,6 @@ def main(argv: list[str] | None = None) -> int:
     if skip is not None:
         print(skip)
         return 0
-    from mlperf_submission.compliance.package import git_commit
-
     started, clock = time.strftime("%Y-%m-%d %H:%M:%S %Z"), time.time()
     command = "python -m mlperf_submission.bench.gpu_check " + " ".join(argv if argv is not None else sys.argv[1:])
     with atomic_dir(args.out) as folder:

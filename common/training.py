@@ -19,7 +19,7 @@ from mlperf_submission.common.mllog import MLLog
 from mlperf_submission.common.run import Submission
 from mlperf_submission.common.runtime import distributed, ipu, memory
 from mlperf_submission.common.runtime.precision import notation
-from mlperf_submission.systems import load as load_system
+from mlperf_submission.common.system import load as load_system
 
 
 def arguments(*, prog: str, description: str | None, registry: dict, data_help: str,

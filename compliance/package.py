@@ -25,6 +25,7 @@ import tarfile
 from pathlib import Path
 
 from mlperf_submission.common.cli import UserError, atomic_dir, sha256_file
+from mlperf_submission.common.evidence import git_commit
 from mlperf_submission.common.run import BENCHMARKS, DIVISIONS, QUALITY_TARGETS
 from mlperf_submission.compliance import score as scoring
 from mlperf_submission.compliance import tools
@@ -64,17 +65,6 @@ def source_files() -> list[Path]:
     except (OSError, subprocess.CalledProcessError):
         pass
     return [p for p in REPO_ROOT.rglob("*") if p.is_file() and not SKIP_PARTS & set(p.relative_to(REPO_ROOT).parts)]
-
-
-def git_commit() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                               capture_output=True, text=True).stdout.strip()
-        return head + (" (with uncommitted changes)" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
 
 
 def open_changes(benchmark: str) -> str:
