@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from mlperf_submission import benchmarks
 from mlperf_submission.common.cli import ArgumentParser, atomic_dir, atomic_write_text, entry_point
 from mlperf_submission.common.evidence import git_commit, ratio_text
 
@@ -97,7 +98,7 @@ def smoke_run(bench: str, compile_backend: str, folder: Path) -> Callable[[float
         from mlperf_submission.compliance.tools import check_log
 
         log = folder / f"{bench}_{compile_backend}.txt"
-        cmd = [sys.executable, "-m", f"mlperf_submission.closed.{bench}.train", "--preset", "smoke", "--seed", "1",
+        cmd = [sys.executable, "-m", benchmarks.get("closed", bench).trainer, "--preset", "smoke", "--seed", "1",
                "--system", "1xH200", "--result-log", str(log), "--set", "device=cuda",
                "--set", f"torch_compile={compile_backend}"]
         if bench == "bert" and compile_backend != "off":

@@ -69,11 +69,14 @@ def ranks(cfg, global_batch: int) -> tuple[distributed.Dist, int]:
 
 def announce(benchmark: str, division: str, args: argparse.Namespace, cfg, dist: distributed.Dist,
              local_batch: int) -> None:
-    """The resolved config in full, for humans (rank 0), once it is known to fit: a CUDA run whose per-GPU
-    memory estimate exceeds the GPU that --system names is refused here, before the log is opened."""
-    if torch.device(dist.device).type == "cuda":
-        memory.refuse_unfit(benchmark, cfg, local_batch, load_system(args.system)[1], dist.device)
+    """The resolved config in full, for humans (rank 0), once it is known to fit: a run whose memory estimate
+    exceeds the GPU that --system names, or on the CPU the host's available memory, is refused here, before
+    the log is opened (common/runtime/memory.py); data workers beyond the cores are warned of."""
+    warnings = memory.check(benchmark, cfg, local_batch, load_system(args.system)[1], torch.device(dist.device),
+                            dist.world_size)
     if dist.is_main:
+        for line in warnings:
+            print(line, flush=True)
         print(f"{benchmark} {division}, preset {args.preset}, seed {args.seed}, {dist.world_size} rank(s) on "
               f"{dist.device}, local batch {local_batch}, precision {notation(cfg.precision)}:\n"
               f"{config.describe(cfg)}", flush=True)

@@ -14,7 +14,6 @@ writes, all at once (a temporary folder renamed into place):
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import re
@@ -24,6 +23,7 @@ import subprocess
 import tarfile
 from pathlib import Path
 
+from mlperf_submission import benchmarks
 from mlperf_submission.common.cli import UserError, atomic_dir, sha256_file
 from mlperf_submission.common.evidence import git_commit
 from mlperf_submission.common.run import BENCHMARKS, DIVISIONS, QUALITY_TARGETS
@@ -69,7 +69,7 @@ def source_files() -> list[Path]:
 
 def open_changes(benchmark: str) -> str:
     """What the open division changes, in the words of the open presets' docstring (after its command)."""
-    doc = importlib.import_module(f"mlperf_submission.open.{benchmark}.presets").__doc__
+    doc = benchmarks.get("open", benchmark).about
     paragraphs = doc.strip().split("\n\n")
     return "\n\n".join(p for p in paragraphs[1:] if not p.startswith("    "))
 
