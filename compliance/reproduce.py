@@ -158,10 +158,10 @@ def same(a, b) -> bool:
 def plan(benchmark: str, division: str, logged: dict, *, first_eval=None, eval_interval=None) -> Plan:
     """The closest real-scale preset for the logged hyperparameters, and the overrides that make it match."""
     trainer, trainer_note = trainer_division(division, benchmark)
-    presets = benchmarks.get(trainer, benchmark).presets
+    bench = benchmarks.get(trainer, benchmark)
     mapped, unmapped, notes = map_hyperparameters(benchmark, logged, first_eval=first_eval, eval_interval=eval_interval)
     best = None
-    for name, make in presets.items():
+    for name, make in bench.presets.items():
         cfg = make()
         if getattr(cfg, "dataset", "") == "synthetic":
             continue
@@ -180,9 +180,7 @@ def plan(benchmark: str, division: str, logged: dict, *, first_eval=None, eval_i
         if not getattr(resolved, "init_checkpoint", "x"):
             # The phase-1 checkpoint is a run input (CKPT), not a logged hyperparameter: asked for at run time.
             resolved = dataclasses.replace(resolved, init_checkpoint="CKPT")
-        validate = getattr(presets, "validate_closed" if trainer == "closed" else "validate_open", None)
-        if validate is not None:
-            validate(resolved)
+        bench.validate(resolved)
     except UserError as e:
         problem = str(e)
     return Plan(benchmark=benchmark, division=division, trainer_division=trainer, preset=name, overrides=overrides,
