@@ -6,7 +6,7 @@
 #       mlperf-submission make submit DIVISION=closed BENCH=resnet PRESET=1xH200 SYSTEM=systems/mybox.json DATA=/data/imagenet
 #
 # --shm-size: the data workers hand batches to the trainer through /dev/shm, and docker's default of 64 MB
-# holds no ImageNet batch; `python -m mlperf_submission.common.runtime.memory --shm --bench B --preset P`
+# holds no ImageNet batch; `python -m mlperf_submission.bench.memory --shm --bench B --preset P`
 # prints what a preset needs (or give the host's with --ipc=host). The torch wheel that `make setup` installs
 # brings its own CUDA libraries: the host needs only the NVIDIA driver and the container toolkit (--gpus).
 # `make horovod` with NCCL needs nvcc too: build FROM an nvidia/cuda *-devel image of the wheel's CUDA version

@@ -33,9 +33,9 @@ from pathlib import Path
 
 import torch
 
-from mlperf_submission.bench import cases, ratio_text
+from mlperf_submission.bench import cases
 from mlperf_submission.common.cli import ArgumentParser, atomic_write_text, entry_point
-from mlperf_submission.compliance.package import git_commit
+from mlperf_submission.common.evidence import git_commit, ratio_text
 from mlperf_submission.systems import describe_local
 
 FORMAT = "mlperf_submission.bench/1"

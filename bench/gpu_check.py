@@ -27,8 +27,9 @@ from pathlib import Path
 
 import torch
 
-from mlperf_submission.bench import ratio_text
+from mlperf_submission import benchmarks
 from mlperf_submission.common.cli import ArgumentParser, atomic_dir, atomic_write_text, entry_point
+from mlperf_submission.common.evidence import git_commit, ratio_text
 
 FORMAT = "mlperf_submission.gpu_check/1"
 # The most seconds each part may take. The parts run in this order, the most telling first, and each gets
@@ -97,7 +98,7 @@ def smoke_run(bench: str, compile_backend: str, folder: Path) -> Callable[[float
         from mlperf_submission.compliance.tools import check_log
 
         log = folder / f"{bench}_{compile_backend}.txt"
-        cmd = [sys.executable, "-m", f"mlperf_submission.closed.{bench}.train", "--preset", "smoke", "--seed", "1",
+        cmd = [sys.executable, "-m", benchmarks.get("closed", bench).trainer, "--preset", "smoke", "--seed", "1",
                "--system", "1xH200", "--result-log", str(log), "--set", "device=cuda",
                "--set", f"torch_compile={compile_backend}"]
         if bench == "bert" and compile_backend != "off":
@@ -208,8 +209,6 @@ def main(argv: list[str] | None = None) -> int:
     if skip is not None:
         print(skip)
         return 0
-    from mlperf_submission.compliance.package import git_commit
-
     started, clock = time.strftime("%Y-%m-%d %H:%M:%S %Z"), time.time()
     command = "python -m mlperf_submission.bench.gpu_check " + " ".join(argv if argv is not None else sys.argv[1:])
     with atomic_dir(args.out) as folder:

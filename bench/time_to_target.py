@@ -17,6 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from mlperf_submission import benchmarks
 from mlperf_submission.common.cli import ArgumentParser, UserError, atomic_write_text, entry_point
 from mlperf_submission.common.run import BENCHMARKS
 from mlperf_submission.compliance import score as scoring
@@ -43,7 +44,7 @@ def read_run(log: Path) -> dict:
 
 
 def train(division: str, bench: str, seed: int, system: Path, log: Path, overrides: list[str]) -> dict:
-    cmd = [sys.executable, "-m", f"mlperf_submission.{division}.{bench}.train", "--preset", "smoke", "--seed",
+    cmd = [sys.executable, "-m", benchmarks.get(division, bench).trainer, "--preset", "smoke", "--seed",
            str(seed), "--system", str(system), "--result-log", str(log)]
     for o in overrides:
         cmd += ["--set", o]

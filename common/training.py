@@ -22,7 +22,7 @@ from mlperf_submission.common.mllog import MLLog
 from mlperf_submission.common.run import Run, Submission, dataset_files
 from mlperf_submission.common.runtime import distributed, ipu, memory
 from mlperf_submission.common.runtime.precision import notation
-from mlperf_submission.systems import load as load_system
+from mlperf_submission.common.system import load as load_system
 
 IPU_FIELDS = frozenset(f.name for f in dataclasses.fields(ipu.IpuConfig))
 
@@ -94,12 +94,15 @@ def ranks(cfg, global_batch: int) -> tuple[distributed.Dist, int]:
 
 def announce(benchmark: str, division: str, run: Invocation, cfg, dist: distributed.Dist,
              local_batch: int) -> None:
-    """The resolved config in full, for humans (rank 0), once it is known to fit: a CUDA run whose per-GPU
-    memory estimate exceeds the GPU that --system names is refused here, before the log is opened. The
-    `ipu_*` fields a config inherits (common/runtime/ipu.IpuConfig) are shown only on the IPU."""
-    if torch.device(dist.device).type == "cuda":
-        memory.refuse_unfit(benchmark, cfg, local_batch, load_system(run.system)[1], dist.device)
+    """The resolved config in full, for humans (rank 0), once it is known to fit: a run whose memory estimate
+    exceeds the GPU that --system names, or on the CPU the host's available memory, is refused here, before
+    the log is opened (common/runtime/memory.py); data workers beyond the cores are warned of. The `ipu_*`
+    fields a config inherits (common/runtime/ipu.IpuConfig) are shown only on the IPU."""
+    warnings = memory.check(benchmark, cfg, local_batch, load_system(run.system)[1], torch.device(dist.device),
+                            dist.world_size)
     if dist.is_main:
+        for line in warnings:
+            print(line, flush=True)
         hidden = () if cfg.device == "ipu" else IPU_FIELDS
         print(f"{benchmark} {division}, preset {run.preset}, seed {run.seed}, {dist.world_size} rank(s) on "
               f"{dist.device}, local batch {local_batch}, precision {notation(cfg.precision)}:\n"

@@ -14,7 +14,6 @@ writes, all at once (a temporary folder renamed into place):
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import re
@@ -24,7 +23,9 @@ import subprocess
 import tarfile
 from pathlib import Path
 
+from mlperf_submission import benchmarks
 from mlperf_submission.common.cli import UserError, atomic_dir, sha256_file
+from mlperf_submission.common.evidence import git_commit
 from mlperf_submission.common.run import BENCHMARKS, DIVISIONS, QUALITY_TARGETS
 from mlperf_submission.compliance import score as scoring
 from mlperf_submission.compliance import tools
@@ -66,20 +67,9 @@ def source_files() -> list[Path]:
     return [p for p in REPO_ROOT.rglob("*") if p.is_file() and not SKIP_PARTS & set(p.relative_to(REPO_ROOT).parts)]
 
 
-def git_commit() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                               capture_output=True, text=True).stdout.strip()
-        return head + (" (with uncommitted changes)" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
-
-
 def open_changes(benchmark: str) -> str:
     """What the open division changes, in the words of the open presets' docstring (after its command)."""
-    doc = importlib.import_module(f"mlperf_submission.open.{benchmark}.presets").__doc__
+    doc = benchmarks.get("open", benchmark).about
     paragraphs = doc.strip().split("\n\n")
     return "\n\n".join(p for p in paragraphs[1:] if not p.startswith("    "))
 

@@ -32,12 +32,11 @@ from pathlib import Path
 
 from mlperf_logging.compliance_checker import mlp_parser
 
-from mlperf_submission.bench import ratio_text
 from mlperf_submission.common.cli import UserError, atomic_dir
+from mlperf_submission.common.evidence import git_commit, ratio_text
 from mlperf_submission.common.run import QUALITY_TARGETS
 from mlperf_submission.compliance import score as scoring
 from mlperf_submission.compliance import tools
-from mlperf_submission.compliance.package import git_commit
 
 DEFAULT_BENCH = Path("out/bench/bench.json")
 _NOTATION = re.compile(r"\b(32\.32|16\.32|16\.16|8\.16|8\.8)\b")

@@ -19,7 +19,6 @@ points beside ours. When a run fails, the runs finished before it are kept in OU
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import math
 import shutil
@@ -29,6 +28,7 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlperf_submission import benchmarks
 from mlperf_submission.closed.bert import phase1
 from mlperf_submission.common import config
 from mlperf_submission.common.cli import UserError, atomic_write_text
@@ -82,20 +82,10 @@ class Plan:
 
 def trainer_division(division: str, benchmark: str) -> tuple[str, str]:
     """The division whose trainer runs, and a note when it is not the audited one."""
-    if division == "open":
-        package = f"mlperf_submission.open.{benchmark}"
-        try:
-            importlib.import_module(f"{package}.presets")
-            importlib.import_module(f"{package}.train")
-            return "open", ""
-        except ModuleNotFoundError as e:
-            # Only the open trainer's own modules being absent means "no open trainer": a dependency missing
-            # inside them is a broken install, to be reported as such.
-            if e.name not in (package, f"{package}.presets", f"{package}.train"):
-                raise
-            return "closed", (f"open/{benchmark} has no presets and train.py yet: the closed {benchmark} trainer runs "
-                              "with the audited hyperparameters, without the open result's own changes "
-                              "(e.g. packed sequences)")
+    if division == "open" and ("open", benchmark) not in benchmarks.REGISTRY:
+        return "closed", (f"open/{benchmark} has no presets and train.py yet: the closed {benchmark} trainer runs "
+                          "with the audited hyperparameters, without the open result's own changes "
+                          "(e.g. packed sequences)")
     return division, ""
 
 
@@ -168,10 +158,10 @@ def same(a, b) -> bool:
 def plan(benchmark: str, division: str, logged: dict, *, first_eval=None, eval_interval=None) -> Plan:
     """The closest real-scale preset for the logged hyperparameters, and the overrides that make it match."""
     trainer, trainer_note = trainer_division(division, benchmark)
-    presets = importlib.import_module(f"mlperf_submission.{trainer}.{benchmark}.presets")
+    bench = benchmarks.get(trainer, benchmark)
     mapped, unmapped, notes = map_hyperparameters(benchmark, logged, first_eval=first_eval, eval_interval=eval_interval)
     best = None
-    for name, make in presets.PRESETS.items():
+    for name, make in bench.presets.items():
         cfg = make()
         if getattr(cfg, "dataset", "") == "synthetic":
             continue
@@ -190,9 +180,7 @@ def plan(benchmark: str, division: str, logged: dict, *, first_eval=None, eval_i
         if not getattr(resolved, "init_checkpoint", "x"):
             # The phase-1 checkpoint is a run input (CKPT), not a logged hyperparameter: asked for at run time.
             resolved = dataclasses.replace(resolved, init_checkpoint="CKPT")
-        validate = getattr(presets, "validate_closed" if trainer == "closed" else "validate_open", None)
-        if validate is not None:
-            validate(resolved)
+        bench.validate(resolved)
     except UserError as e:
         problem = str(e)
     return Plan(benchmark=benchmark, division=division, trainer_division=trainer, preset=name, overrides=overrides,

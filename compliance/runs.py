@@ -29,7 +29,6 @@ import errno
 import fcntl
 import glob
 import hashlib
-import importlib
 import json
 import os
 import secrets
@@ -42,8 +41,8 @@ import threading
 import time
 from pathlib import Path
 
+from mlperf_submission import benchmarks
 from mlperf_submission.closed.bert.checkpoint import checkpoint_prefix
-from mlperf_submission.common import config
 from mlperf_submission.common.cli import UserError, atomic_write_text, sha256_file
 from mlperf_submission.compliance import tools
 
@@ -99,17 +98,12 @@ def canonical(obj) -> str:
 
 def resolved_config(division: str, benchmark: str, preset: str, overrides) -> dict:
     """The config a run of this preset and overrides trains with, as train.py resolves and validates it."""
-    try:
-        presets = importlib.import_module(f"mlperf_submission.{division}.{benchmark}.presets")
-    except ModuleNotFoundError:
-        raise UserError(f"the {division}-division {benchmark} benchmark is not in this version") from None
-    if preset not in presets.PRESETS:
+    bench = benchmarks.get(division, benchmark)
+    if preset not in bench.presets:
         raise UserError(f"unknown preset {preset!r} for {division} {benchmark}: "
-                        f"choose one of {', '.join(presets.PRESETS)}")
-    cfg = config.override(presets.PRESETS[preset](), list(overrides))
-    validate = getattr(presets, "validate_closed" if division == "closed" else "validate_open", None)
-    if validate is not None:
-        validate(cfg)
+                        f"choose one of {', '.join(bench.presets)}")
+    cfg = bench.config(preset, overrides)
+    bench.validate(cfg)
     return json.loads(canonical(dataclasses.asdict(cfg)))
 
 
@@ -342,7 +336,7 @@ def discard(out: Path, i: int) -> list[str]:
 
 def train_command(plan: dict, i: int, *, system: Path, log: Path, nproc: int = 1, launcher: str = "") -> list[str]:
     """The one command that trains run i of a plan: its trainer, preset, seed, system, data and overrides."""
-    module = f"mlperf_submission.{plan['trainer']}.{plan['benchmark']}.train"
+    module = benchmarks.get(plan["trainer"], plan["benchmark"]).trainer
     if launcher:
         start = [*shlex.split(launcher), "-m", module]
     elif nproc > 1:

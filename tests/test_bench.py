@@ -9,10 +9,11 @@ import json
 import pytest
 import torch
 
-from mlperf_submission.bench import cases, peers, ratio_text
+from mlperf_submission.bench import cases, peers
 from mlperf_submission.bench.__main__ import add_utilisation, main, plan, ratios, run
 from mlperf_submission.closed.bert import data as bert_data
 from mlperf_submission.closed.resnet.model import ResNet50
+from mlperf_submission.common.evidence import ratio_text
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -71,7 +71,7 @@ def test_cache_clear_is_true_only_when_the_dataset_was_flushed(tmp_path, monkeyp
     with Run(MLLog(tmp_path / "demo.txt"), SUB, seed=1, hyperparameters={}, train_samples=1, eval_samples=1):
         pass
     dist = types.SimpleNamespace(is_main=True, world_size=1, device="cpu")
-    args = types.SimpleNamespace(preset="smoke", seed=1)
+    args = types.SimpleNamespace(preset="smoke", seed=1, system="1xH200")
     training.announce("resnet", "closed", args, resnet_presets.smoke(), dist, 8)
     assert "cache_clear: false (synthetic data made in memory" in capsys.readouterr().out
     values = {name: [e["value"] for e in log_events(tmp_path / f"{name}.txt.partial") if e["key"] == "cache_clear"]

@@ -140,7 +140,9 @@ def test_training_on_a_tiny_imagenet_folder(tmp_path):
                 Image.fromarray(pixels).save(folder / f"{split}_{c}_{i}.JPEG")
     data = tmp_path / "imagenet"
     log = tmp_path / "result_0.txt"
-    argv = ["--preset", "1xH200", "--seed", "3", "--system", "1xH200", "--result-log", str(log), "--data", str(data)]
+    # 16 images a micro-step (1632 = 16 x 102): what a small CPU holds, so that the data checks are what refuses
+    argv = ["--preset", "1xH200", "--seed", "3", "--system", "1xH200", "--result-log", str(log), "--data", str(data),
+            "--set", "gradient_accumulation_steps=102"]
     assert train_main(argv) == 2  # no manifest yet: `make data` first
     assert not log.exists()
     assert imagenet.main([str(data), "--out", str(data), "--workers", "1"]) == 0

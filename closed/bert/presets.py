@@ -16,11 +16,13 @@ from typing import Literal
 
 from mlperf_logging.mllog import constants
 
+from mlperf_submission.closed.bert import memory
 from mlperf_submission.closed.bert.model import BertConfig, UnpaddedAttention
 from mlperf_submission.closed.bert.optim import LossAveraging
 from mlperf_submission.common.cli import UserError
 from mlperf_submission.common.run import QUALITY_TARGETS
 from mlperf_submission.common.runtime.ipu import IpuConfig
+from mlperf_submission.common.runtime.memory import Estimate
 
 TARGET = QUALITY_TARGETS["bert"]
 WIKI_EVAL_SAMPLES = 10_000  # the closed rules' eval set (eval_10k), asserted from the data
@@ -95,6 +97,13 @@ class BertRunConfig(IpuConfig):  # the ipu_* fields: common/runtime/ipu.py, used
         """Items the loaders deliver per optimizer step, over all replicas: one sequence each here."""
         return self.global_batch_size
 
+    def memory_estimate(self, local_batch: int, device_type: str) -> Estimate:
+        """Bytes per rank at `local_batch` rows (closed/bert/memory.py), for common/runtime/memory.py."""
+        return memory.estimate(self, local_batch, device_type)
+
+    def shm_sample_bytes(self) -> int:
+        return memory.shm_sample_bytes(self)
+
     def model_config(self) -> BertConfig:
         return BertConfig(vocab_size=self.vocab_size, hidden_size=self.hidden_size,
                           num_hidden_layers=self.num_hidden_layers, num_attention_heads=self.num_attention_heads,
@@ -132,7 +141,7 @@ def smoke() -> BertRunConfig:
 def dgxa100() -> BertRunConfig:
     """The MLCommons RCP hyperparameters at batch 3072 (lr 0.002, beta1 0.66, beta2 0.998, wd 0.01,
     1141 steps, 100 warmup), on 8 GPUs in fp16, 32 sequences per GPU x 12 accumulation steps: at 64 x 6
-    the estimate is 43 GiB per GPU (common/runtime/memory.py: 34 GiB of activations with the fp32
+    the estimate is 43 GiB per GPU (closed/bert/memory.py: 34 GiB of activations with the fp32
     residual stream), over an A100-40GB; at 32 x 12 it is 26 GiB. The global batch, and so the training,
     is the same.
 

@@ -16,8 +16,10 @@ from typing import Literal
 
 from mlperf_logging.mllog import constants
 
+from mlperf_submission.closed.resnet import memory
 from mlperf_submission.common.cli import UserError
 from mlperf_submission.common.run import QUALITY_TARGETS
+from mlperf_submission.common.runtime.memory import Estimate
 
 IMAGENET_TRAIN = 1_281_167
 IMAGENET_VAL = 50_000
@@ -82,6 +84,18 @@ class ResNetConfig:
     pin_memory: bool = True          # page-locked batches, so host-to-GPU copies overlap compute (CUDA only)
     distributed_backend: Literal["torch", "horovod"] = "torch"  # torchrun or srun; horovodrun (`make horovod`)
     distributed_timeout_s: int = 600  # a collective waiting longer on a dead or hung rank ends the run
+
+    @property
+    def global_batch_items(self) -> int:
+        """Items the loaders deliver per optimizer step, over all replicas: one image each."""
+        return self.global_batch_size
+
+    def memory_estimate(self, local_batch: int, device_type: str) -> Estimate:
+        """Bytes per rank at `local_batch` images (closed/resnet/memory.py), for common/runtime/memory.py."""
+        return memory.estimate(self, local_batch, device_type)
+
+    def shm_sample_bytes(self) -> int:
+        return memory.shm_sample_bytes(self)
 
 
 def smoke() -> ResNetConfig:
