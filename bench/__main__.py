@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from mlperf_submission.bench import cases, ratio_text
+from mlperf_submission.bench import cases, ratio_text, scales
 from mlperf_submission.common.cli import ArgumentParser, atomic_write_text, entry_point
 from mlperf_submission.compliance.package import git_commit
 from mlperf_submission.systems import describe_local
@@ -47,7 +47,7 @@ SPEEDUP_GOALS = {"ours / peer defaults": 2.0, "ours / peer best": 1.3, "packed /
 BERT_MFU_GOAL = 0.5
 
 
-def plan(scale: cases.Scale, device: str) -> list[dict]:
+def plan(scale: scales.Scale, device: str) -> list[dict]:
     """The cases of one run: group, implementation and the call that measures it."""
     s128, s512 = scale.bert_seq_lengths
     resnet = f"ResNet-50, {scale.resnet_image_size} px"
@@ -67,11 +67,24 @@ def plan(scale: cases.Scale, device: str) -> list[dict]:
 
 def run(call: tuple, *, threads: int = 0, isolated: bool = True):
     """call[0](*call[1:]) with `threads` intra-op threads (0: torch's default, one per core), in a new
-    spawned process when `isolated`, so that its peak memory and caches are its own."""
+    spawned process when `isolated`, so that its peak memory and caches are its own; in this process
+    otherwise, what it held released after it."""
     if not isolated:
-        return cases.with_threads(threads, *call)
+        try:
+            return cases.with_threads(threads, *call)
+        finally:
+            cases.release(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         return pool.submit(cases.with_threads, threads, *call).result()
+
+
+def error_rows(case: dict, error: Exception) -> list[dict]:
+    """A case that raised (out of memory included): one row per implementation, with the error's first line."""
+    text = (f"{type(error).__name__}: {error}".splitlines() or ["?"])[0][:300]
+    if isinstance(error, ImportError):  # the HF peer without the `bench` extra
+        text += " (install it with: pip install -e '.[bench]')"
+    return [{"group": case["group"], "impl": impl, "name": PEER_NAMES[impl], "error": text}
+            for impl in case.get("impls") or (case["impl"],)]
 
 
 PEER_NAMES = {"ours": "ours", "ours-plain": "ours, speed options off", "peer-defaults": "torchvision, defaults",
@@ -85,11 +98,26 @@ PEER_NAMES = {"ours": "ours", "ours-plain": "ours, speed options off", "peer-def
 def finish_row(row: dict, result: dict, peaks: dict) -> dict:
     """Throughput, and MFU against the measured peak of the row's precision (16-bit rows: the bf16 peak)."""
     out = {"group": row["group"], "impl": row["impl"], "name": PEER_NAMES[row["impl"]], **result}
+    if result.get("tf32") is not None:
+        out["settings"] += f", TF32 {'on' if result['tf32'] else 'off'}"
     if "step_s" in result:
         out["samples_per_s"] = result["samples"] / result["step_s"]
-        peak = peaks["fp32" if result["precision"] == "32.32" else "bf16"]
-        out["peak_flops_per_s"] = peak
+        # An fp32 row whose math ran in TF32 is measured against the TF32 peak, so its MFU stays a share.
+        out["peak_kind"] = "bf16" if result["precision"] != "32.32" else ("tf32" if result.get("tf32") else "fp32")
+        out["peak_flops_per_s"] = peaks[out["peak_kind"]]
     return out
+
+
+DISTURBED = 0.10  # the peak at the end differing from the start's by more than this: the machine was disturbed
+
+
+def combined_peak(start: dict, end: dict) -> dict:
+    """The peaks measured at the start and at the end of the run: the best of the two per precision (what the
+    machine can do, for MFU), both kept, and the precisions whose two differ by more than DISTURBED."""
+    first, last = start["flops_per_s"], end["flops_per_s"]
+    disturbed = [k for k in first if abs(first[k] - last[k]) > DISTURBED * max(first[k], last[k])]
+    return {**start, "flops_per_s": {k: max(first[k], last[k]) for k in first}, "start": first, "end": last,
+            "disturbed": disturbed}
 
 
 def add_utilisation(rows: list[dict]) -> None:
@@ -148,12 +176,23 @@ def machine(device: torch.device, threads: int) -> dict:
             "python": platform.python_version(), "torch_threads": threads or torch.get_num_threads()}
 
 
+def peak_line(peak: dict) -> str:
+    """The measured matmul peak, start and end, and whether the machine was disturbed in between."""
+    shapes = ", ".join("x".join(map(str, s)) for s in peak["shapes"])
+    best = ", ".join(f"{k} {v / 1e12:.3f}" for k, v in peak["flops_per_s"].items())
+    ends = ", ".join(f"{k} {peak['start'][k] / 1e12:.3f} / {peak['end'][k] / 1e12:.3f}" for k in peak["start"])
+    verdict = (f"DISTURBED: {', '.join(peak['disturbed'])} differ by more than {DISTURBED:.0%}; every figure of "
+               "this run is suspect" if peak["disturbed"] else f"stable within {DISTURBED:.0%}")
+    return (f"- measured matmul peak (best of m x k x n = {shapes}, at the start and the end of the run): {best} "
+            f"TFLOP/s; start / end: {ends}: {verdict}")
+
+
 def fmt(x, spec: str, scale: float = 1.0) -> str:
     return "-" if x is None else format(x * scale, spec)
 
 
 def markdown(result: dict) -> str:
-    m, peaks = result["machine"], result["peak"]["flops_per_s"]
+    m = result["machine"]
     lines = [
         "# `make bench`: training throughput side by side", "",
         f"- command: `{result['command']}`", f"- commit: {result['commit']}",
@@ -162,8 +201,7 @@ def markdown(result: dict) -> str:
         f"{m['host_memory_capacity']}, {m['accelerator_model_name'] or 'no accelerator'}; device {m['device']}, "
         f"{m['torch_threads']} torch threads; torch {m['torch']}, transformers {m['transformers']}, "
         f"Python {m['python']}",
-        f"- measured matmul peak ({result['peak']['size']}^3): fp32 {peaks['fp32'] / 1e12:.3f} TFLOP/s, "
-        f"bf16 {peaks['bf16'] / 1e12:.3f} TFLOP/s", "",
+        peak_line(result["peak"]), "",
         "| benchmark | implementation | settings | precision | samples/step | samples/s | s/step | "
         "peak memory MiB | model GFLOP/step | MFU |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -188,7 +226,7 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def notes(scale: cases.Scale, rows: list[dict]) -> list[str]:
+def notes(scale: scales.Scale, rows: list[dict]) -> list[str]:
     out = [
         "samples/s = samples per step / median time of a whole training step (forward, backward, optimizer) "
         "on batches already in memory; data loading is measured separately (the decode rows). BERT rows: "
@@ -238,7 +276,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads < 0:
         p.error(f"--threads must be 0 (one per core) or more, not {args.threads}")
     device = cases.pick_device(args.device)
-    scale = cases.quick() if args.quick else (cases.gpu() if device.type == "cuda" else cases.cpu())
+    if args.quick:
+        scale = scales.quick()
+    else:
+        scale = scales.gpu(torch.cuda.get_device_properties(device).total_memory) if device.type == "cuda" \
+            else scales.cpu()
     started, clock = time.strftime("%Y-%m-%d %H:%M:%S %Z"), time.time()
     command = "python -m mlperf_submission.bench " + " ".join(argv if argv is not None else sys.argv[1:])
     isolation = dict(threads=args.threads, isolated=not args.in_process)
@@ -255,14 +297,17 @@ def main(argv: list[str] | None = None) -> int:
             result = run(case["call"], **isolation)
             done = [finish_row({**case, "impl": impl}, result[impl] if "impls" in case else result, peak["flops_per_s"])
                     for impl in impls]
-        except ImportError as e:  # the HF peer without the `bench` extra
-            done = [{"group": case["group"], "impl": impl, "name": PEER_NAMES[impl],
-                     "error": f"{e} (install it with: pip install -e '.[bench]')"} for impl in impls]
+        except Exception as e:  # a case's failure (out of memory, a missing peer) is its rows; the others still run
+            done = error_rows(case, e)
             failed += 1
         rows += done
         for row in done:
             shown = row.get("error") or f"{row['samples_per_s']:,.2f} samples/s, {row['settings']}"
             print(f"  {case['group']}: {row['name']}: {shown} ({time.time() - case_started:.0f} s)", flush=True)
+    peak = combined_peak(peak, run((cases.matmul_peak, scale, str(device)), **isolation))
+    for row in rows:
+        if "peak_kind" in row:
+            row["peak_flops_per_s"] = peak["flops_per_s"][row["peak_kind"]]
     add_utilisation(rows)
     result = {"format": FORMAT, "command": command, "commit": git_commit(), "started": started,
               "seconds": time.time() - clock, "scale": asdict(scale), "isolated": not args.in_process,

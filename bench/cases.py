@@ -15,22 +15,23 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import gc
 import math
 import resource
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch.utils import flop_counter
 
 from mlperf_submission.bench import peers
+from mlperf_submission.bench.scales import FULL_LAYERS, Scale
 from mlperf_submission.closed.bert import optim as bert_optim
 from mlperf_submission.closed.bert import presets as bert_presets
 from mlperf_submission.closed.bert import train as bert_train
-from mlperf_submission.closed.bert.model import BertConfig, BertForPretraining
+from mlperf_submission.closed.bert.model import BertForPretraining
 from mlperf_submission.closed.resnet import presets as resnet_presets
 from mlperf_submission.closed.resnet import train as resnet_train
 from mlperf_submission.common.data import bert_wiki, imagenet, packing
@@ -39,53 +40,8 @@ from mlperf_submission.common.runtime.compile import compiled, undone
 from mlperf_submission.common.runtime.precision import notation
 from mlperf_submission.open.bert import presets as open_bert_presets
 
-FULL_LAYERS = BertConfig().num_hidden_layers  # 24
 MAX_PREDICTIONS = 76  # masked positions per sequence of the MLPerf data at 512
 MASKED_FRACTION = 0.15
-
-
-@dataclass(frozen=True, kw_only=True)
-class Scale:
-    name: str
-    matmul_size: int                      # n of the n x n x n matmuls that measure the peak
-    resnet_image_size: int
-    resnet_batch: int
-    bert_seq_lengths: tuple[int, int]     # "seq 128" and "seq 512"
-    bert_batches: tuple[int, int]         # sequences per step at each length
-    bert_layers: tuple[int, ...]          # layer counts run; scaled to FULL_LAYERS when not already there
-    bert_shape: tuple[int, int, int, int] = (1024, 16, 4096, 30522)  # hidden, heads, intermediate, vocab
-    wiki_batch: int                       # Wikipedia-length sequences per micro-batch at the longer length
-    wiki_layers: tuple[int, ...]          # layer counts of the Wikipedia rows (bert_layers' rule)
-    wiki_timed_steps: int                 # their timed steps: the ratio of two extrapolations needs more
-    packing_sample: int = 16384           # Wikipedia-length sequences drawn and packed into open BERT's plan
-    warmup_steps: int = 1
-    timed_steps: int = 3
-    decode_seconds: float = 3.0           # CPU-seconds per decode measurement
-
-
-def cpu() -> Scale:
-    """A 2-core CPU: whole ResNet-50 at 224 px, BERT-Large at 1 and 2 layers, 1,024 tokens per step."""
-    return Scale(name="cpu", matmul_size=2048, resnet_image_size=224, resnet_batch=16, bert_seq_lengths=(128, 512),
-                 bert_batches=(8, 2), bert_layers=(1, 3), wiki_batch=8, wiki_layers=(1, 2), wiki_timed_steps=4)
-
-
-def gpu() -> Scale:
-    """One GPU: whole models at batches that keep a modern GPU busy."""
-    return Scale(name="gpu", matmul_size=8192, resnet_image_size=224, resnet_batch=256, bert_seq_lengths=(128, 512),
-                 bert_batches=(256, 32), bert_layers=(FULL_LAYERS,), wiki_batch=64,
-                 wiki_layers=(FULL_LAYERS,), wiki_timed_steps=10, warmup_steps=3,
-                 timed_steps=10)
-
-
-def quick() -> Scale:
-    """Seconds, for the tests: every code path at toy sizes. Its figures mean nothing."""
-    return Scale(name="quick", matmul_size=128, resnet_image_size=32, resnet_batch=2, bert_seq_lengths=(16, 32),
-                 bert_batches=(2, 2), bert_layers=(1, 2), bert_shape=(64, 2, 128, 512), wiki_batch=4,
-                 wiki_layers=(1, 2), wiki_timed_steps=1, packing_sample=256,
-                 timed_steps=1, decode_seconds=0.2)
-
-
-SCALES = {"cpu": cpu, "gpu": gpu, "quick": quick}
 
 
 # ---------------------------------------------------------------------------------------------- measuring
@@ -170,28 +126,69 @@ def with_threads(threads: int, fn: Callable, *args):
 
 
 def pick_device(name: str) -> torch.device:
+    """The device, its backends tuned as the trainers tune them (`cudnn.benchmark` on CUDA)."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
+    device = torch.device(name)
+    distributed.tune_backends(device)
+    return device
+
+
+def tf32(device: torch.device, convolutions: bool) -> bool | None:
+    """Whether this process runs fp32 convolutions (or matmuls) in TF32 on `device`: cuDNN's flag (on by
+    PyTorch's default) or cuBLAS's (off by default); None off CUDA, where there is no TF32."""
+    if device.type != "cuda":
+        return None
+    return bool(torch.backends.cudnn.allow_tf32 if convolutions else torch.backends.cuda.matmul.allow_tf32)
+
+
+def release(device: torch.device) -> None:
+    """Between two cases in one process: drop what the last one held, and start its peak memory afresh."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _best_matmul(m: int, k: int, n: int, dtype: torch.dtype, device: torch.device, reps: int = 5) -> float:
+    """FLOP/s of an (m x k) @ (k x n) matmul: the best of `reps` after 2 untimed."""
+    a, b = torch.randn(m, k, device=device).to(dtype), torch.randn(k, n, device=device).to(dtype)
+    c = torch.empty(m, n, device=device, dtype=dtype)
+    times = []
+    for i in range(reps + 2):
+        _sync(device)
+        started = time.perf_counter()
+        torch.mm(a, b, out=c)
+        _sync(device)
+        if i >= 2:
+            times.append(time.perf_counter() - started)
+    return 2 * m * k * n / min(times)
+
+
+def peak_shapes(n: int) -> list[tuple[int, int, int]]:
+    """(m, k, n) of the peak: square, tall and deep, the same FLOPs each (a machine's best shape differs)."""
+    return [(n, n, n), (2 * n, n // 2, n), (n // 2, 2 * n, n)]
 
 
 def matmul_peak(scale: Scale, device_name: str) -> dict:
-    """FLOP/s of an n x n x n matmul in fp32 and bf16: the best of 5 after 2 untimed."""
+    """FLOP/s of fp32 (as this process leaves TF32 for matmuls: off by default), bf16 and, on CUDA, tf32 (fp32
+    with TF32 allowed) matmuls: the best over `peak_shapes(scale.matmul_size)`, each the best of 5 after 2."""
     device = pick_device(device_name)
-    n, out = scale.matmul_size, {}
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
-        c = torch.empty(n, n, device=device, dtype=dtype)
-        times = []
-        for i in range(7):
-            _sync(device)
-            started = time.perf_counter()
-            torch.mm(a, b, out=c)
-            _sync(device)
-            if i >= 2:
-                times.append(time.perf_counter() - started)
-        out[name] = 2 * n**3 / min(times)
-    return {"flops_per_s": out, "threads": torch.get_num_threads(), "size": n}
+    kinds = [("fp32", torch.float32, None), ("bf16", torch.bfloat16, None)]
+    if device.type == "cuda":
+        kinds.append(("tf32", torch.float32, True))
+    out = {}
+    for name, dtype, allow in kinds:
+        before = torch.backends.cuda.matmul.allow_tf32
+        if allow is not None:
+            torch.backends.cuda.matmul.allow_tf32 = allow
+        try:
+            out[name] = max(_best_matmul(*shape, dtype, device) for shape in peak_shapes(scale.matmul_size))
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = before
+    return {"flops_per_s": out, "threads": torch.get_num_threads(), "size": scale.matmul_size,
+            "shapes": peak_shapes(scale.matmul_size), "tf32_matmul": tf32(device, convolutions=False),
+            "tf32_convolutions": tf32(device, convolutions=True)}
 
 
 # ---------------------------------------------------------------------------------------------- ResNet-50
@@ -212,6 +209,7 @@ def resnet(scale: Scale, device_name: str, impls: tuple[str, ...] = RESNET_IMPLS
     built = {impl: resnet_step(impl, images, labels, device) for impl in impls}
     measured = measure_alternating({impl: step for impl, (step, _, _) in built.items()}, scale, device)
     return {impl: {**measured[impl], "samples": scale.resnet_batch, "precision": notation(precision),
+                   "tf32": tf32(device, convolutions=True) if precision == "fp32" else None,
                    "settings": settings, "peak_memory_mib": peak_memory_mib(device),
                    "threads": torch.get_num_threads()}
             for impl, (_, precision, settings) in built.items()}
@@ -401,6 +399,7 @@ def bert(scale: Scale, device_name: str, which: int) -> dict[str, dict]:
                         f"{'per-tensor' if impl == 'ours-plain' else 'foreach'} LAMB, unpadded rows")
         out[impl] = {**_combined(t["fb"], t["update"], batch_size), "samples": batch_size,
                      "precision": notation(row_precision), "settings": settings,
+                     "tf32": tf32(device, convolutions=False) if row_precision == "fp32" else None,
                      "padding": float(1 - mask.sum() / mask.numel()), "peak_memory_mib": peak_memory_mib(device),
                      "threads": torch.get_num_threads()}
     return out
@@ -472,6 +471,7 @@ def bert_wikipedia(scale: Scale, device_name: str) -> dict[str, dict]:
         optimizer = "fused AdamW" if impl.startswith("hf") else "foreach LAMB"
         out[impl] = {**_combined(timings[impl]["fb"], timings[impl]["update"], sequences[impl]),
                      "samples": sequences[impl], "rows": rows_n, "precision": notation(row_precision),
+                     "tf32": tf32(device, convolutions=False) if row_precision == "fp32" else None,
                      "settings": f"{row_precision}, {how[impl]}, {optimizer} per {global_batch()} sequences",
                      "padding": shown["padding"], "peak_memory_mib": peak_memory_mib(device),
                      "threads": torch.get_num_threads()}

@@ -172,9 +172,10 @@ def bench_rows(folder: Path) -> Callable[[float], dict]:
         cmd = [sys.executable, "-m", "mlperf_submission.bench", "--device", "cuda", "--out", str(out)]
         run_group(cmd, limit, folder / "bench.out")
         result = json.loads((out / "bench.json").read_text())
-        keep = ("group", "name", "settings", "precision", "samples", "samples_per_s", "step_s", "peak_memory_mib",
-                "mfu", "error")
+        keep = ("group", "name", "settings", "precision", "tf32", "samples", "samples_per_s", "step_s",
+                "peak_memory_mib", "mfu", "error")
         return {"peak_tflops": {k: v / 1e12 for k, v in result["peak"]["flops_per_s"].items()},
+                "peak_disturbed": result["peak"]["disturbed"],
                 "rows": [{k: r[k] for k in keep if k in r} for r in result["rows"]], "ratios": result["ratios"]}
 
     return part

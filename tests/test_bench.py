@@ -9,8 +9,8 @@ import json
 import pytest
 import torch
 
-from mlperf_submission.bench import cases, peers, ratio_text
-from mlperf_submission.bench.__main__ import add_utilisation, main, plan, ratios, run
+from mlperf_submission.bench import cases, peers, ratio_text, scales
+from mlperf_submission.bench.__main__ import add_utilisation, combined_peak, finish_row, main, plan, ratios, run
 from mlperf_submission.closed.bert import train as bert_train
 from mlperf_submission.closed.resnet.model import ResNet50
 
@@ -34,7 +34,7 @@ def test_scaled_to_24_layers_on_a_straight_line():
 
 def test_the_bench_times_the_training_code_and_charges_the_update_per_global_batch():
     """The rows run closed/bert/train.py's step functions; an update's time is shared by a global batch."""
-    scale = cases.quick()
+    scale = scales.quick()
     cfg = cases.bert_config(scale, 16, 1, "fp32")
     timed = cases.ours(cfg, torch.device("cpu"))
     batch = bert_train.synthetic_batch(cfg, 3)
@@ -125,13 +125,65 @@ def test_utilisation_and_ratios():
 
 
 def test_a_case_runs_in_a_fresh_process():
-    peak = run((cases.matmul_peak, cases.quick(), "cpu"), threads=1, isolated=True)
+    peak = run((cases.matmul_peak, scales.quick(), "cpu"), threads=1, isolated=True)
     assert peak["threads"] == 1 and peak["flops_per_s"]["fp32"] > 0 and peak["flops_per_s"]["bf16"] > 0
+
+
+def test_gpu_rows_are_sized_by_the_gpus_memory():
+    """An H100 (80 GiB) and an H200 (141 GiB): four BERT-Large models at 256 x 128 (about 100 GB by the
+    estimate) fit the H200 alone; every group's estimate stays within the usable share."""
+    h100, h200 = scales.gpu(80 * 2**30), scales.gpu(141 * 2**30)
+    assert (h100.resnet_batch, h100.bert_batches, h100.wiki_batch) == (256, (128, 16), 16)
+    assert (h200.resnet_batch, h200.bert_batches, h200.wiki_batch) == (256, (256, 32), 32)
+    for memory, scale in ((80 * 2**30, h100), (141 * 2**30, h200)):
+        assert scales.bert_bytes(4, scale.bert_batches[0], 128) <= scales.USABLE * memory
+        assert scales.bert_bytes(3, scale.bert_batches[1], 512) <= scales.USABLE * memory
+        assert scale.bert_layers == scale.wiki_layers == (24,)
+    assert scales.bert_bytes(4, 256, 128) > scales.USABLE * 80 * 2**30
+    small = scales.gpu(16 * 2**30)
+    assert small.bert_batches == (1, 1) and small.resnet_batch == 64  # the BERT states alone overfill 16 GiB
+
+
+def oom(*args):
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 3.00 GiB\nmore text")
+
+
+def test_a_case_that_runs_out_of_memory_is_its_error_rows_and_the_others_run(tmp_path, monkeypatch):
+    monkeypatch.setattr("mlperf_submission.bench.__main__.plan", lambda scale, device: [
+        dict(group="BERT-Large, seq 32", impls=("ours", "hf-best"), call=(oom,)),
+        dict(group="ImageNet decode + augment, 224 px", impl="ours", call=(cases.decode, scale, "ours"))])
+    assert main(["--quick", "--in-process", "--out", str(tmp_path)]) == 1
+    result = json.loads((tmp_path / "bench.json").read_text())
+    failed, decoded = result["rows"][:2], result["rows"][2]
+    assert [r["impl"] for r in failed] == ["ours", "hf-best"]
+    assert all(r["error"] == "OutOfMemoryError: CUDA out of memory. Tried to allocate 3.00 GiB" for r in failed)
+    assert decoded["samples_per_s"] > 0 and "error" not in decoded
+    assert "| BERT-Large, seq 32 | ours | failed: OutOfMemoryError" in (tmp_path / "bench.md").read_text()
+
+
+def test_fp32_rows_in_tf32_are_measured_against_the_tf32_peak():
+    peaks = {"fp32": 50e12, "tf32": 400e12, "bf16": 800e12}
+    base = {"samples": 8, "step_s": 1.0, "settings": "fp32, NCHW"}
+    conv = finish_row({"group": "g", "impl": "peer-defaults"}, {**base, "precision": "32.32", "tf32": True}, peaks)
+    assert conv["peak_flops_per_s"] == 400e12 and conv["settings"] == "fp32, NCHW, TF32 on"
+    plain = finish_row({"group": "g", "impl": "hf-defaults"}, {**base, "precision": "32.32", "tf32": False}, peaks)
+    assert plain["peak_flops_per_s"] == 50e12 and plain["settings"].endswith("TF32 off")
+    cpu = finish_row({"group": "g", "impl": "ours"}, {**base, "precision": "16.32", "tf32": None}, peaks)
+    assert cpu["peak_flops_per_s"] == 800e12 and cpu["settings"] == "fp32, NCHW"
+
+
+def test_the_peak_is_the_best_of_start_and_end_and_a_drift_says_disturbed():
+    start = {"flops_per_s": {"fp32": 1.0e12, "bf16": 2.0e12}, "size": 8, "shapes": [(8, 8, 8)]}
+    steady = combined_peak(start, {"flops_per_s": {"fp32": 0.95e12, "bf16": 2.1e12}})
+    assert steady["flops_per_s"] == {"fp32": 1.0e12, "bf16": 2.1e12} and steady["disturbed"] == []
+    moved = combined_peak(start, {"flops_per_s": {"fp32": 0.5e12, "bf16": 2.0e12}})
+    assert moved["disturbed"] == ["fp32"] and moved["start"]["fp32"] == 1.0e12 and moved["end"]["fp32"] == 0.5e12
+    assert cases.peak_shapes(64) == [(64, 64, 64), (128, 32, 64), (32, 128, 64)]  # the same FLOPs each
 
 
 def test_plan_covers_every_comparison():
     groups = {}
-    for case in plan(cases.cpu(), "cpu"):
+    for case in plan(scales.cpu(), "cpu"):
         groups.setdefault(case["group"], []).extend(case.get("impls") or [case["impl"]])
     assert groups == {
         "ResNet-50, 224 px": ["ours", "ours-plain", "peer-defaults", "peer-best"],
@@ -151,7 +203,7 @@ def test_quick_bench_end_to_end(tmp_path, capsys):
     assert result["format"] == "mlperf_submission.bench/1" and result["scale"]["name"] == "quick"
     assert result["command"].endswith("--quick --in-process --threads 1 --out " + str(tmp_path))
     assert result["commit"] and result["machine"]["torch"] == torch.__version__
-    assert len(result["rows"]) == sum(len(case.get("impls") or [case["impl"]]) for case in plan(cases.quick(), "cpu"))
+    assert len(result["rows"]) == sum(len(case.get("impls") or [case["impl"]]) for case in plan(scales.quick(), "cpu"))
     for row in result["rows"]:
         assert row["samples_per_s"] > 0, row
         if "step_s" in row:
