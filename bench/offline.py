@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import configparser
 import importlib.metadata
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -68,16 +69,26 @@ def fetch(requirement: Requirement, folder: Path, python_version: str, platform:
     return "built here (pure Python)"
 
 
+def own_wheel(folder: Path) -> None:
+    """The package's wheel into `folder`, built offline from a copy of the checkout's sources: an in-place
+    build would take modules deleted since an earlier build from its stale build/lib."""
+    skip = shutil.ignore_patterns(".git", ".venv", "out", "build", ".whl", "*.egg-info", "__pycache__", ".*_cache")
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "src"
+        shutil.copytree(ROOT, source, ignore=skip, symlinks=True)
+        # No build isolation and no index: setuptools and wheel of this environment (make setup) build it.
+        own = pip("wheel", "--no-deps", "--no-build-isolation", "--no-index", "--wheel-dir", str(folder), str(source))
+    if own.returncode != 0:
+        raise UserError(f"building the package's wheel failed: {(own.stderr.strip().splitlines() or ['?'])[-1]}")
+
+
 def make_wheels(out: Path, python_version: str, platform: str, preinstalled: list[str]) -> None:
     skip = {"torch", *(name.lower().replace("_", "-") for name in preinstalled)}
     wanted = [r for r in runtime_requirements(ROOT / "setup.cfg") if r.name.lower() not in skip]
     with atomic_dir(out) as folder:
         for requirement in wanted:
             print(f"wheels: {requirement}: {fetch(requirement, folder, python_version, platform)}", flush=True)
-        # No build isolation: setuptools and wheel of this environment (make setup), no registry needed.
-        own = pip("wheel", "--no-deps", "--no-build-isolation", "--wheel-dir", str(folder), str(ROOT))
-        if own.returncode != 0:
-            raise UserError(f"building the package's wheel failed: {(own.stderr.strip().splitlines() or ['?'])[-1]}")
+        own_wheel(folder)
     size = sum(f.stat().st_size for f in out.iterdir())
     print(f"wheels: {len(list(out.glob('*.whl')))} wheels, {size / 2**20:.2f} MiB in {out} "
           f"(left out: {', '.join(sorted(skip))})")
