@@ -42,7 +42,7 @@ submit_args = --division $(DIVISION) --bench $(BENCH) --nproc $(NPROC) \
 	$(if $(CKPT),--ckpt $(CKPT)) $(if $(RUNS),--runs $(RUNS)) $(if $(OUT),--out $(OUT)) $(if $(SEEDS),--seeds $(SEEDS))
 run_args = $(submit_args) --index $(INDEX) $(if $(LAUNCH),--launcher '$(LAUNCH)') $(if $(NODE),--node $(NODE))
 
-.PHONY: help setup horovod test lint submit run package time-to-target check score audit reproduce systems describe-system data clean bench report gpu-check wheels
+.PHONY: help setup horovod test lint submit run package time-to-target check score audit reproduce systems describe-system data clean bench report gpu-check wheels bench-twice
 
 help:
 	@echo "make setup                         create .venv and install the package with its pinned dependencies"
@@ -69,6 +69,8 @@ help:
 	@echo "make wheels [WHEELS=.whl WHEEL_PYTHON=3.12 WHEEL_PLATFORM=manylinux_2_28_x86_64 PREINSTALLED=\"numpy ...\"]"
 	@echo "                                   every dependency but torch and the package itself as wheels, for a machine"
 	@echo "                                   without network (README, \"On a GPU\")"
+	@echo "make bench-twice [QUICK=1 THREADS= OUT=out/bench-twice]   the bench twice, then per ratio whether the"
+	@echo "                                   two runs' medians agree within 10 % (OUT/compare.md)"
 	@echo "make report [SUB=\"a b\" BENCH_JSON= OUT=]   results page: HTML with PNG plots (out/report/index.html)"
 	@echo "make time-to-target BENCH= [SEEDS=1,2,3]   open vs closed smoke presets, minutes to the target, same seeds"
 	@echo "make systems                       official system description checker on systems/*.json"
@@ -125,8 +127,17 @@ reproduce:
 		$(if $(DATA),--data $(DATA)) $(if $(CKPT),--ckpt $(CKPT)) $(if $(SYSTEM),--system $(SYSTEM)) --nproc $(NPROC) \
 		$(if $(OUT),--out $(OUT))
 
+bench_opts = $(if $(QUICK),--quick) $(if $(THREADS),--threads $(THREADS))
+twice = $(or $(OUT),out/bench-twice)
+
 bench:
-	$(PY) -m mlperf_submission.bench $(if $(QUICK),--quick) $(if $(THREADS),--threads $(THREADS)) $(if $(OUT),--out $(OUT))
+	$(PY) -m mlperf_submission.bench $(bench_opts) $(if $(OUT),--out $(OUT))
+
+# Two whole runs one after the other, then per ratio: do their medians agree within 10 %?
+bench-twice:
+	$(PY) -m mlperf_submission.bench $(bench_opts) --out $(twice)/1
+	$(PY) -m mlperf_submission.bench $(bench_opts) --out $(twice)/2
+	$(PY) -m mlperf_submission.bench.compare $(twice)/1/bench.json $(twice)/2/bench.json --out $(twice)/compare.md
 
 gpu-check:
 	$(PY) -m mlperf_submission.bench.gpu_check $(if $(OUT),--out $(OUT)) $(if $(BUDGET),--budget $(BUDGET))

@@ -32,14 +32,14 @@ class Scale:
     wiki_timed_steps: int                 # their timed steps: the ratio of two extrapolations needs more
     packing_sample: int = 16384           # Wikipedia-length sequences drawn and packed into open BERT's plan
     warmup_steps: int = 1
-    timed_steps: int = 3
-    decode_seconds: float = 3.0           # CPU-seconds per decode measurement
+    timed_steps: int = 5                  # alternating rounds of every timed comparison (each ratio's spread)
+    decode_seconds: float = 1.5           # CPU-seconds of each decode round
 
 
 def cpu() -> Scale:
     """A 2-core CPU: whole ResNet-50 at 224 px, BERT-Large at 1 and 3 layers, 1,024 tokens per step."""
     return Scale(name="cpu", matmul_size=2048, resnet_image_size=224, resnet_batch=16, bert_seq_lengths=(128, 512),
-                 bert_batches=(8, 2), bert_layers=(1, 3), wiki_batch=8, wiki_layers=(1, 2), wiki_timed_steps=4)
+                 bert_batches=(8, 2), bert_layers=(1, 3), wiki_batch=8, wiki_layers=(1, 2), wiki_timed_steps=5)
 
 
 # Share of the GPU's memory the estimates may fill: the rest is the CUDA context, cuBLAS / cuDNN workspaces
