@@ -56,3 +56,23 @@ def test_the_offline_install_over_the_installed_torch_runs_from_its_own_copy(tmp
                "--system", "1xH200", "--result-log", str(log), "--set", "max_epochs=1"], tmp_path, env)
     # max_epochs stops the run at its first eval past that epoch (the smoke preset's: epoch 4), if not converged
     assert "epoch   1: loss" in out and "run_stop: " in out and ":::MLLOG" in log.read_text()
+
+
+REQUIRES = ["torch==2.13.0", "numpy==2.4.6", "crc32c==2.9.post0", "pytest==9.2.0; extra == \"dev\"",
+            "torch<2.14,>=2.11; extra == \"offline\""]
+
+
+def test_check_names_what_is_missing_and_reads_the_torch_range_of_the_offline_extra():
+    assert offline.missing(REQUIRES, {"numpy": "2.5.0", "crc32c": None, "torch": None}) == ["crc32c"]
+    assert offline.missing(REQUIRES, {"numpy": "2.5.0", "crc32c": "2.9"}) == []  # pins are make setup's, not here
+    torch_range = offline.supported_torch(REQUIRES)
+    assert torch_range.specifier.contains("2.11.0+cu130") and torch_range.specifier.contains("2.13.0+cpu")
+    assert not torch_range.specifier.contains("2.10.1") and not torch_range.specifier.contains("2.14.0")
+    with pytest.raises(offline.UserError, match="declares no torch range"):
+        offline.supported_torch(REQUIRES[:4])
+
+
+def test_the_wheel_folder_takes_every_runtime_requirement_of_setup_cfg():
+    names = [r.name for r in offline.runtime_requirements(offline.ROOT / "setup.cfg")]
+    assert {"torch", "mlperf-logging", "tfrecord", "crc32c", "simplejpeg"} <= set(names)
+    assert "pytest" not in names and "transformers" not in names  # extras stay out
