@@ -1,6 +1,6 @@
 """`make bench`: our training steps against the peers a user would pick instead, side by side in one run.
 
-    python -m mlperf_submission.bench [--quick] [--out out/bench] [--device auto|cpu|cuda]
+    python -m mlperf_submission.bench [--quick] [--out out/bench] [--device auto|cpu|cuda] [--settle-s 180]
 
 Measures, each in a fresh process and on this machine in the same run: the fp32 and bf16 matmul peak;
 training throughput (samples/s), time per step, peak memory and model FLOP utilisation (MFU) of
@@ -15,8 +15,11 @@ training throughput (samples/s), time per step, peak memory and model FLOP utili
   update charged per global batch of the 1xH200 preset (256 sequences), not per timed micro-batch;
   - ImageNet decode + training augmentation, images per CPU-second: ours against torchvision's transforms;
 then prints the ratios against the goals of issues 5 and 6 and writes OUT/bench.json and OUT/bench.md (with the
-commit, the machine and this command). `--quick` runs every path at toy sizes in under a minute, for the
-tests; its figures mean nothing. On a 2-core CPU the full run takes about 5-10 minutes.
+commit, the machine and this command). Every ratio is the median of at least 5 alternating rounds with their
+min-max, UNSETTLED beyond +-10 % (such a group measured again while --settle-s allows); the matmul peak is
+taken at the start and the end, DISTURBED when they differ by more than 10 %. `--quick` runs every path at
+toy sizes in a minute or two, for the tests; its figures mean nothing. On a 2-core CPU the full run took
+5-10 minutes with 3 rounds; with 5, and up to 3 minutes of settling, it is not yet timed.
 """
 
 from __future__ import annotations
