@@ -8,7 +8,7 @@ training throughput (samples/s), time per step, peak memory and model FLOP utili
     torchvision's reference training step (plain-PyTorch equivalent, bench/peers.py) at its defaults and
     at its best documented settings;
   - BERT-Large at sequence length 128 and 512 on full rows: ours, and Hugging Face `BertForPreTraining` at
-    its defaults and best documented settings (on a CPU at 1 and 2 layers of the real width, scaled to 24);
+    its defaults and best documented settings (on a CPU at 1 and 3 layers of the real width, scaled to 24);
   - BERT-Large at 512 on the MLPerf Wikipedia length mix: ours as closed BERT trains (unpadded rows), ours
     on padded rows, ours on open BERT's offline packs, and the two HF rows (padded to the batch's longest);
   every BERT row as the package trains (closed/bert/train.py's `micro_step` and `optimizer_step`), its
