@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import configparser
 import importlib.metadata
+import re
 import shutil
 import subprocess
 import sys
@@ -46,14 +47,27 @@ def pip(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True)
 
 
+def platforms(platform: str) -> list[str]:
+    """`platform` and every older tag a machine of it runs: pip takes a --platform literally, so that
+    manylinux_2_28 alone would miss a wheel tagged only manylinux2014 (= manylinux_2_17)."""
+    tag = re.fullmatch(r"manylinux_2_(\d+)_(\w+)", platform)
+    if tag is None:
+        return [platform]
+    glibc, arch = int(tag[1]), tag[2]
+    legacy = {17: "manylinux2014", 12: "manylinux2010", 5: "manylinux1"}
+    return [f"manylinux_2_{m}_{arch}" for m in range(glibc, 4, -1)] + [
+        f"{name}_{arch}" for m, name in legacy.items() if m <= glibc]
+
+
 def fetch(requirement: Requirement, folder: Path, python_version: str, platform: str) -> str:
     """The wheel of `requirement` for (python_version, platform) into `folder`; a distribution the registry
     has only as source is built here, and must then be pure Python (the target could not run a binary made
     for this machine). -> how it was got."""
     abi = "cp" + python_version.replace(".", "")
     got = pip("download", "--no-deps", "--only-binary=:all:", "--python-version", python_version,
-              "--implementation", "cp", "--abi", abi, "--abi", "abi3", "--abi", "none", "--platform", platform,
-              "--dest", str(folder), str(requirement))
+              "--implementation", "cp", "--abi", abi, "--abi", "abi3", "--abi", "none",
+              *(arg for tag in platforms(platform) for arg in ("--platform", tag)), "--dest", str(folder),
+              str(requirement))
     if got.returncode == 0:
         return "downloaded"
     with tempfile.TemporaryDirectory() as built:

@@ -76,3 +76,10 @@ def test_the_wheel_folder_takes_every_runtime_requirement_of_setup_cfg():
     names = [r.name for r in offline.runtime_requirements(offline.ROOT / "setup.cfg")]
     assert {"torch", "mlperf-logging", "tfrecord", "crc32c", "simplejpeg"} <= set(names)
     assert "pytest" not in names and "transformers" not in names  # extras stay out
+
+
+def test_a_platform_takes_the_older_manylinux_tags_it_runs():
+    tags = offline.platforms("manylinux_2_28_x86_64")
+    assert tags[0] == "manylinux_2_28_x86_64" and "manylinux_2_17_x86_64" in tags and tags[-1] == "manylinux1_x86_64"
+    assert "manylinux2014_x86_64" in tags and "manylinux_2_29_x86_64" not in tags
+    assert offline.platforms("win_amd64") == ["win_amd64"]
