@@ -2,13 +2,14 @@
 #
 #   docker build -t mlperf-submission .
 #   docker run --rm --gpus all --ipc=host mlperf-submission make gpu-check
-#   docker run --rm --gpus all --shm-size=5g -v /data:/data -v $PWD/out:/opt/mlperf-submission/out \
+#   docker run --rm --gpus all --shm-size=8g -v /data:/data -v $PWD/out:/opt/mlperf-submission/out \
 #       mlperf-submission make submit DIVISION=closed BENCH=resnet PRESET=1xH200 SYSTEM=systems/mybox.json DATA=/data/imagenet
 #
 # --shm-size: the data workers hand batches to the trainer through /dev/shm, and docker's default of 64 MB
 # holds no ImageNet batch; `python -m mlperf_submission.bench.memory --shm --bench B --preset P`
-# prints what a preset needs (or give the host's with --ipc=host). The torch wheel that `make setup` installs
-# brings its own CUDA libraries: the host needs only the NVIDIA driver and the container toolkit (--gpus).
+# prints what a preset needs (8g for ResNet 1xH200; or give the host's with --ipc=host). The torch wheel that
+# `make setup` installs brings its own CUDA libraries: the host needs only the NVIDIA driver and the container
+# toolkit (--gpus).
 # `make horovod` with NCCL needs nvcc too: build FROM an nvidia/cuda *-devel image of the wheel's CUDA version
 # (docker build --build-arg BASE=nvidia/cuda:<version>-cudnn-devel-ubuntu24.04 ...).
 ARG BASE=python:3.11-slim-bookworm

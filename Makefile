@@ -1,39 +1,48 @@
 # The front door. `make help` lists the targets; variables are passed as NAME=value.
-PY ?= .venv/bin/python
-DIVISION ?= closed
-BENCH ?= resnet
-PRESET ?=
-SYSTEM ?=
-DATA ?=
-CKPT ?=
-RUNS ?=
-OUT ?=
-SEEDS ?=
-NPROC ?= 1
-FORCE ?=
-INDEX ?=
-LAUNCH ?=
-NODE ?=
-LOG ?=
-SUB ?=
-SRC ?=
-EVAL ?=
-PACK ?=
-MAX_PER_PACK ?=
-MAX_PRED_PER_PACK ?=
-RESULT_ID ?=
-RESULT_SYSTEM ?=
-RESULTS ?=
-QUICK ?=
-THREADS ?=
-BENCH_JSON ?=
+# Plain `=`: a variable takes its value from the command line or the default here, never from an environment
+# variable of the same name (`?=` would let an unrelated OUT or PY in the shell steer the targets).
+PY = .venv/bin/python
+DIVISION = closed
+BENCH = resnet
+PRESET =
+SYSTEM =
+DATA =
+CKPT =
+RUNS =
+OUT =
+SEEDS =
+NPROC = 1
+FORCE =
+INDEX =
+LAUNCH =
+NODE =
+LOG =
+SUB =
+SRC =
+EVAL =
+PACK =
+MAX_PER_PACK =
+MAX_PRED_PER_PACK =
+RESULT_ID =
+RESULT_SYSTEM =
+RESULTS =
+QUICK =
+THREADS =
+BENCH_JSON =
+BUDGET =
+# `make wheels`: the folder, and the Python and platform its binary wheels are for (README "On a GPU")
+WHEELS = .whl
+WHEEL_PYTHON = 3.12
+WHEEL_PLATFORM = manylinux_2_28_x86_64
+# distributions the target machine already has, left out of the folder (space-separated)
+PREINSTALLED =
 
 submit_args = --division $(DIVISION) --bench $(BENCH) --nproc $(NPROC) \
 	$(if $(PRESET),--preset $(PRESET)) $(if $(SYSTEM),--system $(SYSTEM)) $(if $(DATA),--data $(DATA)) \
 	$(if $(CKPT),--ckpt $(CKPT)) $(if $(RUNS),--runs $(RUNS)) $(if $(OUT),--out $(OUT)) $(if $(SEEDS),--seeds $(SEEDS))
 run_args = $(submit_args) --index $(INDEX) $(if $(LAUNCH),--launcher '$(LAUNCH)') $(if $(NODE),--node $(NODE))
 
-.PHONY: help setup horovod test lint submit run package time-to-target check score audit reproduce systems describe-system data clean bench report gpu-check
+.PHONY: help setup horovod test lint submit run package time-to-target check score audit reproduce systems describe-system data clean bench report gpu-check wheels bench-twice
 
 help:
 	@echo "make setup                         create .venv and install the package with its pinned dependencies"
@@ -55,8 +64,13 @@ help:
 	@echo "           re-run an audited result with its seeds and mapped hyperparameters (smoke scale without DATA)"
 	@echo "make bench [QUICK=1 THREADS= OUT=] throughput vs peers side by side (out/bench/bench.{json,md}; <15 min"
 	@echo "           on 2 cores; THREADS=1 on a shared machine; QUICK=1 toy sizes in seconds)"
-	@echo "make gpu-check [OUT=]              on a CUDA GPU: environment, smoke runs eager and compiled, bench GPU rows"
+	@echo "make gpu-check [OUT= BUDGET=540]   on a CUDA GPU: environment, smoke runs eager and compiled, bench GPU rows"
 	@echo "                                   (out/gpu-check/gpu_check.{json,md}; <10 min on one H200; no GPU: skips)"
+	@echo "make wheels [WHEELS=.whl WHEEL_PYTHON=3.12 WHEEL_PLATFORM=manylinux_2_28_x86_64 PREINSTALLED=\"numpy ...\"]"
+	@echo "                                   every dependency but torch and the package itself as wheels, for a machine"
+	@echo "                                   without network (README, \"On a GPU\")"
+	@echo "make bench-twice [QUICK=1 THREADS= OUT=out/bench-twice]   the bench twice, then per ratio whether the"
+	@echo "                                   two runs' medians agree within 10 % (OUT/compare.md)"
 	@echo "make report [SUB=\"a b\" BENCH_JSON= OUT=]   results page: HTML with PNG plots (out/report/index.html)"
 	@echo "make time-to-target BENCH= [SEEDS=1,2,3]   open vs closed smoke presets, minutes to the target, same seeds"
 	@echo "make systems                       official system description checker on systems/*.json"
@@ -113,11 +127,24 @@ reproduce:
 		$(if $(DATA),--data $(DATA)) $(if $(CKPT),--ckpt $(CKPT)) $(if $(SYSTEM),--system $(SYSTEM)) --nproc $(NPROC) \
 		$(if $(OUT),--out $(OUT))
 
+bench_opts = $(if $(QUICK),--quick) $(if $(THREADS),--threads $(THREADS))
+twice = $(or $(OUT),out/bench-twice)
+
 bench:
-	$(PY) -m mlperf_submission.bench $(if $(QUICK),--quick) $(if $(THREADS),--threads $(THREADS)) $(if $(OUT),--out $(OUT))
+	$(PY) -m mlperf_submission.bench $(bench_opts) $(if $(OUT),--out $(OUT))
+
+# Two whole runs one after the other, then per ratio: do their medians agree within 10 %?
+bench-twice:
+	$(PY) -m mlperf_submission.bench $(bench_opts) --out $(twice)/1
+	$(PY) -m mlperf_submission.bench $(bench_opts) --out $(twice)/2
+	$(PY) -m mlperf_submission.bench.compare $(twice)/1/bench.json $(twice)/2/bench.json --out $(twice)/compare.md
 
 gpu-check:
-	$(PY) -m mlperf_submission.bench.gpu_check $(if $(OUT),--out $(OUT))
+	$(PY) -m mlperf_submission.bench.gpu_check $(if $(OUT),--out $(OUT)) $(if $(BUDGET),--budget $(BUDGET))
+
+wheels:
+	$(PY) -m mlperf_submission.bench.offline wheels --out $(WHEELS) --python-version $(WHEEL_PYTHON) \
+		--platform $(WHEEL_PLATFORM) $(if $(PREINSTALLED),--preinstalled $(PREINSTALLED))
 
 report:
 	$(PY) -m mlperf_submission.compliance report $(SUB) $(if $(BENCH_JSON),--bench $(BENCH_JSON)) $(if $(OUT),--out $(OUT))

@@ -16,22 +16,21 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import resource
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils import flop_counter
 
 from mlperf_submission.bench import peers
+from mlperf_submission.bench.scales import Scale
+from mlperf_submission.bench.timing import measure_alternating, peak_memory_mib, pick_device, scaled, sync, tf32
 from mlperf_submission.closed.bert import data as bert_data
 from mlperf_submission.closed.bert import optim as bert_optim
 from mlperf_submission.closed.bert import presets as bert_presets
 from mlperf_submission.closed.bert import steps as bert_steps
-from mlperf_submission.closed.bert.model import BertConfig, BertForPretraining
+from mlperf_submission.closed.bert.model import BertForPretraining
 from mlperf_submission.closed.resnet import presets as resnet_presets
 from mlperf_submission.closed.resnet import steps as resnet_steps
 from mlperf_submission.common.data import bert_wiki, imagenet, packing
@@ -40,159 +39,8 @@ from mlperf_submission.common.runtime.compile import compiled, undone
 from mlperf_submission.common.runtime.precision import notation
 from mlperf_submission.open.bert import presets as open_bert_presets
 
-FULL_LAYERS = BertConfig().num_hidden_layers  # 24
 MAX_PREDICTIONS = 76  # masked positions per sequence of the MLPerf data at 512
 MASKED_FRACTION = 0.15
-
-
-@dataclass(frozen=True, kw_only=True)
-class Scale:
-    name: str
-    matmul_size: int                      # n of the n x n x n matmuls that measure the peak
-    resnet_image_size: int
-    resnet_batch: int
-    bert_seq_lengths: tuple[int, int]     # "seq 128" and "seq 512"
-    bert_batches: tuple[int, int]         # sequences per step at each length
-    bert_layers: tuple[int, ...]          # layer counts run; scaled to FULL_LAYERS when not already there
-    bert_shape: tuple[int, int, int, int] = (1024, 16, 4096, 30522)  # hidden, heads, intermediate, vocab
-    wiki_batch: int                       # Wikipedia-length sequences per micro-batch at the longer length
-    wiki_layers: tuple[int, ...]          # layer counts of the Wikipedia rows (bert_layers' rule)
-    wiki_timed_steps: int                 # their timed steps: the ratio of two extrapolations needs more
-    packing_sample: int = 16384           # Wikipedia-length sequences drawn and packed into open BERT's plan
-    warmup_steps: int = 1
-    timed_steps: int = 3
-    decode_seconds: float = 3.0           # CPU-seconds per decode measurement
-
-
-def cpu() -> Scale:
-    """A 2-core CPU: whole ResNet-50 at 224 px, BERT-Large at 1 and 2 layers, 1,024 tokens per step."""
-    return Scale(name="cpu", matmul_size=2048, resnet_image_size=224, resnet_batch=16, bert_seq_lengths=(128, 512),
-                 bert_batches=(8, 2), bert_layers=(1, 3), wiki_batch=8, wiki_layers=(1, 2), wiki_timed_steps=4)
-
-
-def gpu() -> Scale:
-    """One GPU: whole models at batches that keep a modern GPU busy."""
-    return Scale(name="gpu", matmul_size=8192, resnet_image_size=224, resnet_batch=256, bert_seq_lengths=(128, 512),
-                 bert_batches=(256, 32), bert_layers=(FULL_LAYERS,), wiki_batch=64,
-                 wiki_layers=(FULL_LAYERS,), wiki_timed_steps=10, warmup_steps=3,
-                 timed_steps=10)
-
-
-def quick() -> Scale:
-    """Seconds, for the tests: every code path at toy sizes. Its figures mean nothing."""
-    return Scale(name="quick", matmul_size=128, resnet_image_size=32, resnet_batch=2, bert_seq_lengths=(16, 32),
-                 bert_batches=(2, 2), bert_layers=(1, 2), bert_shape=(64, 2, 128, 512), wiki_batch=4,
-                 wiki_layers=(1, 2), wiki_timed_steps=1, packing_sample=256,
-                 timed_steps=1, decode_seconds=0.2)
-
-
-SCALES = {"cpu": cpu, "gpu": gpu, "quick": quick}
-
-
-# ---------------------------------------------------------------------------------------------- measuring
-
-
-def _sdpa_cpu(query, key, value, *args, out_val=None, **kwargs) -> int:
-    return flop_counter.sdpa_flop_count(query.shape, key.shape, value.shape)
-
-
-def _sdpa_cpu_backward(grad_out, query, key, value, *args, out_val=None, **kwargs) -> int:
-    return flop_counter.sdpa_backward_flop_count(grad_out.shape, query.shape, key.shape, value.shape)
-
-
-_sdpa_cpu._get_raw = _sdpa_cpu_backward._get_raw = True
-# torch counts the CUDA attention kernels but not the CPU one; the same formulas for it.
-_CPU_ATTENTION = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu,
-                  torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _sdpa_cpu_backward}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def peak_memory_mib(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def measure(step: Callable[[], None], scale: Scale, device: torch.device) -> dict:
-    """FLOPs of one step (counted in the first warm-up step) and the median seconds of the timed steps."""
-    return measure_alternating({"step": step}, scale, device)["step"]
-
-
-def measure_alternating(steps: dict[str, Callable[[], None]], scale: Scale, device: torch.device,
-                        uncounted: tuple[str, ...] = ()) -> dict:
-    """`measure` for steps that are compared with each other: warmed up one after the other, then timed in
-    turns (a, b, a, b, ...), so that a change in the machine's speed during the run hits each alike. The
-    steps named in `uncounted` are not FLOP-counted (flops 0): the counter cannot follow nested tensors."""
-    out, times = {}, {name: [] for name in steps}
-    for name, step in steps.items():
-        counter = flop_counter.FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION)
-        if name in uncounted:
-            step()
-        else:
-            with counter:
-                step()
-        for _ in range(scale.warmup_steps - 1):
-            step()
-        out[name] = {"flops": counter.get_total_flops() if name not in uncounted else 0}
-    _sync(device)
-    for _ in range(scale.timed_steps):
-        for name, step in steps.items():
-            started = time.perf_counter()
-            step()
-            _sync(device)
-            times[name].append(time.perf_counter() - started)
-    return {name: {**out[name], "step_s": statistics.median(times[name])} for name in steps}
-
-
-def scaled(points: dict[int, dict]) -> dict:
-    """Step time and FLOPs at FULL_LAYERS from measurements at other layer counts (a straight line)."""
-    if FULL_LAYERS in points:
-        return {**points[FULL_LAYERS], "scaled_from": []}
-    (l1, a), (l2, b) = sorted(points.items())[0], sorted(points.items())[-1]
-    out = {}
-    for key in ("step_s", "flops"):
-        per_layer = max(b[key] - a[key], 0) / (l2 - l1)  # max: timing noise must not give a negative slope
-        out[key] = a[key] + (FULL_LAYERS - l1) * per_layer
-    if b["step_s"] <= a["step_s"]:  # more layers took no longer: noise swamped the slope, so no figure
-        out["unreliable"] = f"{l2} layers timed no slower than {l1}"
-    return {**out, "scaled_from": sorted(points), "measured": {str(n): p for n, p in sorted(points.items())}}
-
-
-def with_threads(threads: int, fn: Callable, *args):
-    """fn(*args) with `threads` intra-op threads (0: leave torch's default). Module-level, so that a spawned
-    process (`__main__.run`) can unpickle it."""
-    if threads:
-        torch.set_num_threads(threads)
-    return fn(*args)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
-
-
-def matmul_peak(scale: Scale, device_name: str) -> dict:
-    """FLOP/s of an n x n x n matmul in fp32 and bf16: the best of 5 after 2 untimed."""
-    device = pick_device(device_name)
-    n, out = scale.matmul_size, {}
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
-        c = torch.empty(n, n, device=device, dtype=dtype)
-        times = []
-        for i in range(7):
-            _sync(device)
-            started = time.perf_counter()
-            torch.mm(a, b, out=c)
-            _sync(device)
-            if i >= 2:
-                times.append(time.perf_counter() - started)
-        out[name] = 2 * n**3 / min(times)
-    return {"flops_per_s": out, "threads": torch.get_num_threads(), "size": n}
 
 
 # ---------------------------------------------------------------------------------------------- ResNet-50
@@ -213,6 +61,7 @@ def resnet(scale: Scale, device_name: str, impls: tuple[str, ...] = RESNET_IMPLS
     built = {impl: resnet_step(impl, images, labels, device) for impl in impls}
     measured = measure_alternating({impl: step for impl, (step, _, _) in built.items()}, scale, device)
     return {impl: {**measured[impl], "samples": scale.resnet_batch, "precision": notation(precision),
+                   "tf32": tf32(device, convolutions=True) if precision == "fp32" else None,
                    "settings": settings, "peak_memory_mib": peak_memory_mib(device),
                    "threads": torch.get_num_threads()}
             for impl, (_, precision, settings) in built.items()}
@@ -253,7 +102,7 @@ def our_resnet_step(cfg: resnet_presets.ResNetConfig, images: torch.Tensor, labe
         started = time.perf_counter()
         with undone(plain, optimizer, scaler):
             resnet_steps.train_step(model, replica, optimizer, scaler, x, y, cfg, 0.0)
-            _sync(device)
+            sync(device)
         compile_s = time.perf_counter() - started
 
     def step():
@@ -330,6 +179,9 @@ def _combined(fb: dict, update: dict, sequences: float) -> dict:
     # Only the forward-backward's slope decides whether the row is a measurement: the update is a few per
     # cent of the step at most (update_share), so noise in its slope cannot make up the row's figure.
     flag = {"unreliable": f"forward-backward: {fb['unreliable']}"} if "unreliable" in fb else {}
+    if "rounds" in fb and "rounds" in update:
+        flag["rounds"] = [f + u * sequences / global_batch() for f, u in zip(fb["rounds"], update["rounds"],
+                                                                             strict=True)]
     return {**fb, **flag, "step_s": step_s,
             "forward_backward_s": fb["step_s"], "update_s": update["step_s"],
             "update_share": update["step_s"] * sequences / global_batch() / step_s, "global_batch": global_batch()}
@@ -403,47 +255,97 @@ def bert(scale: Scale, device_name: str, which: int) -> dict[str, dict]:
                         f"{'per-tensor' if impl == 'ours-plain' else 'foreach'} LAMB, unpadded rows")
         out[impl] = {**_combined(t["fb"], t["update"], batch_size), "samples": batch_size,
                      "precision": notation(row_precision), "settings": settings,
+                     "tf32": tf32(device, convolutions=False) if row_precision == "fp32" else None,
                      "padding": float(1 - mask.sum() / mask.numel()), "peak_memory_mib": peak_memory_mib(device),
                      "threads": torch.get_num_threads()}
     return out
 
 
-def bert_wikipedia(scale: Scale, device_name: str) -> dict[str, dict]:
-    """BERT-Large at the longer length on sequences of the MLPerf Wikipedia length mix (bert_wiki's
-    `wikipedia_lengths`: about half of a padded row is padding): ours as closed BERT trains (each batch's
-    sequences in unpadded rows, `packing.unpadded_batch`), ours on the padded rows (`unpad=false`), ours on
-    rows packed offline as open BERT packs the whole dataset (the 1xH200 open preset's algorithm and depth,
-    `packing.pack_arrays`), and HF transformers with its defaults and at its best (rows padded to the batch's
-    longest sequence), every forward-backward and update timed in turns: -> {impl: row}."""
-    device = pick_device(device_name)
-    seq_len, n, precision = scale.bert_seq_lengths[1], scale.wiki_batch, bert_presets.h200().precision
-    lengths = bert_wiki.wikipedia_lengths(scale.packing_sample, seq_len, seed=0)
+def micro_batch() -> int:
+    """Sequences per micro-batch on one device of the 1xH200 preset (64): what closed BERT lays out at once."""
+    cfg = bert_presets.h200()
+    return cfg.global_batch_size // cfg.gradient_accumulation_steps
+
+
+def closed_layout(lengths: np.ndarray, seq_len: int, timed: int) -> tuple[np.ndarray, dict]:
+    """Closed BERT's unpadded layout of one micro-batch (`lengths`, first-fit as `packing.unpadded_batch`) ->
+    (about `timed` sequences' worth of its rows, spread evenly over the layout: (k, K) indices, -1 empty;
+    the layout's efficiency: sequences per row and real tokens per row slot, of the whole and of the rows
+    timed)."""
+    rows = packing.first_fit_rows(lengths, seq_len)
+    k = min(len(rows), max(1, round(timed * len(rows) / len(lengths))))
+    chosen = rows[np.unique(np.linspace(0, len(rows) - 1, k).round().astype(int))]
+    members = chosen[chosen >= 0]
+    return chosen, {"micro_batch": len(lengths), "rows": len(rows), "sequences_per_row": len(lengths) / len(rows),
+                    "real_tokens_per_slot": float(lengths.sum() / (len(rows) * seq_len)),
+                    "timed_rows": len(chosen), "timed_sequences": len(members),
+                    "timed_real_tokens_per_slot": float(lengths[members].sum() / (len(chosen) * seq_len))}
+
+
+def _packed(cfg, rows: np.ndarray, lengths: np.ndarray) -> tuple[list[dict], dict[str, torch.Tensor]]:
+    """The sequences of `rows` (indices into `lengths`, -1 empty) made alone -> (them, padded; them in those
+    rows, as `packing.pack_arrays` lays out packed or unpadded rows)."""
+    flat = rows[rows >= 0]
+    items = _synthetic_items(cfg, len(flat), lengths[flat])
+    arrays = {k: torch.stack([item[k] for item in items]).numpy() for k in items[0]}
+    local = np.full(rows.shape, -1)
+    local[rows >= 0] = np.arange(len(flat))
+    return items, {k: torch.from_numpy(v) for k, v in packing.pack_arrays(arrays, local, rows.shape[1]).items()}
+
+
+def open_packs(lengths: np.ndarray, seq_len: int):
+    """Open BERT's offline plan over `lengths` (the 1xH200 open preset's algorithm and depth) -> (plan, packs:
+    (P, K) indices into lengths, -1 empty; its efficiency: sequences per row, real tokens per row slot)."""
     open_cfg = open_bert_presets.h200()
     plan = packing.ALGORITHMS[open_cfg.packing](packing.histogram(lengths, seq_len), seq_len,
                                                 open_cfg.max_sequences_per_pack)
     packs = packing.assign(lengths, plan, seed=0)
-    open_rows = max(1, round(n / plan.speedup))  # about the micro-batch's sequences, as packs
-    shown = {}
+    return plan, packs, {"sequences_per_row": plan.speedup,
+                         "real_tokens_per_slot": float(lengths[packs[packs >= 0]].sum() / (len(packs) * seq_len))}
+
+
+def _wiki_how(layout: dict, open_rows: int, plan, longest: int, shown: dict) -> dict[str, str]:
+    """What each Wikipedia row lays out, in words."""
+    open_cfg, n, k = open_bert_presets.h200(), layout["timed_sequences"], layout["timed_rows"]
+    return {"ours": f"closed BERT's unpadded rows of a micro-batch of {layout['micro_batch']}: "
+                   f"{layout['sequences_per_row']:.2f} sequences a row; {k} of its rows timed ({n} sequences), "
+                   "credited at that rate, block-diagonal mask",
+           "ours-jagged": "the same unpadded rows, unpad_attention=jagged (nested-tensor attention)",
+           "ours-padded": f"unpad=false: {n} padded rows",
+           "ours-packed": f"open BERT's {open_cfg.packing.upper()} packs (at most {open_cfg.max_sequences_per_pack}, "
+                          f"{plan.speedup:.3f} sequences a pack over a plan of {plan.sequences:,}): {open_rows} rows",
+           "hf-defaults": f"{n} rows padded to the micro-batch's longest ({longest}), attention "
+                          f"{shown['hf-defaults']}, MLM head at every position",
+           "hf-best": f"{n} rows padded to the micro-batch's longest ({longest}), attention "
+                      f"{shown['hf-best']}, MLM head at every position"}
+
+
+def bert_wikipedia(scale: Scale, device_name: str) -> dict[str, dict]:
+    """BERT-Large at the longer length on sequences of the MLPerf Wikipedia length mix (bert_wiki's
+    `wikipedia_lengths`: about half of a padded row is padding): ours as closed BERT trains (the unpadded
+    layout of one micro-batch of the 1xH200 preset, `closed_layout`, of which about scale.wiki_batch
+    sequences' rows are timed), ours on those sequences' padded rows (`unpad=false`), ours on rows packed
+    offline as open BERT packs the whole dataset (the 1xH200 open preset's algorithm and depth), and HF
+    transformers with its defaults and at its best (padded rows, trimmed to the micro-batch's longest
+    sequence), every forward-backward and update timed in turns: -> {impl: row}."""
+    device = pick_device(device_name)
+    seq_len, precision = scale.bert_seq_lengths[1], bert_presets.h200().precision
+    lengths = bert_wiki.wikipedia_lengths(scale.packing_sample, seq_len, seed=0)
+    plan, packs, open_layout = open_packs(lengths, seq_len)
+    micro = lengths[:micro_batch()]
+    closed_rows, layout = closed_layout(micro, seq_len, scale.wiki_batch)
+    n, longest, shown = layout["timed_sequences"], int(micro.max()), {}
+    open_rows = max(1, round(n / plan.speedup))  # about the same sequences, as packs
 
     def make(layers):
         cfg = bert_config(scale, seq_len, layers, precision)
         jagged = dataclasses.replace(cfg, unpad_attention="jagged")
-        batch = _synthetic_items(cfg, n, lengths[:n])
-        padded = torch.utils.data.default_collate(batch)
-        members = packs[:open_rows]
-        flat = members[members >= 0]  # the sequences of the first packs, made alone, then packed as planned
-        arrays = {k: torch.stack([item[k] for item in _synthetic_items(cfg, len(flat), lengths[flat])]).numpy()
-                  for k in batch[0]}
-        local = np.full(members.shape, -1)
-        local[members >= 0] = np.arange(len(flat))
-        open_batch = {k: torch.from_numpy(v) for k, v in
-                      packing.pack_arrays(arrays, local, open_cfg.max_sequences_per_pack).items()}
-        longest = int(padded["input_mask"].sum(1).max())
+        items, unpadded = _packed(cfg, closed_rows, micro)
+        padded = torch.utils.data.default_collate(items)
+        open_batch = _packed(cfg, packs[:open_rows], lengths)[1]
         trimmed = {k: v[:, :longest] if v.dim() == 2 and v.shape[1] == seq_len else v for k, v in padded.items()}
-        unpadded = bert_data.unpadded_collate(batch)
-        shown.update(rows=len(unpadded["input_ids"]), longest=longest,
-                     open_sequences=int(open_batch["nsp_weights"].sum()), padding=float(
-                         1 - padded["input_mask"].sum() / padded["input_mask"].numel()))
+        shown.update(open_sequences=int(open_batch["nsp_weights"].sum()), padding=float(
+            1 - padded["input_mask"].sum() / padded["input_mask"].numel()))
         model = ours(cfg, device)  # one model for our three layouts: they then share its memory
         made = {"ours": (model, unpadded), "ours-jagged": (model, (unpadded, jagged)), "ours-padded": (model, padded),
                 "ours-packed": (model, open_batch)}
@@ -456,42 +358,48 @@ def bert_wikipedia(scale: Scale, device_name: str) -> dict[str, dict]:
     # One model, one update; the jagged forward-backward is not counted: the same useful work as ours.
     timings["ours-jagged"] = {"fb": {**timings["ours-jagged"]["fb"], "flops": timings["ours"]["fb"]["flops"]},
                               "update": timings["ours"]["update"]}
-    rows_of = {"ours": shown["rows"], "ours-jagged": shown["rows"], "ours-padded": n, "ours-packed": open_rows,
-               "hf-defaults": n, "hf-best": n}
-    sequences = {impl: n for impl in rows_of} | {"ours-packed": open_rows * plan.speedup}
-    how = {"ours": f"closed BERT's unpadded rows: {n} sequences in {shown['rows']} rows, block-diagonal mask",
-           "ours-jagged": "the same unpadded rows, unpad_attention=jagged (nested-tensor attention)",
-           "ours-padded": f"unpad=false: {n} padded rows",
-           "ours-packed": f"open BERT's {open_cfg.packing.upper()} packs (at most {open_cfg.max_sequences_per_pack}, "
-                          f"{plan.speedup:.3f} sequences a pack over a plan of {plan.sequences:,}): {open_rows} rows",
-           "hf-defaults": f"{n} rows padded to the batch's longest ({shown['longest']}), attention "
-                          f"{shown['hf-defaults']}, MLM head at every position",
-           "hf-best": f"{n} rows padded to the batch's longest ({shown['longest']}), attention "
-                      f"{shown['hf-best']}, MLM head at every position"}
-    out = {}
+    k = layout["timed_rows"]
+    rows_of = {"ours": k, "ours-jagged": k, "ours-padded": n, "ours-packed": open_rows, "hf-defaults": n, "hf-best": n}
+    # A row costs the same whichever sequences fill it: the timed rows are credited with the sequences per row
+    # of the whole micro-batch's layout, as the packed rows are with the plan's (FLOPs scaled alike).
+    unpadded = k * layout["sequences_per_row"]
+    sequences = {impl: n for impl in rows_of} | {"ours": unpadded, "ours-jagged": unpadded,
+                                                 "ours-packed": open_rows * plan.speedup}
+    how, out = _wiki_how(layout, open_rows, plan, longest, shown), {}
     for impl, rows_n in rows_of.items():
         row_precision = "fp32" if impl == "hf-defaults" else precision
         optimizer = "fused AdamW" if impl.startswith("hf") else "foreach LAMB"
         out[impl] = {**_combined(timings[impl]["fb"], timings[impl]["update"], sequences[impl]),
                      "samples": sequences[impl], "rows": rows_n, "precision": notation(row_precision),
+                     "tf32": tf32(device, convolutions=False) if row_precision == "fp32" else None,
                      "settings": f"{row_precision}, {how[impl]}, {optimizer} per {global_batch()} sequences",
                      "padding": shown["padding"], "peak_memory_mib": peak_memory_mib(device),
                      "threads": torch.get_num_threads()}
-    out["ours-packed"]["timed_sequences"] = shown["open_sequences"]
+    for impl in ("ours", "ours-jagged"):
+        out[impl] |= {"layout": layout, "flops": out[impl]["flops"] * unpadded / n}
+    out["ours-packed"] |= {"timed_sequences": shown["open_sequences"], "layout": open_layout}
     return out
 
 
 # ---------------------------------------------------------------------------------------------- ImageNet decode
 
 
-def decode(scale: Scale, impl: str) -> dict:
+DECODE_IMPLS = ("ours", "plain")
+
+
+def decode(scale: Scale) -> dict[str, dict]:
     """Images per CPU-second, one thread, of JPEG decode + training augmentation to 224 px: "ours"
     (common/data/imagenet.py as training uses it: the reference's preprocessing: TF's crop sampler,
-    full-size libjpeg-turbo decode, TF1 bilinear resize, rounded to uint8 for the device to normalise) or
-    "plain" (torchvision's transforms on PIL, in plain PIL and torch, normalised float32)."""
-    transform = imagenet.train_transform(224, uint8=True) if impl == "ours" else peers.torchvision_train_transform
-    rate = imagenet.benchmark(transform, seconds=scale.decode_seconds)
-    settings = ("full-size fast-DCT decode, TF crop sampler, TF1 bilinear resize, uint8 out" if impl == "ours"
-                else "full decode, PIL crop + bilinear resize, ToTensor, Normalize")
-    return {"samples_per_s": rate, "settings": settings, "threads": 1,
-            "peak_memory_mib": peak_memory_mib(torch.device("cpu"))}
+    full-size libjpeg-turbo decode, TF1 bilinear resize, rounded to uint8 for the device to normalise) and
+    "plain" (torchvision's transforms on PIL, in plain PIL and torch, normalised float32), in
+    `scale.timed_steps` alternating rounds of `scale.decode_seconds` each: -> {impl: row}."""
+    transforms = {"ours": imagenet.train_transform(224, uint8=True), "plain": peers.torchvision_train_transform}
+    rates = {impl: [] for impl in DECODE_IMPLS}
+    for _ in range(scale.timed_steps):
+        for impl in DECODE_IMPLS:
+            rates[impl].append(imagenet.benchmark(transforms[impl], seconds=scale.decode_seconds))
+    settings = {"ours": "full-size fast-DCT decode, TF crop sampler, TF1 bilinear resize, uint8 out",
+                "plain": "full decode, PIL crop + bilinear resize, ToTensor, Normalize"}
+    return {impl: {"samples_per_s": statistics.median(rates[impl]), "samples_per_s_rounds": rates[impl],
+                   "settings": settings[impl], "threads": 1, "peak_memory_mib": peak_memory_mib(torch.device("cpu"))}
+            for impl in DECODE_IMPLS}

@@ -11,14 +11,24 @@ recorded as skipped, one past its limit as timed out; the rest still run):
      `make check` does; their timed regions (run_start to run_stop) side by side;
   3. the GPU rows of `make bench` (`python -m mlperf_submission.bench --device cuda`: ours and the peers,
      throughput, memory and MFU against the measured peak), its JSON and Markdown kept.
-Writes OUT/gpu_check.json and OUT/gpu_check.md (with the run logs and the bench's output beside them), the
-whole folder renamed into place at the end. Without a CUDA GPU it prints one line saying so, writes
-nothing and exits 0. Exit 1 when a part failed or timed out.
+Every part runs as a child process in its own process group, killed whole (its own children too) when it
+runs past its limit, so nothing of it holds the GPU in the later parts. Writes OUT/gpu_check.json and
+OUT/gpu_check.md (with the run logs and the bench's output beside them), both rewritten after every part,
+so a run killed from outside still leaves its finished parts readable there. Without a CUDA GPU it prints
+one line saying so, writes nothing and exits 0; exit 1 when a part failed or timed out, or when nvidia-smi
+lists a GPU that this torch cannot use (a CPU-only build, or a driver it does not match).
+
+On a machine without network, with its own CUDA torch: the offline install of README "On a GPU"
+(`make wheels` where there is network, then `pip install --no-index --no-deps --target .pkgs .whl/*.whl`
+there), then `PYTHONPATH=$PWD/.pkgs make gpu-check PY=python3 BUDGET=450`.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -28,7 +38,7 @@ from pathlib import Path
 import torch
 
 from mlperf_submission import benchmarks
-from mlperf_submission.common.cli import ArgumentParser, atomic_dir, atomic_write_text, entry_point
+from mlperf_submission.common.cli import ArgumentParser, UserError, atomic_write_text, entry_point
 from mlperf_submission.common.evidence import git_commit, ratio_text
 
 FORMAT = "mlperf_submission.gpu_check/1"
@@ -39,16 +49,59 @@ LIMITS = {"environment": 60, "resnet smoke, eager": 90, "bert smoke, eager": 120
           "resnet smoke, torch.compile": 150, "bert smoke, torch.compile": 180}
 
 
-def no_gpu_line() -> str | None:
-    """None where a CUDA GPU is usable, else the one line that says why the check is skipped."""
-    if torch.version.cuda is None:
-        return f"gpu-check: skipped, no GPU: this torch {torch.__version__} is built without CUDA"
-    if not torch.cuda.is_available():
-        return "gpu-check: skipped, no GPU: torch has CUDA but sees no CUDA device (driver, CUDA_VISIBLE_DEVICES?)"
-    return None
+def visible_gpus() -> list[str]:
+    """The GPUs that `nvidia-smi -L` lists (none where there is no nvidia-smi or it fails)."""
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [line.strip() for line in out.stdout.splitlines() if line.startswith("GPU ")] if out.returncode == 0 else []
 
 
-def environment(_: float) -> dict:
+def no_gpu() -> tuple[str, int] | None:
+    """None where a CUDA GPU is usable; else the one line that says why not, and the exit status: 0 on a
+    machine without an NVIDIA GPU (nothing to check), 1 where nvidia-smi lists one that this torch cannot use."""
+    if torch.version.cuda is not None and torch.cuda.is_available():
+        return None
+    why = (f"this torch {torch.__version__} is built without CUDA" if torch.version.cuda is None
+           else "torch has CUDA but sees no CUDA device (driver, CUDA_VISIBLE_DEVICES?)")
+    listed = visible_gpus()
+    if listed:
+        return f"gpu-check: error: nvidia-smi lists {len(listed)} GPU(s) ({listed[0]}), but {why}", 1
+    return f"gpu-check: skipped, no GPU: {why}", 0
+
+
+def run_group(cmd: list[str], limit: float, log: Path) -> str:
+    """cmd in its own process group, its stdout and stderr kept in `log` -> its stdout. Past `limit` seconds
+    the whole group is killed (the trainers' and the bench's own children too) and TimeoutExpired raised;
+    exit status not 0: RuntimeError with the last line of stderr."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=limit)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc.pid)
+        out, err = proc.communicate()
+        log.write_text(out + err)
+        raise
+    finally:
+        _kill_group(proc.pid)  # a child it left behind would hold the GPU in the next part
+    log.write_text(out + err)
+    if proc.returncode != 0:
+        raise RuntimeError(f"exit {proc.returncode}: {(err.strip().splitlines() or ['?'])[-1]}")
+    return out
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:  # the group has no process left
+        pass
+
+
+def environment() -> dict:
+    """The GPU, its software and the matmul peak measured on it (run in a child: `--environment`)."""
     props = torch.cuda.get_device_properties(0)
     driver = ""
     try:
@@ -70,7 +123,6 @@ def environment(_: float) -> dict:
         torch.cuda.synchronize()
         peaks[str(dtype).removeprefix("torch.")] = 2 * n**3 * reps / (time.perf_counter() - start)
         del a, b
-    torch.cuda.empty_cache()  # the smoke runs and the bench after this are other processes on the same GPU
     nccl = torch.cuda.nccl.version()  # a tuple in torch 2, an int before
     return {"gpu": props.name, "gpu_count": torch.cuda.device_count(), "memory_gib": props.total_memory / 2**30,
             "compute_capability": f"{props.major}.{props.minor}", "driver": driver or "nvidia-smi not found",
@@ -104,10 +156,7 @@ def smoke_run(bench: str, compile_backend: str, folder: Path) -> Callable[[float
         if bench == "bert" and compile_backend != "off":
             cmd += ["--set", "unpad=false"]  # compiled shapes must not change: unpadded rows do
         started = time.time()
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=limit)
-        (folder / f"{bench}_{compile_backend}.out").write_text(proc.stdout + proc.stderr)
-        if proc.returncode != 0:
-            raise RuntimeError(f"exit {proc.returncode}: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+        run_group(cmd, limit, folder / f"{bench}_{compile_backend}.out")
         verdict = check_log(log)
         result = {"command": " ".join(cmd[2:]), "wall_s": time.time() - started, **log_times(log),
                   "checker_passed": verdict.passed, "checker_errors": verdict.errors[:3]}
@@ -121,15 +170,15 @@ def smoke_run(bench: str, compile_backend: str, folder: Path) -> Callable[[float
 def bench_rows(folder: Path) -> Callable[[float], dict]:
     def part(limit: float) -> dict:
         out = folder / "bench"
-        cmd = [sys.executable, "-m", "mlperf_submission.bench", "--device", "cuda", "--out", str(out)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=limit)
-        (folder / "bench.out").write_text(proc.stdout + proc.stderr)
-        if proc.returncode != 0:
-            raise RuntimeError(f"exit {proc.returncode}: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+        # 30 s of settling at most: the part's limit holds the whole bench (10 rounds per group on a GPU)
+        cmd = [sys.executable, "-m", "mlperf_submission.bench", "--device", "cuda", "--settle-s", "30",
+               "--out", str(out)]
+        run_group(cmd, limit, folder / "bench.out")
         result = json.loads((out / "bench.json").read_text())
-        keep = ("group", "name", "settings", "precision", "samples", "samples_per_s", "step_s", "peak_memory_mib",
-                "mfu", "error")
+        keep = ("group", "name", "settings", "precision", "tf32", "samples", "samples_per_s", "step_s",
+                "peak_memory_mib", "mfu", "error")
         return {"peak_tflops": {k: v / 1e12 for k, v in result["peak"]["flops_per_s"].items()},
+                "peak_disturbed": result["peak"]["disturbed"],
                 "rows": [{k: r[k] for k in keep if k in r} for r in result["rows"]], "ratios": result["ratios"]}
 
     return part
@@ -158,7 +207,8 @@ def _cell(value) -> str:
 
 def markdown(report: dict) -> str:
     lines = ["# `make gpu-check`", "", f"- command: `{report['command']}`", f"- commit: {report['commit']}",
-             f"- when: {report['started']}, {report['seconds']:.0f} s in all", "",
+             f"- when: {report['started']}, {report['seconds']:.0f} s in all"
+             + ("" if report.get("finished") else " (unfinished: the parts done so far)"), "",
              "| part | status | seconds | result |", "|---|---|---|---|"]
     for p in report["parts"]:
         detail = p["detail"]
@@ -185,18 +235,37 @@ def markdown(report: dict) -> str:
 
 
 def write(folder: Path, report: dict) -> None:
-    """The report as folder/gpu_check.json and .md (main writes into a temporary folder renamed at the end)."""
+    """The report as folder/gpu_check.json and .md, each replaced whole (main rewrites them after every part)."""
     atomic_write_text(folder / "gpu_check.json", json.dumps(report, indent=1, default=str) + "\n")
     atomic_write_text(folder / "gpu_check.md", markdown(report))
 
 
-def plan(folder: Path) -> list[tuple[str, Callable[[float], dict]]]:
-    return [("environment", environment),
-            ("resnet smoke, eager", smoke_run("resnet", "off", folder)),
-            ("bert smoke, eager", smoke_run("bert", "off", folder)),
-            ("bench, GPU rows", bench_rows(folder)),
-            ("resnet smoke, torch.compile", smoke_run("resnet", "inductor", folder)),
-            ("bert smoke, torch.compile", smoke_run("bert", "inductor", folder))]
+def environment_part(folder: Path) -> Callable[[float], dict]:
+    def part(limit: float) -> dict:
+        cmd = [sys.executable, "-m", "mlperf_submission.bench.gpu_check", "--environment"]
+        return json.loads(run_group(cmd, limit, folder / "environment.out"))
+
+    return part
+
+
+def plan(folder: Path) -> list[tuple[str, float, Callable[[float], dict]]]:
+    """(name, limit in seconds, part) in the order run."""
+    parts = [("environment", environment_part(folder)),
+             ("resnet smoke, eager", smoke_run("resnet", "off", folder)),
+             ("bert smoke, eager", smoke_run("bert", "off", folder)),
+             ("bench, GPU rows", bench_rows(folder)),
+             ("resnet smoke, torch.compile", smoke_run("resnet", "inductor", folder)),
+             ("bert smoke, torch.compile", smoke_run("bert", "inductor", folder))]
+    return [(name, LIMITS[name], fn) for name, fn in parts]
+
+
+def fresh_folder(out: Path) -> None:
+    """An empty `out`: a previous gpu-check's folder is replaced, any other folder refused (never deleted)."""
+    if out.exists() and any(out.iterdir()):
+        if not (out / "gpu_check.json").is_file():
+            raise UserError(f"{out} exists and is not a gpu-check folder (no gpu_check.json): give another --out")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
 
 
 @entry_point
@@ -204,24 +273,32 @@ def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog="python -m mlperf_submission.bench.gpu_check", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path("out/gpu-check"))
     p.add_argument("--budget", type=float, default=540, help="seconds for all the parts together")
+    p.add_argument("--environment", action="store_true", help="only print the environment part's JSON (a child)")
     args = p.parse_args(argv)
-    skip = no_gpu_line()
+    if args.budget <= 0:
+        p.error(f"--budget must be positive seconds, not {args.budget:g}")
+    skip = no_gpu()
     if skip is not None:
-        print(skip)
+        print(skip[0])
+        return skip[1]
+    if args.environment:
+        print(json.dumps(environment()))
         return 0
     started, clock = time.strftime("%Y-%m-%d %H:%M:%S %Z"), time.time()
     command = "python -m mlperf_submission.bench.gpu_check " + " ".join(argv if argv is not None else sys.argv[1:])
-    with atomic_dir(args.out) as folder:
-        parts = []
-        for name, fn in plan(folder):
-            part = run_part(name, fn, LIMITS[name], args.budget - (time.time() - clock))
-            print(f"gpu-check: {name}: {part['status']} ({part['seconds']:.0f} s)", flush=True)
-            parts.append(part)
-        report = {"format": FORMAT, "command": command, "commit": git_commit(), "started": started,
-                  "seconds": time.time() - clock, "parts": parts}
-        write(folder, report)
+    fresh_folder(args.out)
+    report = {"format": FORMAT, "command": command, "commit": git_commit(), "started": started, "seconds": 0.0,
+              "budget_s": args.budget, "finished": False, "parts": []}
+    for name, limit, fn in plan(args.out):
+        part = run_part(name, fn, limit, args.budget - (time.time() - clock))
+        print(f"gpu-check: {name}: {part['status']} ({part['seconds']:.0f} s)", flush=True)
+        report["parts"].append(part)
+        report["seconds"] = time.time() - clock
+        write(args.out, report)
+    report["finished"] = True
+    write(args.out, report)
     print(f"gpu-check: wrote {args.out / 'gpu_check.md'} and gpu_check.json")
-    return 0 if all(p["status"] == "passed" for p in parts) else 1
+    return 0 if all(p["status"] == "passed" for p in report["parts"]) else 1
 
 
 if __name__ == "__main__":

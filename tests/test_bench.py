@@ -9,10 +9,11 @@ import json
 import pytest
 import torch
 
-from mlperf_submission.bench import cases, peers
-from mlperf_submission.bench.__main__ import add_utilisation, main, plan, ratios, run
+from mlperf_submission.bench import cases, peers, scales, timing
+from mlperf_submission.bench.__main__ import add_utilisation, combined_peak, finish_row, main, plan, pooled, ratios, run
 from mlperf_submission.closed.bert import data as bert_data
 from mlperf_submission.closed.resnet.model import ResNet50
+from mlperf_submission.common.data import bert_wiki
 from mlperf_submission.common.evidence import ratio_text
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -24,18 +25,18 @@ def test_predictions_follow_mlperf():
 
 def test_scaled_to_24_layers_on_a_straight_line():
     points = {1: {"step_s": 1.0, "flops": 10}, 2: {"step_s": 1.5, "flops": 18}}
-    out = cases.scaled(points)
+    out = timing.scaled(points)
     assert out["step_s"] == pytest.approx(1.0 + 23 * 0.5) and out["flops"] == 10 + 23 * 8
     assert out["scaled_from"] == [1, 2]
-    noisy = cases.scaled({1: {"step_s": 1.0, "flops": 10}, 2: {"step_s": 0.9, "flops": 18}})
+    noisy = timing.scaled({1: {"step_s": 1.0, "flops": 10}, 2: {"step_s": 0.9, "flops": 18}})
     assert noisy["step_s"] == 1.0  # a negative slope from timing noise is not extrapolated, and is flagged
     assert noisy["unreliable"] == "2 layers timed no slower than 1" and "unreliable" not in out
-    assert cases.scaled({24: {"step_s": 3.0, "flops": 5}}) == {"step_s": 3.0, "flops": 5, "scaled_from": []}
+    assert timing.scaled({24: {"step_s": 3.0, "flops": 5}}) == {"step_s": 3.0, "flops": 5, "scaled_from": []}
 
 
 def test_the_bench_times_the_training_code_and_charges_the_update_per_global_batch():
     """The rows run closed/bert/steps.py's step functions; an update's time is shared by a global batch."""
-    scale = cases.quick()
+    scale = scales.quick()
     cfg = cases.bert_config(scale, 16, 1, "fp32")
     timed = cases.ours(cfg, torch.device("cpu"))
     batch = bert_data.synthetic_batch(cfg, 3)
@@ -125,15 +126,101 @@ def test_utilisation_and_ratios():
     assert ratio_text(noisy) == "not measured (forward-backward: 2 layers timed no slower than 1)"
 
 
+def test_every_ratio_has_its_rounds_spread_and_a_wide_one_is_unsettled():
+    rows = [{"group": "g", "impl": "ours", "samples_per_s": 2.0, "samples_per_s_rounds": [2.0, 2.1, 1.9, 2.0, 2.0]},
+            {"group": "g", "impl": "hf-best", "samples_per_s": 1.0, "samples_per_s_rounds": [1.0, 1.0, 1.0, 1.0, 1.0]},
+            {"group": "g", "impl": "hf-defaults", "samples_per_s": 0.5,
+             "samples_per_s_rounds": [0.5, 0.5, 0.5, 0.8, 0.5]}]
+    got = {q["ratio"]: q for q in ratios(rows)}
+    best = got["ours / peer best"]
+    assert (best["value"], best["spread"], best["rounds"], best["unsettled"], best["met"]) == (2.0, [1.9, 2.1], 5,
+                                                                                               False, True)
+    wide = got["ours / peer defaults"]  # 2.0 / 0.8 = 2.5 in the fourth round, one fifth below the median of 4
+    assert wide["value"] == 4.0 and wide["spread"] == [2.5, 4.2] and wide["unsettled"] and wide["met"] is None
+
+
+def test_closed_bert_is_laid_out_at_the_presets_micro_batch():
+    """1xH200 lays out 64 sequences per device at once: on the Wikipedia lengths at 512 first-fit puts about 2
+    in a row (at 8 it was 1.6); the timed rows are spread over the layout and say what they hold."""
+    assert cases.micro_batch() == 64
+    lengths = bert_wiki.wikipedia_lengths(16384, 512, seed=0)[:64]
+    rows, layout = cases.closed_layout(lengths, 512, timed=8)
+    assert 1.9 < layout["sequences_per_row"] < 2.5 and layout["rows"] == round(64 / layout["sequences_per_row"])
+    assert 0.9 < layout["real_tokens_per_slot"] <= 1.0
+    members = rows[rows >= 0]
+    assert layout["timed_sequences"] == len(members) == len(set(members.tolist())) and len(rows) == 4
+    assert all(lengths[r[r >= 0]].sum() <= 512 for r in rows)
+
+
+def test_a_measurement_again_pools_the_rounds():
+    first = {"ours": {"step_s": 2.0, "rounds": [1.0, 2.0, 3.0], "peak_memory_mib": 10.0, "samples": 4}}
+    more = {"ours": {"step_s": 5.0, "rounds": [4.0, 5.0, 6.0], "peak_memory_mib": 12.0, "samples": 4}}
+    got = pooled(first, more)["ours"]
+    assert got["rounds"] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0] and got["step_s"] == 3.5 and got["peak_memory_mib"] == 12
+
+
 def test_a_case_runs_in_a_fresh_process():
-    peak = run((cases.matmul_peak, cases.quick(), "cpu"), threads=1, isolated=True)
+    peak = run((timing.matmul_peak, scales.quick(), "cpu"), threads=1, isolated=True)
     assert peak["threads"] == 1 and peak["flops_per_s"]["fp32"] > 0 and peak["flops_per_s"]["bf16"] > 0
+
+
+def test_gpu_rows_are_sized_by_the_gpus_memory():
+    """An H100 (80 GiB) and an H200 (141 GiB): four BERT-Large models at 256 x 128 (about 100 GB by the
+    estimate) fit the H200 alone; every group's estimate stays within the usable share."""
+    h100, h200 = scales.gpu(80 * 2**30), scales.gpu(141 * 2**30)
+    assert (h100.resnet_batch, h100.bert_batches, h100.wiki_batch) == (256, (128, 16), 16)
+    assert (h200.resnet_batch, h200.bert_batches, h200.wiki_batch) == (256, (256, 32), 32)
+    for memory, scale in ((80 * 2**30, h100), (141 * 2**30, h200)):
+        assert scales.bert_bytes(4, scale.bert_batches[0], 128) <= scales.USABLE * memory
+        assert scales.bert_bytes(3, scale.bert_batches[1], 512) <= scales.USABLE * memory
+        assert scale.bert_layers == scale.wiki_layers == (24,)
+    assert scales.bert_bytes(4, 256, 128) > scales.USABLE * 80 * 2**30
+    small = scales.gpu(16 * 2**30)
+    assert small.bert_batches == (1, 1) and small.resnet_batch == 64  # the BERT states alone overfill 16 GiB
+
+
+def oom(*args):
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 3.00 GiB\nmore text")
+
+
+def test_a_case_that_runs_out_of_memory_is_its_error_rows_and_the_others_run(tmp_path, monkeypatch):
+    monkeypatch.setattr("mlperf_submission.bench.__main__.plan", lambda scale, device: [
+        dict(group="BERT-Large, seq 32", impls=("ours", "hf-best"), call=(oom,)),
+        dict(group="ImageNet decode + augment, 224 px", impls=cases.DECODE_IMPLS, call=(cases.decode, scale))])
+    assert main(["--quick", "--in-process", "--out", str(tmp_path)]) == 1
+    result = json.loads((tmp_path / "bench.json").read_text())
+    failed, decoded = result["rows"][:2], result["rows"][2]
+    assert [q["ratio"] for q in result["ratios"]] == ["ours / plain"]
+    assert [r["impl"] for r in failed] == ["ours", "hf-best"]
+    assert all(r["error"] == "OutOfMemoryError: CUDA out of memory. Tried to allocate 3.00 GiB" for r in failed)
+    assert decoded["samples_per_s"] > 0 and "error" not in decoded
+    assert "| BERT-Large, seq 32 | ours | failed: OutOfMemoryError" in (tmp_path / "bench.md").read_text()
+
+
+def test_fp32_rows_in_tf32_are_measured_against_the_tf32_peak():
+    peaks = {"fp32": 50e12, "tf32": 400e12, "bf16": 800e12}
+    base = {"samples": 8, "step_s": 1.0, "settings": "fp32, NCHW"}
+    conv = finish_row({"group": "g", "impl": "peer-defaults"}, {**base, "precision": "32.32", "tf32": True}, peaks)
+    assert conv["peak_flops_per_s"] == 400e12 and conv["settings"] == "fp32, NCHW, TF32 on"
+    plain = finish_row({"group": "g", "impl": "hf-defaults"}, {**base, "precision": "32.32", "tf32": False}, peaks)
+    assert plain["peak_flops_per_s"] == 50e12 and plain["settings"].endswith("TF32 off")
+    cpu = finish_row({"group": "g", "impl": "ours"}, {**base, "precision": "16.32", "tf32": None}, peaks)
+    assert cpu["peak_flops_per_s"] == 800e12 and cpu["settings"] == "fp32, NCHW"
+
+
+def test_the_peak_is_the_best_of_start_and_end_and_a_drift_says_disturbed():
+    start = {"flops_per_s": {"fp32": 1.0e12, "bf16": 2.0e12}, "size": 8, "shapes": [(8, 8, 8)]}
+    steady = combined_peak(start, {"flops_per_s": {"fp32": 0.95e12, "bf16": 2.1e12}})
+    assert steady["flops_per_s"] == {"fp32": 1.0e12, "bf16": 2.1e12} and steady["disturbed"] == []
+    moved = combined_peak(start, {"flops_per_s": {"fp32": 0.5e12, "bf16": 2.0e12}})
+    assert moved["disturbed"] == ["fp32"] and moved["start"]["fp32"] == 1.0e12 and moved["end"]["fp32"] == 0.5e12
+    assert timing.peak_shapes(64) == [(64, 64, 64), (128, 32, 64), (32, 128, 64)]  # the same FLOPs each
 
 
 def test_plan_covers_every_comparison():
     groups = {}
-    for case in plan(cases.cpu(), "cpu"):
-        groups.setdefault(case["group"], []).extend(case.get("impls") or [case["impl"]])
+    for case in plan(scales.cpu(), "cpu"):
+        groups.setdefault(case["group"], []).extend(case["impls"])
     assert groups == {
         "ResNet-50, 224 px": ["ours", "ours-plain", "peer-defaults", "peer-best"],
         "BERT-Large, seq 128": ["ours", "ours-plain", "hf-defaults", "hf-best"],
@@ -152,7 +239,7 @@ def test_quick_bench_end_to_end(tmp_path, capsys):
     assert result["format"] == "mlperf_submission.bench/1" and result["scale"]["name"] == "quick"
     assert result["command"].endswith("--quick --in-process --threads 1 --out " + str(tmp_path))
     assert result["commit"] and result["machine"]["torch"] == torch.__version__
-    assert len(result["rows"]) == sum(len(case.get("impls") or [case["impl"]]) for case in plan(cases.quick(), "cpu"))
+    assert len(result["rows"]) == sum(len(case["impls"]) for case in plan(scales.quick(), "cpu"))
     for row in result["rows"]:
         assert row["samples_per_s"] > 0, row
         if "step_s" in row:
@@ -163,11 +250,40 @@ def test_quick_bench_end_to_end(tmp_path, capsys):
     assert ("ResNet-50, 32 px", "ours / peer best") in labels
     assert ("BERT-Large, seq 32", "ours: MFU vs bf16 peak") in labels
     wiki = {r["impl"]: r for r in result["rows"] if "Wikipedia" in r["group"]}
-    assert wiki["ours"]["samples"] == wiki["ours-padded"]["samples"] == wiki["ours-padded"]["rows"]
+    assert wiki["ours-padded"]["samples"] == wiki["ours-padded"]["rows"] == wiki["ours"]["layout"]["timed_sequences"]
+    assert wiki["ours"]["layout"]["micro_batch"] == 64  # the 1xH200 preset's, laid out whole
+    assert wiki["ours"]["samples"] == pytest.approx(wiki["ours"]["rows"] * wiki["ours"]["layout"]["sequences_per_row"])
     assert wiki["ours"]["rows"] < wiki["ours-padded"]["rows"]  # the same sequences without their padding
+    assert all(q.get("rounds") == 1 for q in result["ratios"] if q["value"] is not None)  # quick: one round each
     assert wiki["ours-packed"]["timed_sequences"] > wiki["ours-packed"]["rows"]
     assert 0 < wiki["ours"]["update_share"] < 1 and wiki["ours"]["global_batch"] == 256
     assert ("BERT-Large, Wikipedia lengths, seq 32", "ours / peer best") in labels
     markdown = (tmp_path / "bench.md").read_text()
-    assert "| ratio | benchmark | value | goal | met |" in markdown and "QUICK MODE" in markdown
+    assert "| ratio | benchmark | value | spread (min-max of the rounds) | goal | met |" in markdown
+    assert "QUICK MODE" in markdown and "Closed BERT's layout of a micro-batch of 64" in markdown
     assert "HF transformers, best settings" in capsys.readouterr().out
+
+
+def bench_json(path, **values):
+    ratios_ = [{"group": "g", "ratio": name, **q} for name, q in values.items()]
+    path.write_text(json.dumps({"format": "mlperf_submission.bench/1", "started": "today", "commit": "abc",
+                                "seconds": 300.0, "ratios": ratios_}))
+    return str(path)
+
+
+def test_two_runs_are_compared_ratio_by_ratio(tmp_path, capsys):
+    from mlperf_submission.bench import compare
+
+    settled = {"value": 1.0, "spread": [0.95, 1.05], "unsettled": False}
+    first = bench_json(tmp_path / "1.json", a=settled, b=settled, c={**settled, "unsettled": True},
+                       d={"value": None, "unreliable": "noise"})
+    second = bench_json(tmp_path / "2.json", a={**settled, "value": 1.09}, b={**settled, "value": 1.2}, c=settled,
+                        d=settled)
+    assert compare.main([first, second, "--out", str(tmp_path / "compare.md")]) == 1  # b: 1.0 against 1.2
+    table = (tmp_path / "compare.md").read_text()
+    assert "| a | g | 1.00 (0.95-1.05) | 1.09 (0.95-1.05) | yes |" in table
+    assert "| b | g | 1.00 (0.95-1.05) | 1.20 (0.95-1.05) | no |" in table
+    assert "| c | g | 1.00 (0.95-1.05) unsettled | 1.00 (0.95-1.05) | not judged" in table
+    assert "| d | g | not measured |" in table and table in capsys.readouterr().out
+    assert compare.main([first, first]) == 0
+    assert compare.main([first, str(tmp_path / "missing.json")]) == 2
