@@ -34,6 +34,7 @@ from mlperf_submission.closed.bert.model import BertConfig, BertForPretraining
 from mlperf_submission.closed.resnet import presets as resnet_presets
 from mlperf_submission.closed.resnet import train as resnet_train
 from mlperf_submission.common.data import bert_wiki, imagenet, packing
+from mlperf_submission.common.data.imagenet.bench import benchmark
 from mlperf_submission.common.runtime import distributed
 from mlperf_submission.common.runtime.compile import compiled, undone
 from mlperf_submission.common.runtime.precision import notation
@@ -488,7 +489,7 @@ def decode(scale: Scale, impl: str) -> dict:
     full-size libjpeg-turbo decode, TF1 bilinear resize, rounded to uint8 for the device to normalise) or
     "plain" (torchvision's transforms on PIL, in plain PIL and torch, normalised float32)."""
     transform = imagenet.train_transform(224, uint8=True) if impl == "ours" else peers.torchvision_train_transform
-    rate = imagenet.benchmark(transform, seconds=scale.decode_seconds)
+    rate = benchmark(transform, seconds=scale.decode_seconds)
     settings = ("full-size fast-DCT decode, TF crop sampler, TF1 bilinear resize, uint8 out" if impl == "ours"
                 else "full decode, PIL crop + bilinear resize, ToTensor, Normalize")
     return {"samples_per_s": rate, "settings": settings, "threads": 1,

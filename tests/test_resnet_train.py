@@ -128,7 +128,7 @@ def test_training_on_a_tiny_imagenet_folder(tmp_path):
     """The real-data path: JPEG folders, `make data` index, reference preprocessing, a one-epoch run."""
     from PIL import Image
 
-    from mlperf_submission.common.data import imagenet
+    from mlperf_submission.common.data.imagenet.__main__ import main as index_main
 
     gen = torch.Generator().manual_seed(0)
     for split, n in (("train", 6), ("val", 2)):
@@ -143,7 +143,7 @@ def test_training_on_a_tiny_imagenet_folder(tmp_path):
     argv = ["--preset", "1xH200", "--seed", "3", "--system", "1xH200", "--result-log", str(log), "--data", str(data)]
     assert train_main(argv) == 2  # no manifest yet: `make data` first
     assert not log.exists()
-    assert imagenet.main([str(data), "--out", str(data), "--workers", "1"]) == 0
+    assert index_main([str(data), "--out", str(data), "--workers", "1"]) == 0
     assert train_main(argv) == 2  # 18 / 6 images, 3 classes: not the ImageNet the closed rules name
     assert not log.exists()
     # The same real-data path at a scale that runs in seconds: the closed trainer without the closed checks.
