@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from mlperf_submission.closed.bert import presets
-from mlperf_submission.closed.bert.checkpoint import _is_kernel, tf_from_state_dict, write_tf_checkpoint
+from mlperf_submission.closed.bert.checkpoint import _is_kernel, tf_from_state_dict
 from mlperf_submission.closed.bert.model import BertForPretraining, tf_tensor_name
 from mlperf_submission.closed.bert.optim import (
     Lamb,
@@ -49,6 +49,7 @@ from mlperf_submission.closed.bert.optim import (
 from mlperf_submission.common import config
 from mlperf_submission.common.cli import ArgumentParser, UserError, atomic_dir, atomic_write_text, entry_point
 from mlperf_submission.common.data import bert_wiki
+from mlperf_submission.common.data.tensorbundle import write_tf_checkpoint
 
 DEFAULT_CACHE = Path("out/cache")
 FORMAT = 1  # bump whenever the procedure below changes what it writes: old cache entries then go unused

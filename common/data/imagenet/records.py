@@ -2,35 +2,21 @@
 
 from __future__ import annotations
 
-import os
 import struct
 from pathlib import Path
 
 import numpy as np
 
 from mlperf_submission.common.data.imagenet.layout import ImageNetError
-from mlperf_submission.common.data.tfrecord import TFRecordError, decode_example, masked_crc
+from mlperf_submission.common.data.tfrecord import TFRecordError, decode_example, masked_crc, record_offsets
 
 
 def _record_offsets(path: Path) -> list[int]:
-    """Byte offset of every record in a TFRecord file, from the framing alone (length CRCs checked)."""
-    offsets, offset, size = [], 0, path.stat().st_size
-    fd = os.open(path, os.O_RDONLY)
+    """Byte offset of every record in a TFRecord shard, from the framing alone (length CRCs checked)."""
     try:
-        while offset < size:
-            header = os.pread(fd, 12, offset)
-            if len(header) < 12:
-                break
-            length, length_crc = struct.unpack("<QI", header)
-            if masked_crc(header[:8]) != length_crc:
-                raise ImageNetError(f"{path}: corrupt record length (CRC mismatch) at byte {offset}")
-            offsets.append(offset)
-            offset += 16 + length
-    finally:
-        os.close(fd)
-    if offset != size:
-        raise ImageNetError(f"{path}: truncated record at byte {offsets[-1] if offsets else 0}")
-    return offsets
+        return record_offsets(path)
+    except TFRecordError as e:
+        raise ImageNetError(str(e)) from None
 
 
 def _read_record(path: Path, offset: int) -> bytes:
