@@ -80,7 +80,7 @@ def test_imagenet_index_interrupted_leaves_no_manifest_and_reruns(tmp_path, sig)
     root = write_jpeg_tree(tmp_path / "jpeg", make_samples())
     argv = [str(root), "--out", str(root), "--workers", "1"]
     # The manifest's bytes are written to its temporary file and being synced when the signal comes.
-    interrupted("os", "fsync", 1, sig, "mlperf_submission.common.data.imagenet", argv)
+    interrupted("os", "fsync", 1, sig, "mlperf_submission.common.data.imagenet.__main__", argv)
     assert not (root / "imagenet_manifest.json").exists()
     if sig == signal.SIGINT:
         assert leftovers(root) == []
@@ -98,8 +98,8 @@ def test_packing_interrupted_leaves_no_output_and_reruns(tmp_path, sig):
     out = tmp_path / "packed"
     argv = ["--algorithm", "nnlshp", str(converted), str(out)]
     # The train split is packed and written; the eval split is being packed when the signal comes.
-    interrupted("mlperf_submission.common.data.packing", "pack_arrays", 2, sig,
-                "mlperf_submission.common.data.packing", argv)
+    interrupted("mlperf_submission.common.data.packing.folder", "pack_arrays", 2, sig,
+                "mlperf_submission.common.data.packing.__main__", argv)
     assert not out.exists()
     if sig == signal.SIGINT:
         assert leftovers(tmp_path) == []

@@ -116,7 +116,7 @@ def write_packed(src, out, *, algorithm: str, max_per_pack: int, seed: int = 0,
         raise DataError(f"--max-per-pack must be in 1..255, got {max_per_pack}")
     if max_pred_per_pack is not None and not (_is_int(max_pred_per_pack) and max_pred_per_pack >= 1):
         raise DataError(f"--max-pred-per-pack must be an integer >= 1, got {max_pred_per_pack!r}")
-    source = bert_wiki.verify(src)
+    source = bert_wiki.verify(src, full=True)
     seq_len = source["seq_len"]
     splits = {split: _plan_split(src, source["splits"][split]["arrays"], split, algorithm, max_per_pack,
                                  [seed, number], seq_len) for number, split in enumerate(SPLITS)}
