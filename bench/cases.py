@@ -485,7 +485,7 @@ def bert_wikipedia(scale: Scale, device_name: str) -> dict[str, dict]:
 
 def decode(scale: Scale, impl: str) -> dict:
     """Images per CPU-second, one thread, of JPEG decode + training augmentation to 224 px: "ours"
-    (common/data/imagenet.py as training uses it: the reference's preprocessing: TF's crop sampler,
+    (common/data/imagenet/ as training uses it: the reference's preprocessing: TF's crop sampler,
     full-size libjpeg-turbo decode, TF1 bilinear resize, rounded to uint8 for the device to normalise) or
     "plain" (torchvision's transforms on PIL, in plain PIL and torch, normalised float32)."""
     transform = imagenet.train_transform(224, uint8=True) if impl == "ours" else peers.torchvision_train_transform

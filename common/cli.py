@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import functools
 import hashlib
+import json
 import os
 import shutil
 import sys
@@ -86,6 +87,13 @@ def atomic_write_text(path: Path, text: str) -> None:
     """Write `text` to `path` through a synced temporary file and a rename; no temporary file is left."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def json_checksum(document: dict) -> str:
+    """The sha256 of a JSON document's canonical form (sorted keys) without its own `checksum` field: what a
+    manifest records of itself, so that a reader can tell it was not edited without reading anything else."""
+    body = {k: v for k, v in document.items() if k != "checksum"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def sha256_file(path: Path) -> str:

@@ -4,6 +4,7 @@ import hashlib
 import io
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -345,18 +346,24 @@ def test_index_command_writes_counts_and_hashes(layout, jpeg_root, tf_root, tmp_
         "train": (9, 3),
         "val": (6, 3),
     }
-    files = manifest["splits"]["train"]["files"]
-    assert len(files) == (9 if layout == "jpeg" else 2)
+    files = json.loads((out / "imagenet_checksums.json").read_text())["train"]
+    assert len(files) == manifest["splits"]["train"]["stat"]["files"] == (9 if layout == "jpeg" else 2)
     for key, digest in files.items():
         assert hashlib.sha256((root / key).read_bytes()).hexdigest() == digest
     assert "train: 9 images, 3 classes" in stdout
     assert verify_manifest(root, out / "imagenet_manifest.json", full=True) == manifest
 
     victim = root / next(iter(files))
+    stat = victim.stat()
     victim.write_bytes(victim.read_bytes()[:-1] + b"\0")
-    verify_manifest(root, out / "imagenet_manifest.json")  # same names and sizes: only full=True sees it
+    with pytest.raises(ImageNetError, match="latest modification time differs"):
+        verify_manifest(root, out / "imagenet_manifest.json")  # what a run checks: sizes and times
+    os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    verify_manifest(root, out / "imagenet_manifest.json")  # same size and time: only full=True sees it
     with pytest.raises(ImageNetError, match="sha256 differs"):
         verify_manifest(root, out / "imagenet_manifest.json", full=True)
+    rc, _, err = run_main(capsys, root, "--out", out, "--verify", "--workers", "1")
+    assert rc == 2 and err.startswith("error: ") and "sha256 differs" in err
     victim.unlink()
     with pytest.raises(ImageNetError):
         verify_manifest(root, out / "imagenet_manifest.json")

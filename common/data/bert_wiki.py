@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import glob
-import hashlib
 import json
 import sys
 from collections.abc import Iterator
@@ -36,7 +35,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mlperf_submission.common.cli import ArgumentParser, UserError, atomic_dir, entry_point, sha256_file
+from mlperf_submission.common.cli import (
+    ArgumentParser,
+    UserError,
+    atomic_dir,
+    entry_point,
+    json_checksum,
+    sha256_file,
+)
 from mlperf_submission.common.data.tfrecord import (
     TFRecordError,
     decode_example,
@@ -120,15 +126,9 @@ def _array_entries(folder: Path, split: str, count: int, specs: dict) -> dict:
             for name, (shape, _, dtype, _) in specs.items()}
 
 
-def _checksum(manifest: dict) -> str:
-    """The sha256 of a manifest's canonical JSON without its own `checksum` field."""
-    body = {k: v for k, v in manifest.items() if k != "checksum"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-
-
 def write_manifest(folder: Path, manifest: dict) -> dict:
     """Write folder/manifest.json with its own checksum (so a run can tell it was not edited); -> manifest."""
-    manifest = {**manifest, "checksum": _checksum(manifest)}
+    manifest = {**manifest, "checksum": json_checksum(manifest)}
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     return manifest
 
@@ -246,7 +246,7 @@ def read_manifest(folder: Path, fmt: str, version: int, missing: str) -> dict:
         raise DataError(f"{path}: not JSON ({e})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != fmt or manifest.get("version") != version:
         raise DataError(f"{path}: not a {fmt} v{version} manifest")
-    if "checksum" in manifest and manifest["checksum"] != _checksum(manifest):
+    if "checksum" in manifest and manifest["checksum"] != json_checksum(manifest):
         raise DataError(f"{path}: its checksum does not match its contents: the manifest was edited")
     return manifest
 

@@ -1,6 +1,8 @@
 """Check an ImageNet dataset and write its manifest (counts, undecodable images, sha256 of every file):
     python -m mlperf_submission.common.data.imagenet SRC --out DIR [--skip-corrupt] [--workers N]
-writes DIR/imagenet_manifest.json; on bad input it prints one line `error: ...` and exits 2.
+writes DIR/imagenet_manifest.json and DIR/imagenet_checksums.json; on bad input it prints one line
+`error: ...` and exits 2. Re-hash every file against them later (a run checks only sizes and times):
+    python -m mlperf_submission.common.data.imagenet SRC --out DIR --verify
     python -m mlperf_submission.common.data.imagenet --bench
 prints decode+augment throughput per core (images per CPU-second) for a synthetic 500x375 JPEG of 110 KB
 (figures and how they were measured: `bench.py`).
@@ -9,16 +11,15 @@ prints decode+augment throughput per core (images per CPU-second) for a syntheti
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 
-from mlperf_submission.common.cli import ArgumentParser, UserError, atomic_write_text, entry_point
+from mlperf_submission.common.cli import ArgumentParser, UserError, entry_point
 from mlperf_submission.common.data.imagenet.bench import benchmark
 from mlperf_submission.common.data.imagenet.index import index_dataset
 from mlperf_submission.common.data.imagenet.layout import ImageNetError
-from mlperf_submission.common.data.imagenet.manifest import MANIFEST_NAME
+from mlperf_submission.common.data.imagenet.manifest import MANIFEST_NAME, verify_manifest, write_manifest
 from mlperf_submission.common.data.imagenet.transforms import eval_transform, train_transform
 
 
@@ -29,6 +30,8 @@ def _parser() -> ArgumentParser:
     parser.add_argument("--out", help=f"folder to write {MANIFEST_NAME} into")
     parser.add_argument("--skip-corrupt", action="store_true", help="list undecodable images and leave them out")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes for checking")
+    parser.add_argument("--verify", action="store_true",
+                        help=f"re-hash every file of SRC against DIR/{MANIFEST_NAME} (the full pass), not index")
     parser.add_argument("--bench", action="store_true", help="measure transform throughput and exit")
     return parser
 
@@ -42,7 +45,7 @@ def index(src: str, out: Path, *, skip_corrupt: bool, workers: int) -> None:
     except ImageNetError as e:
         raise UserError(" ".join(str(e).split())) from None
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / MANIFEST_NAME, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    write_manifest(out, manifest)
     print(f"{manifest['layout']} layout at {src}")
     for split, s in manifest["splits"].items():
         print(f"  {split}: {s['images']} images, {s['classes']} classes, {len(s['skipped'])} skipped as corrupt")
@@ -59,6 +62,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.src is None or args.out is None:
         parser.error(f"SRC and --out are both needed: {parser.prog} SRC --out DIR")
+    if args.verify:
+        try:
+            manifest = verify_manifest(args.src, Path(args.out) / MANIFEST_NAME, full=True, workers=args.workers)
+        except ImageNetError as e:
+            raise UserError(" ".join(str(e).split())) from None
+        print(f"verified {args.src}: " + ", ".join(f"{split} {s['stat']['files']} files"
+                                                  for split, s in manifest["splits"].items()))
+        return 0
     index(args.src, Path(args.out), skip_corrupt=args.skip_corrupt, workers=args.workers)
     return 0
 

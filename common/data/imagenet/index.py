@@ -22,7 +22,7 @@ from mlperf_submission.common.data.imagenet.layout import (
     _shards,
     detect_layout,
 )
-from mlperf_submission.common.data.imagenet.manifest import MANIFEST_FORMAT, _map
+from mlperf_submission.common.data.imagenet.manifest import MANIFEST_FORMAT, _map, files_stat
 from mlperf_submission.common.data.imagenet.records import _parse_example
 from mlperf_submission.common.data.tfrecord import TFRecordError, iter_records
 
@@ -82,12 +82,11 @@ def _index_split(root: Path, layout: str, split: str, classes: list[str] | None,
             if reason is not None:
                 corrupt[key] = reason
         good = {label for key, label in zip(keys, labels, strict=True) if key not in corrupt}
-        return {"images": len(keys) - len(corrupt), "classes": len(good), "skipped": corrupt, "files": files}
+        return {"images": len(keys) - len(corrupt), "classes": len(good), "skipped": corrupt, "files": files,
+                "stat": files_stat([root / k for k in keys])}
     shards = _shards(root).get(_TFDS_SPLIT[split], [])
     files, sizes, corrupt, labels, records = {}, {}, {}, set(), 0
-    for path, r in zip(
-        shards, _map(_check_shard, [str(p) for p in shards], workers, f"check {split}"), strict=True
-    ):
+    for path, r in zip(shards, _map(_check_shard, [str(p) for p in shards], workers, f"check {split}"), strict=True):
         files[path.name] = r["sha256"]
         # Every record's byte offset, so that training indexes the shards without reading them in its init.
         sizes[path.name] = {"bytes": r["bytes"], "records": len(r["offsets"]), "offsets": r["offsets"]}
@@ -96,13 +95,8 @@ def _index_split(root: Path, layout: str, split: str, classes: list[str] | None,
         records += len(r["offsets"])
     if records == 0:
         raise ImageNetError(f"{root}: the imagenet2012-{_TFDS_SPLIT[split]} shards hold no records")
-    return {
-        "images": records - len(corrupt),
-        "classes": len(labels),
-        "skipped": corrupt,
-        "files": files,
-        "shards": sizes,
-    }
+    return {"images": records - len(corrupt), "classes": len(labels), "skipped": corrupt, "files": files,
+            "shards": sizes, "stat": files_stat(shards)}
 
 
 def index_dataset(root: str | os.PathLike, *, skip_corrupt: bool = False, workers: int = 1) -> dict:
@@ -119,13 +113,8 @@ def index_dataset(root: str | os.PathLike, *, skip_corrupt: bool = False, worker
     else:
         classes, present = None, _shards(root)
         splits = [s for s in SPLITS if _TFDS_SPLIT[s] in present]
-    manifest = {
-        "format": MANIFEST_FORMAT,
-        "layout": layout,
-        "source": str(root.resolve()),
-        "classes": classes,
-        "splits": {},
-    }
+    manifest = {"format": MANIFEST_FORMAT, "layout": layout, "source": str(root.resolve()), "classes": classes,
+                "splits": {}}
     for split in splits:
         manifest["splits"][split] = _index_split(root, layout, split, classes, workers)
     corrupt = {k: v for s in manifest["splits"].values() for k, v in s["skipped"].items()}
