@@ -28,10 +28,8 @@ from mlperf_submission.common.cli import ArgumentParser, UserError, atomic_path,
 from mlperf_submission.common.data.tensorbundle import TensorBundleError, read_index, read_tf_checkpoint
 
 # Non-model variables of a TF1 pretraining checkpoint: optimizer slots and step/bias-correction counters.
-_SKIPPED = re.compile(
-    r"(^|/)(global_step|beta1_power|beta2_power|_CHECKPOINTABLE_OBJECT_GRAPH)$"
-    r"|/(adam_m|adam_v|LAMB|LAMB_1|Momentum|ExponentialMovingAverage)$"
-)
+_SKIPPED = re.compile(r"(^|/)(global_step|beta1_power|beta2_power|_CHECKPOINTABLE_OBJECT_GRAPH)$"
+                      r"|/(adam_m|adam_v|LAMB|LAMB_1|Momentum|ExponentialMovingAverage)$")
 
 # One error for the bundle's format and for this model's names: callers catch one type.
 CheckpointError = TensorBundleError
@@ -51,15 +49,9 @@ def config_from_shapes(shapes: dict[str, tuple[int, ...]]) -> BertConfig:
     except (KeyError, ValueError) as e:
         raise CheckpointError(f"not a BERT checkpoint: missing or malformed tensor {e}") from None
     layers = {int(m.group(1)) for name in shapes if (m := re.match(r"bert/encoder/layer_(\d+)/", name))}
-    return BertConfig(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        num_hidden_layers=max(layers) + 1,
-        num_attention_heads=math.gcd(hidden, 16),
-        intermediate_size=intermediate,
-        max_position_embeddings=positions,
-        type_vocab_size=types,
-    )
+    return BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=max(layers) + 1,
+                      num_attention_heads=math.gcd(hidden, 16), intermediate_size=intermediate,
+                      max_position_embeddings=positions, type_vocab_size=types)
 
 
 def state_dict_from_tf(tensors: dict[str, np.ndarray], cfg: BertConfig) -> dict[str, torch.Tensor]:
@@ -73,10 +65,8 @@ def state_dict_from_tf(tensors: dict[str, np.ndarray], cfg: BertConfig) -> dict[
             raise CheckpointError(f"tensor {tf_name!r} (parameter {name}) is missing from the checkpoint")
         array = tensors[tf_name].T if _is_kernel(tf_name) else tensors[tf_name]
         if tuple(array.shape) != tuple(params[name].shape):
-            raise CheckpointError(
-                f"tensor {tf_name!r} has shape {tuple(tensors[tf_name].shape)}, the model needs "
-                f"{tuple(params[name].shape)}{' transposed' if _is_kernel(tf_name) else ''}"
-            )
+            raise CheckpointError(f"tensor {tf_name!r} has shape {tuple(tensors[tf_name].shape)}, the model needs "
+                                  f"{tuple(params[name].shape)}{' transposed' if _is_kernel(tf_name) else ''}")
         state[name] = torch.from_numpy(np.array(array, dtype=np.float32, order="C"))  # a writable copy
     return state
 
@@ -102,10 +92,8 @@ def convert_checkpoint(prefix: str | os.PathLike) -> tuple[dict[str, torch.Tenso
     unknown = [name for name in model_names if name not in expected]
     if unknown:
         more = f" and {len(unknown) - 1} more" if len(unknown) > 1 else ""
-        raise CheckpointError(
-            f"{prefix}: unknown tensor {unknown[0]!r}{more}: neither a BERT pretraining weight "
-            "nor an optimizer slot"
-        )
+        raise CheckpointError(f"{prefix}: unknown tensor {unknown[0]!r}{more}: neither a BERT pretraining weight "
+                              "nor an optimizer slot")
     return state_dict_from_tf(read_tf_checkpoint(prefix, model_names), cfg), cfg, skipped
 
 

@@ -358,10 +358,8 @@ def wikipedia_lengths(num: int, seq_len: int, seed: int) -> np.ndarray:
     return np.clip(np.rint(drawn * seq_len / 512), 5, seq_len).astype(np.int64)
 
 
-def synthetic_instances(
-    num: int, *, seq_len: int, vocab_size: int, max_pred: int, seed: int, split: str = "train",
-    lengths: np.ndarray | None = None,
-) -> dict[str, np.ndarray]:
+def synthetic_instances(num: int, *, seq_len: int, vocab_size: int, max_pred: int, seed: int, split: str = "train",
+                        lengths: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """`num` pretraining instances of the toy language, as int64 / float32 arrays (see feature_specs).
 
     The language depends on (vocab_size, seed) only; the instances also on `split`. `lengths` (num,), each

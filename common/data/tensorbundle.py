@@ -138,10 +138,8 @@ def parse_entry(buf: bytes) -> BundleEntry:
 
 
 def encode_entry(entry: BundleEntry) -> bytes:
-    shape = b"".join(
-        b"\x12" + _varint(len(dim)) + dim
-        for dim in (b"\x08" + _varint(size) if size else b"" for size in entry.shape)
-    )
+    shape = b"".join(b"\x12" + _varint(len(dim)) + dim
+                     for dim in (b"\x08" + _varint(size) if size else b"" for size in entry.shape))
     out = b"\x08" + _varint(entry.dtype) + b"\x12" + _varint(len(shape)) + shape
     for field, value in ((3, entry.shard_id), (4, entry.offset), (5, entry.size)):
         if value:
@@ -225,9 +223,7 @@ def _block(entries: list[tuple[bytes, bytes]]) -> bytes:
     return bytes(out) + struct.pack(f"<{len(restarts)}I", *restarts) + struct.pack("<I", len(restarts))
 
 
-def write_table(
-    path: str | os.PathLike, items: list[tuple[bytes, bytes]], block_size: int = 256 << 10
-) -> None:
+def write_table(path: str | os.PathLike, items: list[tuple[bytes, bytes]], block_size: int = 256 << 10) -> None:
     """Write sorted (key, value) pairs as an uncompressed LevelDB-format table (block_size in bytes)."""
     keys = [k for k, _ in items]
     if keys != sorted(keys) or len(set(keys)) != len(keys):
@@ -271,9 +267,7 @@ def read_index(prefix: str | os.PathLike) -> tuple[int, dict[str, BundleEntry]]:
     if num_shards is None:
         raise TensorBundleError(f"{path}: no bundle header; not a TensorFlow checkpoint index")
     if endianness != 0:
-        raise TensorBundleError(
-            f"{path}: big-endian checkpoint; convert it on a big-endian machine with TensorFlow"
-        )
+        raise TensorBundleError(f"{path}: big-endian checkpoint; convert it on a big-endian machine with TensorFlow")
     return num_shards, entries
 
 
@@ -287,9 +281,7 @@ def read_tf_checkpoint(prefix: str | os.PathLike, names=None) -> dict[str, np.nd
             raise TensorBundleError(f"{prefix}: no tensor {name!r}")
         entry = entries[name]
         if entry.sliced:
-            raise TensorBundleError(
-                f"{prefix}: tensor {name!r} is saved in slices (partitioned); not supported"
-            )
+            raise TensorBundleError(f"{prefix}: tensor {name!r} is saved in slices (partitioned); not supported")
         if entry.dtype not in _TF_DTYPES:
             raise TensorBundleError(f"{prefix}: tensor {name!r} has unsupported TF dtype {entry.dtype}")
         path = Path(f"{prefix}.data-{entry.shard_id:05d}-of-{num_shards:05d}")
@@ -308,16 +300,12 @@ def read_tf_checkpoint(prefix: str | os.PathLike, names=None) -> dict[str, np.nd
         else:
             array = np.frombuffer(raw, np.dtype(dtype).newbyteorder("<"))
         if array.size != math.prod(entry.shape):
-            raise TensorBundleError(
-                f"{path}: tensor {name!r} holds {array.size} values for shape {entry.shape}"
-            )
+            raise TensorBundleError(f"{path}: tensor {name!r} holds {array.size} values for shape {entry.shape}")
         out[name] = array.reshape(entry.shape)
     return out
 
 
-def write_tf_checkpoint(
-    prefix: str | os.PathLike, tensors: dict[str, np.ndarray], block_size: int = 256 << 10
-):
+def write_tf_checkpoint(prefix: str | os.PathLike, tensors: dict[str, np.ndarray], block_size: int = 256 << 10):
     """Write `tensors` as a one-shard TensorBundle (PREFIX.index, PREFIX.data-00000-of-00001)."""
     data, entries = bytearray(), []
     for name in sorted(tensors):
@@ -326,9 +314,7 @@ def write_tf_checkpoint(
         if array.dtype not in _NP_TO_TF:
             raise ValueError(f"tensor {name!r}: dtype {array.dtype} has no TF equivalent here")
         raw = array.tobytes()
-        entry = BundleEntry(
-            _NP_TO_TF[array.dtype], array.shape, 0, len(data), len(raw), masked_crc(raw), False
-        )
+        entry = BundleEntry(_NP_TO_TF[array.dtype], array.shape, 0, len(data), len(raw), masked_crc(raw), False)
         entries.append((name.encode(), encode_entry(entry)))
         data += raw
     header = b"\x08\x01" + b"\x1a\x02\x08\x01"  # num_shards 1, little-endian, version {producer 1}

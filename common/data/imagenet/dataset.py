@@ -46,10 +46,8 @@ class ImageNet(torch.utils.data.Dataset):
     arrays are kept per image, so forked DataLoader workers share them without copy-on-write growth.
     """
 
-    def __init__(
-        self, root: str | os.PathLike, split: str, transform: Callable, *, exclude: Iterable[str] = (),
-        manifest: dict | None = None,
-    ):
+    def __init__(self, root: str | os.PathLike, split: str, transform: Callable, *, exclude: Iterable[str] = (),
+                 manifest: dict | None = None):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
         self.root, self.split, self.transform = Path(root), split, transform

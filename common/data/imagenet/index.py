@@ -53,9 +53,7 @@ def _check_shard(path: str) -> dict:
             where = f"{shard.name}@{offset}"
             image, label, name = _parse_example(data, str(shard.parent / where))
             if not 0 <= label < NUM_CLASSES:
-                raise ImageNetError(
-                    f"{shard}@{offset} ({name}): label {label} is outside 0..{NUM_CLASSES - 1}"
-                )
+                raise ImageNetError(f"{shard}@{offset} ({name}): label {label} is outside 0..{NUM_CLASSES - 1}")
             labels.add(label)
             if (reason := _decode_error(image)) is not None:
                 corrupt[where] = f"{name}: {reason}"

@@ -27,10 +27,8 @@ class CorruptImagesError(ImageNetError):
         self.corrupt = corrupt
         shown = "; ".join(f"{k} ({v})" for k, v in list(corrupt.items())[:3])
         more = f" and {len(corrupt) - 3} more" if len(corrupt) > 3 else ""
-        super().__init__(
-            f"{len(corrupt)} image(s) are not decodable JPEGs: {shown}{more}; "
-            "replace them, or rerun with --skip-corrupt to leave them out"
-        )
+        super().__init__(f"{len(corrupt)} image(s) are not decodable JPEGs: {shown}{more}; "
+                         "replace them, or rerun with --skip-corrupt to leave them out")
 
 
 def _is_jpeg_name(name: str) -> bool:
@@ -62,10 +60,8 @@ def _shards(root: Path) -> dict[str, list[Path]]:
     for split, shards in found.items():
         totals = sorted({total for total, _ in shards.values()})
         if len(totals) != 1:
-            raise ImageNetError(
-                f"{root}: imagenet2012-{split} shards of several sets (-of-{totals[0]:05d}, "
-                f"-of-{totals[1]:05d}): keep one set"
-            )
+            raise ImageNetError(f"{root}: imagenet2012-{split} shards of several sets (-of-{totals[0]:05d}, "
+                                f"-of-{totals[1]:05d}): keep one set")
         missing = sorted(set(range(totals[0])) - set(shards))
         if missing:
             raise ImageNetError(
@@ -80,25 +76,19 @@ def detect_layout(root: str | os.PathLike) -> str:
     """'jpeg' or 'tfrecord'; raise ImageNetError if `root` is missing or holds neither."""
     root = Path(root)
     if not root.is_dir():
-        raise ImageNetError(
-            f"{root} does not exist or is not a folder: pass the folder that holds train/ (JPEG class "
-            "folders) or the imagenet2012-*.tfrecord-* shards"
-        )
+        raise ImageNetError(f"{root} does not exist or is not a folder: pass the folder that holds train/ (JPEG class "
+                            "folders) or the imagenet2012-*.tfrecord-* shards")
     jpeg = (root / "train").is_dir()
     tfrecord = any(_SHARD.match(p.name) for p in root.iterdir())
     if jpeg and tfrecord:
-        raise ImageNetError(
-            f"{root} holds both train/ and TFRecord shards: point at a folder with one layout"
-        )
+        raise ImageNetError(f"{root} holds both train/ and TFRecord shards: point at a folder with one layout")
     if jpeg:
         return "jpeg"
     if tfrecord:
         return "tfrecord"
-    raise ImageNetError(
-        f"{root} has no recognisable ImageNet layout: expected train/<wnid>/*.JPEG class folders, or "
-        "imagenet2012-{train,validation}.tfrecord-NNNNN-of-MMMMM shards (tfds keeps them in "
-        "<data_dir>/imagenet2012/<version>/)"
-    )
+    raise ImageNetError(f"{root} has no recognisable ImageNet layout: expected train/<wnid>/*.JPEG class folders, or "
+                        "imagenet2012-{train,validation}.tfrecord-NNNNN-of-MMMMM shards (tfds keeps them in "
+                        "<data_dir>/imagenet2012/<version>/)")
 
 
 def _classes(root: Path) -> list[str]:

@@ -22,11 +22,8 @@ from mlperf_submission.common.data.packing.folder import verify, write_packed
 
 @entry_point
 def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(
-        prog="python -m mlperf_submission.common.data.packing",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = ArgumentParser(prog="python -m mlperf_submission.common.data.packing", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("src", nargs="?", type=Path, help="a folder written by bert_wiki convert or synthetic")
     parser.add_argument("out", nargs="?", type=Path, help="the packed folder to write (must not exist)")
     parser.add_argument("--algorithm", choices=sorted(ALGORITHMS), default="nnlshp")

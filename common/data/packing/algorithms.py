@@ -54,12 +54,10 @@ class Plan:
         if self.max_sequence_length < 1 or self.max_sequences_per_pack < 1:
             raise ValueError("max_sequence_length and max_sequences_per_pack must be >= 1")
         for lengths, count in self.strategies:
-            if not (
-                isinstance(lengths, tuple) and lengths and len(lengths) <= self.max_sequences_per_pack
-                and all(isinstance(x, int) and 1 <= x <= self.max_sequence_length for x in lengths)
-                and sum(lengths) <= self.max_sequence_length and list(lengths) == sorted(lengths, reverse=True)
-                and isinstance(count, int) and count >= 1
-            ):  # fmt: skip
+            if not (isinstance(lengths, tuple) and lengths and len(lengths) <= self.max_sequences_per_pack
+                    and all(isinstance(x, int) and 1 <= x <= self.max_sequence_length for x in lengths)
+                    and sum(lengths) <= self.max_sequence_length and list(lengths) == sorted(lengths, reverse=True)
+                    and isinstance(count, int) and count >= 1):
                 raise ValueError(
                     f"bad strategy {lengths} x {count}: need 1..{self.max_sequences_per_pack} lengths, longest "
                     f"first, summing to at most {self.max_sequence_length}, and a count >= 1"
@@ -120,12 +118,10 @@ class Plan:
         if not isinstance(data, dict):
             raise ValueError("a packing plan must be a JSON object")
         try:
-            plan = cls(
-                max_sequence_length=data["max_sequence_length"],
-                max_sequences_per_pack=data["max_sequences_per_pack"],
-                strategies=tuple((tuple(lengths), count) for lengths, count in data["strategies"]),
-                algorithm=data.get("algorithm", ""),
-            )
+            plan = cls(max_sequence_length=data["max_sequence_length"],
+                       max_sequences_per_pack=data["max_sequences_per_pack"],
+                       strategies=tuple((tuple(lengths), count) for lengths, count in data["strategies"]),
+                       algorithm=data.get("algorithm", ""))
         except (KeyError, TypeError) as e:
             raise ValueError(f"not a packing plan: {type(e).__name__} {e}") from None
         for key in ("packs", "sequences", "tokens"):
@@ -154,12 +150,8 @@ def make_plan(
     for lengths, count in counts.items():
         if count:
             merged[tuple(sorted((int(x) for x in lengths), reverse=True))] += int(count)
-    return Plan(
-        max_sequence_length=max_sequence_length,
-        max_sequences_per_pack=max_sequences_per_pack,
-        strategies=tuple(sorted(merged.items(), reverse=True)),
-        algorithm=algorithm,
-    )
+    return Plan(max_sequence_length=max_sequence_length, max_sequences_per_pack=max_sequences_per_pack,
+                strategies=tuple(sorted(merged.items(), reverse=True)), algorithm=algorithm)
 
 
 def histogram(lengths: np.ndarray, max_len: int) -> np.ndarray:
@@ -287,10 +279,8 @@ def nnls_solution(hist: np.ndarray, max_len: int, max_per_pack: int = 3) -> tupl
     return strategies, counts
 
 
-def nnlshp(
-    hist: np.ndarray, max_len: int, max_per_pack: int = 3, *, residual: str = "spfhp",
-    solution: tuple[list[tuple[int, ...]], np.ndarray] | None = None,
-) -> Plan:
+def nnlshp(hist: np.ndarray, max_len: int, max_per_pack: int = 3, *, residual: str = "spfhp",
+           solution: tuple[list[tuple[int, ...]], np.ndarray] | None = None) -> Plan:
     """Non-negative least-squares histogram packing; -> Plan. `solution`: a prior nnls_solution of the same
     histogram, to skip the solve; `residual`: "spfhp" or "single" (see the module docstring)."""
     hist = _check_histogram(hist, max_len, max_per_pack)
@@ -343,10 +333,8 @@ def assign(lengths: np.ndarray, plan: Plan, seed) -> np.ndarray:
     counts = histogram(lengths, plan.max_sequence_length)
     if not np.array_equal(counts, plan.histogram()):
         differ = np.flatnonzero(counts != plan.histogram())[0] + 1
-        raise ValueError(
-            f"the plan does not fit these sequences: {plan.histogram()[differ - 1]} of length {differ} "
-            f"planned, {counts[differ - 1]} given"
-        )
+        raise ValueError(f"the plan does not fit these sequences: {plan.histogram()[differ - 1]} of length {differ} "
+                         f"planned, {counts[differ - 1]} given")
     table = np.zeros((len(plan.strategies), plan.max_sequences_per_pack), np.int64)
     for i, (strategy, _) in enumerate(plan.strategies):
         table[i, : len(strategy)] = strategy

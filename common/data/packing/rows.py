@@ -24,10 +24,8 @@ FLOAT_FIELDS = ("masked_lm_weights", "nsp_weights")
 PREDICTION_FIELDS = ("masked_lm_positions", "masked_lm_ids", "masked_lm_weights", "masked_lm_sequence")
 
 
-def pack_arrays(
-    arrays: Mapping[str, np.ndarray], packs: np.ndarray, max_sequences_per_pack: int,
-    max_predictions_per_pack: int | None = None,
-) -> dict[str, np.ndarray]:
+def pack_arrays(arrays: Mapping[str, np.ndarray], packs: np.ndarray, max_sequences_per_pack: int,
+                max_predictions_per_pack: int | None = None) -> dict[str, np.ndarray]:
     """Unpacked bert_wiki arrays (N rows; memory-mapped is fine) and packs (n, <= K) of row indices, -1
     for empty slots after the filled ones -> packed arrays of n rows (see the module docstring).
 
