@@ -115,7 +115,7 @@ def test_packing_interrupted_leaves_no_output_and_reruns(tmp_path, sig):
     out = tmp_path / "packed"
     argv = ["--algorithm", "nnlshp", str(converted), str(out)]
     # The train split is packed and written; the eval split is being packed when the signal comes.
-    interrupted("mlperf_submission.common.data.packing.folder", "pack_arrays", 2, sig,
+    interrupted("mlperf_submission.common.data.packing.write", "pack_arrays", 2, sig,
                 "mlperf_submission.common.data.packing.__main__", argv)
     assert not out.exists()
     if sig == signal.SIGINT:

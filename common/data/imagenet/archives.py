@@ -36,7 +36,7 @@ from tqdm import tqdm
 from mlperf_submission.common.cli import UserError, atomic_dir
 from mlperf_submission.common.data.imagenet.index import index_dataset
 from mlperf_submission.common.data.imagenet.layout import ImageNetError
-from mlperf_submission.common.data.imagenet.manifest import write_manifest
+from mlperf_submission.common.data.imagenet.manifest import CHECKSUMS_NAME, MANIFEST_NAME, write_manifest
 
 TRAIN, VAL, DEVKIT = "ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar", "ILSVRC2012_devkit_t12.tar.gz"
 # torchvision/datasets/imagenet.py ARCHIVE_META (the same md5s as image-net.org's download page)
@@ -214,8 +214,11 @@ def extract_val(path: Path, out: Path, classes: dict[int, str], truth: list[int]
 
 
 def _stale(out: Path) -> list[Path]:
-    """Hidden temporary folders a killed run of this command left beside `out` (they hold train/ or val/)."""
-    return [p for p in out.parent.glob(f".{out.name}.*") if p.is_dir() and not p.is_symlink()]
+    """Hidden temporary folders a killed run of this command left beside `out`: named as `atomic_dir` names them
+    and holding nothing but what `arrange` writes."""
+    ours = {"train", "val", MANIFEST_NAME, CHECKSUMS_NAME}
+    return [p for p in out.parent.glob(f".{out.name}.*")
+            if p.is_dir() and not p.is_symlink() and {c.name for c in p.iterdir()} <= ours]
 
 
 def _check_classes(src: Path, train: list[tarfile.TarInfo], classes: dict[int, str], truth: list[int]) -> None:

@@ -1,7 +1,7 @@
 """Sequence packing for BERT (Krell, Kosec et al., arXiv 2107.02027): several whole sequences per row.
 
 `algorithms` (SPFHP, NNLSHP, `assign`), `rows` (the packed row layout; closed BERT's `unpadded_batch`) and
-`folder` (packed folders: `write_packed`, `verify`, `PackedDataset`); the command line is `__main__`:
+`folder` (packed folders: `verify`, `PackedDataset`); `write` and the command line `__main__` prepare them:
     python -m mlperf_submission.common.data.packing --algorithm nnlshp --max-per-pack 3 SRC OUT
 """
 

@@ -17,7 +17,8 @@ from pathlib import Path
 from mlperf_submission.common.cli import ArgumentParser, UserError, entry_point
 from mlperf_submission.common.data.bert_wiki import SPLITS, DataError
 from mlperf_submission.common.data.packing.algorithms import ALGORITHMS
-from mlperf_submission.common.data.packing.folder import verify, write_packed
+from mlperf_submission.common.data.packing.folder import verify
+from mlperf_submission.common.data.packing.write import write_packed
 
 
 @entry_point
