@@ -76,6 +76,8 @@ help:
 	@echo "make systems                       official system description checker on systems/*.json"
 	@echo "make describe-system OUT=f.json    describe this machine as a system JSON"
 	@echo "make data BENCH=resnet SRC=dir     check and index ImageNet (counts, checksums)"
+	@echo "make data BENCH=resnet SRC=downloads OUT=dir [NO_VERIFY=1]   the three ILSVRC2012 archives: md5, extract, arrange, index"
+	@echo "make data BENCH=resnet|bert ... VERIFY=1   re-hash every file against the manifest (a run checks only sizes and times)"
 	@echo "make data BENCH=bert               make the smoke phase-1 checkpoint (once; cached in out/cache)"
 	@echo "make data BENCH=bert SRC='train/part-*' EVAL=eval_10k OUT=dir   convert the MLPerf BERT TFRecords"
 	@echo "make data BENCH=bert PACK=nnlshp|spfhp SRC=converted OUT=dir [MAX_PER_PACK=3] [MAX_PRED_PER_PACK=Q]   pack both splits"
@@ -160,7 +162,9 @@ describe-system:
 
 data:
 ifeq ($(BENCH),resnet)
-	$(PY) -m mlperf_submission.common.data.imagenet $(SRC) --out $(or $(OUT),$(SRC))
+	$(PY) -m mlperf_submission.common.data.imagenet $(SRC) --out $(or $(OUT),$(SRC)) $(if $(NO_VERIFY),--no-verify) $(if $(VERIFY),--verify)
+else ifneq ($(VERIFY),)
+	$(if $(PACK),$(PY) -m mlperf_submission.common.data.packing --verify $(OUT),$(PY) -m mlperf_submission.common.data.bert_wiki verify --out $(OUT))
 else ifeq ($(SRC),)
 	$(PY) -m mlperf_submission.closed.bert.phase1
 else ifneq ($(PACK),)

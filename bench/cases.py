@@ -34,6 +34,7 @@ from mlperf_submission.closed.bert.model import BertForPretraining
 from mlperf_submission.closed.resnet import presets as resnet_presets
 from mlperf_submission.closed.resnet import steps as resnet_steps
 from mlperf_submission.common.data import bert_wiki, imagenet, packing
+from mlperf_submission.common.data.imagenet.bench import benchmark
 from mlperf_submission.common.runtime import distributed
 from mlperf_submission.common.runtime.compile import compiled, undone
 from mlperf_submission.common.runtime.precision import notation
@@ -389,7 +390,7 @@ DECODE_IMPLS = ("ours", "plain")
 
 def decode(scale: Scale) -> dict[str, dict]:
     """Images per CPU-second, one thread, of JPEG decode + training augmentation to 224 px: "ours"
-    (common/data/imagenet.py as training uses it: the reference's preprocessing: TF's crop sampler,
+    (common/data/imagenet/ as training uses it: the reference's preprocessing: TF's crop sampler,
     full-size libjpeg-turbo decode, TF1 bilinear resize, rounded to uint8 for the device to normalise) and
     "plain" (torchvision's transforms on PIL, in plain PIL and torch, normalised float32), in
     `scale.timed_steps` alternating rounds of `scale.decode_seconds` each: -> {impl: row}."""
@@ -397,7 +398,7 @@ def decode(scale: Scale) -> dict[str, dict]:
     rates = {impl: [] for impl in DECODE_IMPLS}
     for _ in range(scale.timed_steps):
         for impl in DECODE_IMPLS:
-            rates[impl].append(imagenet.benchmark(transforms[impl], seconds=scale.decode_seconds))
+            rates[impl].append(benchmark(transforms[impl], seconds=scale.decode_seconds))
     settings = {"ours": "full-size fast-DCT decode, TF crop sampler, TF1 bilinear resize, uint8 out",
                 "plain": "full decode, PIL crop + bilinear resize, ToTensor, Normalize"}
     return {impl: {"samples_per_s": statistics.median(rates[impl]), "samples_per_s_rounds": rates[impl],

@@ -9,22 +9,24 @@ import pytest
 import torch
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-from mlperf_submission.closed.bert import checkpoint as ckpt
 from mlperf_submission.closed.bert.checkpoint import (
-    BundleEntry,
     CheckpointError,
     convert_checkpoint,
-    encode_entry,
     main,
+    tf_from_state_dict,
+)
+from mlperf_submission.closed.bert.model import BertConfig, BertForPretraining
+from mlperf_submission.common.data import tensorbundle as ckpt
+from mlperf_submission.common.data.tensorbundle import (
+    BundleEntry,
+    encode_entry,
     parse_entry,
     read_index,
     read_table,
     read_tf_checkpoint,
-    tf_from_state_dict,
     write_table,
     write_tf_checkpoint,
 )
-from mlperf_submission.closed.bert.model import BertConfig, BertForPretraining
 from mlperf_submission.common.data.tfrecord import masked_crc
 
 CFG = BertConfig(

@@ -182,9 +182,14 @@ def test_synthetic_corpus_is_deterministic_in_its_seed(tmp_path):
 def test_verify_detects_a_changed_array(tmp_path):
     write_synthetic(tmp_path / "s", num_train=8, num_eval=4, seed=0, **SHAPE)
     path = tmp_path / "s" / "train" / "input_ids.npy"
-    corrupt_byte(path, path.stat().st_size - 3)
+    stat = path.stat()
+    corrupt_byte(path, stat.st_size - 3)
+    with pytest.raises(DataError, match="size or modification time differs"):
+        verify(tmp_path / "s")  # what a run checks: the file's size and mtime, no data read
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # the same bytes count and time: only a hash sees it
+    verify(tmp_path / "s")
     with pytest.raises(DataError, match="sha256"):
-        verify(tmp_path / "s")
+        verify(tmp_path / "s", full=True)
     manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
     manifest["splits"]["eval"]["arrays"]["input_mask"]["shape"] = [5, 32]
     (tmp_path / "s" / "manifest.json").write_text(json.dumps(manifest))

@@ -15,9 +15,10 @@ import pytest
 import torch
 
 from mlperf_submission.closed.bert import phase1, presets
-from mlperf_submission.closed.bert.checkpoint import convert_checkpoint, read_index
+from mlperf_submission.closed.bert.checkpoint import convert_checkpoint
 from mlperf_submission.closed.bert.model import BertForPretraining
 from mlperf_submission.common.cli import UserError
+from mlperf_submission.common.data.tensorbundle import read_index
 from mlperf_submission.compliance import runs, submit
 
 GOLDEN = Path(__file__).with_name("golden") / "bert_smoke.json"

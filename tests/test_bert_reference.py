@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from mlperf_submission.closed.bert.checkpoint import convert_checkpoint, load_init_checkpoint, read_tf_checkpoint
+from mlperf_submission.closed.bert.checkpoint import convert_checkpoint, load_init_checkpoint
 from mlperf_submission.closed.bert.model import BertForPretraining, tf_tensor_name
 from mlperf_submission.closed.bert.optim import EXCLUDE_FROM_WEIGHT_DECAY, Lamb, clip_grad_norm, lr_schedule
+from mlperf_submission.common.data.tensorbundle import read_tf_checkpoint
 
 REFERENCE = Path(__file__).with_name("reference")
 LAMB_RTOL = 1e-5  # issue 18: trajectories agree to 1e-5 relative (measured: see COMPLIANCE.md)

@@ -16,6 +16,7 @@ from fakes import REPO
 from test_imagenet_data import make_samples, write_jpeg_tree
 
 from mlperf_submission.common.data import bert_wiki
+from mlperf_submission.common.data.imagenet import archives
 from mlperf_submission.compliance import package, runs
 from mlperf_submission.compliance.__main__ import main as compliance_main
 from mlperf_submission.compliance.tools import PACKAGE_SUCCESS
@@ -80,13 +81,29 @@ def test_imagenet_index_interrupted_leaves_no_manifest_and_reruns(tmp_path, sig)
     root = write_jpeg_tree(tmp_path / "jpeg", make_samples())
     argv = [str(root), "--out", str(root), "--workers", "1"]
     # The manifest's bytes are written to its temporary file and being synced when the signal comes.
-    interrupted("os", "fsync", 1, sig, "mlperf_submission.common.data.imagenet", argv)
+    interrupted("os", "fsync", 1, sig, "mlperf_submission.common.data.imagenet.__main__", argv)
     assert not (root / "imagenet_manifest.json").exists()
     if sig == signal.SIGINT:
         assert leftovers(root) == []
     cli("mlperf_submission.common.data.imagenet", argv)
     manifest = json.loads((root / "imagenet_manifest.json").read_text())
     assert manifest["splits"]["train"]["images"] == len(make_samples()["train"])
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_imagenet_archives_interrupted_leave_no_dataset_and_rerun(tmp_path, sig):
+    samples = make_samples()
+    archives.write_archives(tmp_path / "src", {f"n0000000{k}": [s[1] for s in samples["train"]] for k in range(2)},
+                            [("n00000001", s[1]) for s in samples["val"]])
+    out = tmp_path / "imagenet"
+    argv = [str(tmp_path / "src"), "--out", str(out), "--no-verify", "--workers", "1"]
+    # The second class is being extracted when the signal comes.
+    interrupted("mlperf_submission.common.data.imagenet.archives", "_copy", len(samples["train"]) + 2, sig,
+                "mlperf_submission.common.data.imagenet.__main__", argv)
+    assert not out.exists()
+    assert (leftovers(tmp_path) == []) == (sig == signal.SIGINT)  # a SIGKILL leaves only the hidden folder
+    cli("mlperf_submission.common.data.imagenet", argv)  # the same command starts again and removes it
+    assert leftovers(tmp_path) == [] and (out / "imagenet_manifest.json").is_file()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
@@ -98,8 +115,8 @@ def test_packing_interrupted_leaves_no_output_and_reruns(tmp_path, sig):
     out = tmp_path / "packed"
     argv = ["--algorithm", "nnlshp", str(converted), str(out)]
     # The train split is packed and written; the eval split is being packed when the signal comes.
-    interrupted("mlperf_submission.common.data.packing", "pack_arrays", 2, sig,
-                "mlperf_submission.common.data.packing", argv)
+    interrupted("mlperf_submission.common.data.packing.write", "pack_arrays", 2, sig,
+                "mlperf_submission.common.data.packing.__main__", argv)
     assert not out.exists()
     if sig == signal.SIGINT:
         assert leftovers(tmp_path) == []

@@ -4,6 +4,7 @@ import hashlib
 import io
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -14,13 +15,16 @@ from mlperf_submission.common.data import imagenet
 from mlperf_submission.common.data.imagenet import (
     ImageNet,
     ImageNetError,
+    dataset,
     eval_transform,
-    index_dataset,
-    main,
     random_crop_box,
     train_transform,
     verify_manifest,
 )
+from mlperf_submission.common.data.imagenet.__main__ import main
+from mlperf_submission.common.data.imagenet.index import index_dataset
+from mlperf_submission.common.data.imagenet.reference import _tf1_resize_xmajor
+from mlperf_submission.common.data.imagenet.transforms import _decode_rgb, _normalize, _xmajor_to_uint8
 from mlperf_submission.common.data.loader import loader
 from mlperf_submission.common.data.tfrecord import encode_example, write_records
 
@@ -144,7 +148,7 @@ def test_manifest_indexes_the_record_offsets(tf_root, monkeypatch):
     shards = manifest["splits"]["train"]["shards"]
     assert all(len(s["offsets"]) == s["records"] and s["offsets"][0] == 0 for s in shards.values())
     plain = ImageNet(tf_root, "train", eval_transform(32))
-    monkeypatch.setattr(imagenet, "_record_offsets", lambda path: pytest.fail(f"read {path} during init"))
+    monkeypatch.setattr(dataset, "_record_offsets", lambda path: pytest.fail(f"read {path} during init"))
     indexed = ImageNet(tf_root, "train", eval_transform(32), manifest=manifest)
     assert [indexed.key(i) for i in range(len(indexed))] == [plain.key(i) for i in range(len(plain))]
     assert torch.equal(indexed[1][0], plain[1][0]) and indexed[1][1] == plain[1][1]
@@ -200,7 +204,7 @@ def test_uint8_batches_normalised_on_the_device_give_the_float_pipelines_tensors
         assert (u.permute(0, 3, 1, 2).float() - pixels).abs().max() <= 0.5
         x = imagenet.normalise(u.to(device), memory)
         assert x.dtype == torch.float32 and x.device.type == device and x.is_contiguous(memory_format=memory)
-        assert torch.equal(x.cpu(), torch.stack([imagenet._normalize(p.round()) for p in pixels]))
+        assert torch.equal(x.cpu(), torch.stack([_normalize(p.round()) for p in pixels]))
         assert (x.cpu() - floats).abs().max() <= 0.5 / min(imagenet.STD) + 1e-6
         assert torch.equal(imagenet.normalise(floats.to(device), memory).cpu(), floats)  # float: already done
 
@@ -241,8 +245,8 @@ def test_tf1_resize_is_tf_kernels_formula_in_every_layout():
         x = torch.from_numpy(img).permute(2, 0, 1)  # HWC in memory, as decoded
         got = imagenet.tf1_resize_bilinear(x, oh, ow, rows=rows, cols=cols, mirror=mirror)
         assert torch.equal(got, expected.permute(2, 0, 1))
-        xmajor = imagenet._tf1_resize_xmajor(x, oh, ow, rows=rows, cols=cols, mirror=mirror)
-        assert torch.equal(imagenet._xmajor_to_uint8(xmajor), expected.round().to(torch.uint8))
+        xmajor = _tf1_resize_xmajor(x, oh, ow, rows=rows, cols=cols, mirror=mirror)
+        assert torch.equal(_xmajor_to_uint8(xmajor), expected.round().to(torch.uint8))
 
 
 def test_uint8_batches_leave_the_loader_as_bytes(tmp_path):
@@ -284,15 +288,15 @@ def test_jpeg_decode_is_tensorflows_and_pillow_is_the_fallback():
     """Not yet loaded JPEGs decode with libjpeg-turbo's fast DCT, as TF does; a loaded image, a CMYK JPEG
     or another format goes through Pillow, whose accurate DCT differs by about one grey level."""
     data = jpeg_bytes(3, width=300, height=200)
-    fast, _ = imagenet._decode_rgb(Image.open(io.BytesIO(data)))
+    fast, _ = _decode_rgb(Image.open(io.BytesIO(data)))
     loaded = Image.open(io.BytesIO(data))
     loaded.load()
-    accurate, _ = imagenet._decode_rgb(loaded)
+    accurate, _ = _decode_rgb(loaded)
     assert fast.shape == accurate.shape == (3, 200, 300)
     assert 0 < (fast.float() - accurate.float()).abs().mean() < 2
     png = io.BytesIO()
     Image.open(io.BytesIO(data)).save(png, "PNG")
-    assert torch.equal(imagenet._decode_rgb(Image.open(io.BytesIO(png.getvalue())))[0], accurate)
+    assert torch.equal(_decode_rgb(Image.open(io.BytesIO(png.getvalue())))[0], accurate)
 
 
 def test_train_transform_follows_the_seed():
@@ -342,18 +346,24 @@ def test_index_command_writes_counts_and_hashes(layout, jpeg_root, tf_root, tmp_
         "train": (9, 3),
         "val": (6, 3),
     }
-    files = manifest["splits"]["train"]["files"]
-    assert len(files) == (9 if layout == "jpeg" else 2)
+    files = json.loads((out / "imagenet_checksums.json").read_text())["train"]
+    assert len(files) == manifest["splits"]["train"]["stat"]["files"] == (9 if layout == "jpeg" else 2)
     for key, digest in files.items():
         assert hashlib.sha256((root / key).read_bytes()).hexdigest() == digest
     assert "train: 9 images, 3 classes" in stdout
     assert verify_manifest(root, out / "imagenet_manifest.json", full=True) == manifest
 
     victim = root / next(iter(files))
+    stat = victim.stat()
     victim.write_bytes(victim.read_bytes()[:-1] + b"\0")
-    verify_manifest(root, out / "imagenet_manifest.json")  # same names and sizes: only full=True sees it
+    with pytest.raises(ImageNetError, match="latest modification time differs"):
+        verify_manifest(root, out / "imagenet_manifest.json")  # what a run checks: sizes and times
+    os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    verify_manifest(root, out / "imagenet_manifest.json")  # same size and time: only full=True sees it
     with pytest.raises(ImageNetError, match="sha256 differs"):
         verify_manifest(root, out / "imagenet_manifest.json", full=True)
+    rc, _, err = run_main(capsys, root, "--out", out, "--verify", "--workers", "1")
+    assert rc == 2 and err.startswith("error: ") and "sha256 differs" in err
     victim.unlink()
     with pytest.raises(ImageNetError):
         verify_manifest(root, out / "imagenet_manifest.json")

@@ -13,6 +13,7 @@ import pytest
 import torch
 from fakes import FIXTURES, REPO, one_line_error
 
+from mlperf_submission.common.cli import sha256_file
 from mlperf_submission.common.data import bert_wiki, packing
 from mlperf_submission.common.data.packing import (
     DataError,
@@ -20,7 +21,6 @@ from mlperf_submission.common.data.packing import (
     Plan,
     assign,
     histogram,
-    main,
     make_plan,
     nnls_solution,
     nnlshp,
@@ -30,6 +30,7 @@ from mlperf_submission.common.data.packing import (
     spfhp,
     verify,
 )
+from mlperf_submission.common.data.packing.__main__ import main
 
 FIXTURE_HISTOGRAM = FIXTURES.parent / "wikipedia_seqlen_histogram.txt"
 WIKIPEDIA_SEQUENCES = 16_279_552
@@ -422,7 +423,7 @@ def test_verify_and_dataset_reject_a_listed_file_that_is_not_an_array(source, tm
     with pytest.raises(DataError, match="split 'train' lists no array 'segment_ids'"):
         PackedDataset(out, "train")
     (out / "plan.json").write_text("[]")
-    edit_manifest(out, lambda m: m["plan"].update(sha256=packing.sha256_file(out / "plan.json")))
+    edit_manifest(out, lambda m: m["plan"].update(sha256=sha256_file(out / "plan.json")))
     with pytest.raises(DataError, match="plan.json: must be an object of plans by split"):
         verify(out)
     (out / "eval" / "input_ids.npy").write_text("not an array")

@@ -21,6 +21,7 @@ from mlperf_submission.closed.resnet import presets
 from mlperf_submission.closed.resnet.optim import LARS, poly_schedule, reference_epsilon
 from mlperf_submission.common.cli import UserError
 from mlperf_submission.common.data import imagenet
+from mlperf_submission.common.data.imagenet.transforms import _decode_rgb
 
 REFERENCE = Path(__file__).resolve().parent / "reference"
 LARS_META = json.loads((REFERENCE / "lars_reference.json").read_text())
@@ -174,7 +175,7 @@ def test_train_preprocessing_is_the_references_crop_flip_resize():
         width, height = Image.open(io.BytesIO(data)).size
         y, x, h, w = imagenet.sample_distorted_bounding_box(height, width, generator=g)[0]
         flip = torch.rand((), generator=g).item() < 0.5
-        decoded, _ = imagenet._decode_rgb(Image.open(io.BytesIO(data)))
+        decoded, _ = _decode_rgb(Image.open(io.BytesIO(data)))
         crop = decoded[:, y:y + h, x:x + w]
         expected = imagenet.tf1_resize_bilinear(crop.flip(-1) if flip else crop, 224, 224)
         assert torch.equal(pixels, expected)

@@ -125,27 +125,35 @@ def test_one_smoke_run_reaches_the_target_and_passes_the_checker(tmp_path):
 
 
 def test_training_on_a_tiny_imagenet_folder(tmp_path):
-    """The real-data path: JPEG folders, `make data` index, reference preprocessing, a one-epoch run."""
+    """The real-data path: the three ILSVRC2012 archives, `make data` (check, extract, arrange by the devkit,
+    index), reference preprocessing, a one-epoch run."""
+    import io
+
     from PIL import Image
 
-    from mlperf_submission.common.data import imagenet
+    from mlperf_submission.common.data.imagenet import MANIFEST_NAME, archives
+    from mlperf_submission.common.data.imagenet.__main__ import main as data_main
 
     gen = torch.Generator().manual_seed(0)
-    for split, n in (("train", 6), ("val", 2)):
-        for c in range(3):
-            folder = tmp_path / "imagenet" / split / f"n0000000{c}"
-            folder.mkdir(parents=True)
-            for i in range(n):
-                pixels = (torch.rand(40, 50, 3, generator=gen) * 255).to(torch.uint8).numpy()
-                Image.fromarray(pixels).save(folder / f"{split}_{c}_{i}.JPEG")
+
+    def jpeg() -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray((torch.rand(40, 50, 3, generator=gen) * 255).to(torch.uint8).numpy()).save(buf, "JPEG")
+        return buf.getvalue()
+
+    wnids = [f"n0000000{c}" for c in range(3)]
+    archives.write_archives(tmp_path / "src", {w: [jpeg() for _ in range(6)] for w in wnids},
+                            [(w, jpeg()) for w in wnids for _ in range(2)])
     data = tmp_path / "imagenet"
     log = tmp_path / "result_0.txt"
     # 16 images a micro-step (1632 = 16 x 102): what a small CPU holds, so that the data checks are what refuses
     argv = ["--preset", "1xH200", "--seed", "3", "--system", "1xH200", "--result-log", str(log), "--data", str(data),
             "--set", "gradient_accumulation_steps=102"]
-    assert train_main(argv) == 2  # no manifest yet: `make data` first
+    assert data_main([str(tmp_path / "src"), "--out", str(data), "--no-verify", "--workers", "1"]) == 0
+    (data / MANIFEST_NAME).rename(tmp_path / MANIFEST_NAME)
+    assert train_main(argv) == 2  # no manifest: `make data` first
     assert not log.exists()
-    assert imagenet.main([str(data), "--out", str(data), "--workers", "1"]) == 0
+    (tmp_path / MANIFEST_NAME).rename(data / MANIFEST_NAME)
     assert Variant().check_counts is presets.check_counts  # the closed rule, unless a caller turns it off
     assert train_main(argv) == 2  # 18 / 6 images, 3 classes: not the ImageNet the closed rules name
     assert not log.exists()

@@ -82,7 +82,8 @@ def synthetic_arrays(cfg: presets.BertRunConfig, split: str) -> dict[str, np.nda
 
 
 def verify(cfg: presets.BertRunConfig, data: Path) -> None:
-    """Checksums of the whole converted folder, and the closed rules' eval set of 10,000 samples."""
+    """The converted folder is the one `make data` checked (its manifest's own checksum, the arrays' sizes and
+    modification times: no data read before the clock), and the closed rules' eval set of 10,000 samples."""
     try:
         manifest = bert_wiki.verify(data)
     except bert_wiki.DataError as e:

@@ -8,7 +8,7 @@ pooled [CLS]. Masks are boolean (True = attend), which lets scaled-dot-product a
 kernels; the reference adds -10000 to the logits of masked keys, whose softmax weight exp(-10000) is 0.0 in
 float32 and bfloat16 alike, so the attention of every real token is the same.
 
-Unpadded rows (`forward_packed`; the layout of common/data/packing.py, made per batch in closed BERT and
+Unpadded rows (`forward_packed`; the layout of common/data/packing/rows.py, made per batch in closed BERT and
 ahead in the open division): sequences concatenated without padding, `sequence_ids` (1..k, 0 = padding)
 limiting attention to each token's own sequence, positions restarting per sequence, NSP at each sequence's
 own [CLS]. Every sequence's logits are those of the padded batch, to rounding (tests/test_bert_unpadded.py).

@@ -15,7 +15,7 @@ its own synthetic corpus: at half its sequence length (phase 1 of the reference 
 phase 2 at 512), LAMB with the reference's clipping, until the masked-LM accuracy on the phase-2 eval set
 first reaches PHASE1_TARGET, checked every EVAL_EVERY steps. A checkpoint outside ACCEPTED is an error. It
 is written as TensorFlow writes the real one (a TensorBundle with the MLPerf variable names, `adam_m` and
-`adam_v` slots and `global_step`; `checkpoint.write_tf_checkpoint`), so that every timed run reads it through
+`adam_v` slots and `global_step`; `tensorbundle.write_tf_checkpoint`), so that every timed run reads it through
 the converter a real `model.ckpt-28252` goes through. Smoke preset, on one core of the shared 2-core AMD EPYC
 (torch 2.13): 170 steps to masked-LM accuracy 0.3929 in 15-18 s (`make submit` prints it).
 """
@@ -36,13 +36,14 @@ import numpy as np
 import torch
 
 from mlperf_submission.closed.bert import presets
-from mlperf_submission.closed.bert.checkpoint import _is_kernel, tf_from_state_dict, write_tf_checkpoint
+from mlperf_submission.closed.bert.checkpoint import _is_kernel, tf_from_state_dict
 from mlperf_submission.closed.bert.data import synthetic_arrays
 from mlperf_submission.closed.bert.model import BertForPretraining, tf_tensor_name
 from mlperf_submission.closed.bert.optim import Lamb, clip_grad_norm, lr_schedule, param_groups
 from mlperf_submission.closed.bert.steps import eval_totals, forward
 from mlperf_submission.common import config
 from mlperf_submission.common.cli import ArgumentParser, UserError, atomic_dir, atomic_write_text, entry_point
+from mlperf_submission.common.data.tensorbundle import write_tf_checkpoint
 
 CPU = torch.device("cpu")
 DEFAULT_CACHE = Path("out/cache")

@@ -6,8 +6,10 @@ Convert the reference data (train shards + the 10,000-sample eval file), without
 Write the built-in synthetic corpus in the same format:
     python -m mlperf_submission.common.data.bert_wiki synthetic --out DIR --num-train 20000 --num-eval 2000 \
         --seq-len 128 --vocab-size 1000 --max-pred 20 --seed 0
-Check a converted folder against its manifest (shapes, dtypes, sha256):
+Check a converted folder against its manifest (shapes, dtypes, sha256 of every array: the full pass):
     python -m mlperf_submission.common.data.bert_wiki verify --out DIR
+A run checks only the manifest's own checksum and each array's size and modification time (`verify`), so
+that it reads no data between cache_clear and run_start; `verify(..., full=True)` is the full pass.
 
 Layout of DIR: `manifest.json` plus `train/<feature>.npy` and `eval/<feature>.npy`, one array per feature of
 the reference records (`input_ids`, `input_mask`, `segment_ids` (N, seq_len); `masked_lm_positions`,
@@ -26,9 +28,6 @@ import argparse
 import contextlib
 import glob
 import json
-import os
-import shutil
-import struct
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,9 +35,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mlperf_submission.common.cli import sha256_file
-
-from .tfrecord import TFRecordError, decode_example, encode_example, iter_records, masked_crc, write_records
+from mlperf_submission.common.cli import (
+    ArgumentParser,
+    UserError,
+    atomic_dir,
+    entry_point,
+    json_checksum,
+    sha256_file,
+)
+from mlperf_submission.common.data.tfrecord import (
+    TFRecordError,
+    decode_example,
+    encode_example,
+    iter_records,
+    record_offsets,
+    write_records,
+)
 
 FORMAT = "mlperf-bert-memmap"
 VERSION = 1
@@ -69,9 +81,8 @@ def _check_record(features: dict, specs: dict, where: str) -> None:
     names, expected = set(features), set(specs)
     if names != expected:
         missing, extra = sorted(expected - names), sorted(names - expected)
-        raise DataError(
-            f"{where}: feature names differ from the MLPerf BERT records (missing {missing}, extra {extra})"
-        )
+        raise DataError(f"{where}: feature names differ from the MLPerf BERT records (missing {missing}, "
+                        f"extra {extra})")
     for name, (shape, kind, _, bound) in specs.items():
         value = features[name]
         size = int(np.prod(shape, dtype=np.int64))
@@ -79,32 +90,15 @@ def _check_record(features: dict, specs: dict, where: str) -> None:
             got = "bytes" if isinstance(value, list) else value.dtype
             raise DataError(f"{where}: feature {name!r} is {got}, expected {kind}")
         if value.size != size:
-            raise DataError(
-                f"{where}: feature {name!r} has {value.size} values, expected {size} "
-                "(check --seq-len and --max-pred against the data's --max_seq_length and "
-                "--max_predictions_per_seq)"
-            )
+            raise DataError(f"{where}: feature {name!r} has {value.size} values, expected {size} (check --seq-len and "
+                            "--max-pred against the data's --max_seq_length and --max_predictions_per_seq)")
         if bound and value.size and (value.min() < 0 or value.max() >= bound):
             raise DataError(f"{where}: feature {name!r} has values outside [0, {bound})")
 
 
 def _count_records(path: Path) -> int:
     """Count records by their length headers only (cheap); payload CRCs are checked while converting."""
-    size = path.stat().st_size
-    count = 0
-    with open(path, "rb") as f:
-        while (offset := f.tell()) < size:
-            header = f.read(12)
-            if len(header) < 12:
-                raise TFRecordError(f"{path}: truncated record header at byte {offset}")
-            length, length_crc = struct.unpack("<QI", header)
-            if masked_crc(header[:8]) != length_crc:
-                raise TFRecordError(f"{path}: corrupt record length (CRC mismatch) at byte {offset}")
-            if offset + 12 + length + 4 > size:
-                raise TFRecordError(f"{path}: truncated record at byte {offset}")
-            f.seek(length + 4, os.SEEK_CUR)
-            count += 1
-    return count
+    return len(record_offsets(path))
 
 
 def _resolve(patterns: list[str], what: str) -> list[Path]:
@@ -119,41 +113,35 @@ def _resolve(patterns: list[str], what: str) -> list[Path]:
     return list(dict.fromkeys(files))  # each file once, in order
 
 
+def file_entry(path: Path) -> dict:
+    """What a manifest records of one written file: its sha256 (the full check), and its size and modification
+    time in ns (the cheap check a run makes; a rename of the folder keeps both)."""
+    stat = path.stat()
+    return {"sha256": sha256_file(path), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
 def _array_entries(folder: Path, split: str, count: int, specs: dict) -> dict:
-    return {
-        name: {
-            "file": f"{split}/{name}.npy",
-            "shape": [count, *shape],
-            "dtype": dtype.str,
-            "sha256": sha256_file(folder / split / f"{name}.npy"),
-        }
-        for name, (shape, _, dtype, _) in specs.items()
-    }
+    return {name: {"file": f"{split}/{name}.npy", "shape": [count, *shape], "dtype": dtype.str,
+                   **file_entry(folder / split / f"{name}.npy")}
+            for name, (shape, _, dtype, _) in specs.items()}
 
 
-def _publish(tmp: Path, out_dir: Path, manifest: dict) -> None:
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-    os.rename(tmp, out_dir)
+def write_manifest(folder: Path, manifest: dict) -> dict:
+    """Write folder/manifest.json with its own checksum (so a run can tell it was not edited); -> manifest."""
+    manifest = {**manifest, "checksum": json_checksum(manifest)}
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    return manifest
 
 
 @contextlib.contextmanager
 def _staging(out_dir: Path) -> Iterator[Path]:
-    """A temporary sibling folder of out_dir with one subfolder per split; removed, with any parent folders
-    made for it, unless the body has renamed it to out_dir."""
+    """`atomic_dir(out_dir)` holding one subfolder per split; refuses an existing out_dir."""
     if out_dir.exists():
         raise DataError(f"{out_dir} already exists; remove it or choose another --out")
-    made = [p for p in (out_dir.parent, *out_dir.parent.parents) if not p.exists()]
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_dir(out_dir) as tmp:
         for split in SPLITS:
-            (tmp / split).mkdir(parents=True)
+            (tmp / split).mkdir()
         yield tmp
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not out_dir.exists():
-            for p in made:  # innermost first
-                with contextlib.suppress(OSError):
-                    p.rmdir()
 
 
 def convert(tfrecord_files, out_dir, *, eval_files, seq_len: int = 512, max_pred: int = 76) -> dict:
@@ -175,49 +163,42 @@ def convert(tfrecord_files, out_dir, *, eval_files, seq_len: int = 512, max_pred
     out_dir = Path(out_dir)
     specs = feature_specs(seq_len, max_pred)
     with _staging(out_dir) as tmp:
-        manifest = {
-            "format": FORMAT,
-            "version": VERSION,
-            "seq_len": seq_len,
-            "max_pred": max_pred,
-            "splits": {},
-        }
+        manifest = {"format": FORMAT, "version": VERSION, "seq_len": seq_len, "max_pred": max_pred, "splits": {}}
         for split, files in sources.items():
-            counts = [_count_records(path) for path in files]
-            total = sum(counts)
-            if total == 0:
-                raise DataError(f"the {split} files hold no records")
-            arrays = {
-                name: np.lib.format.open_memmap(tmp / split / f"{name}.npy", "w+", dtype, (total, *shape))
-                for name, (shape, _, dtype, _) in specs.items()
-            }
-            row = 0
-            for path, count in zip(files, counts, strict=True):
-                end = row + count
-                for index, data in enumerate(iter_records(path)):
-                    where = f"{path}: record {index}"
-                    if row == end:
-                        raise DataError(f"{where}: more records than counted; was the file modified?")
-                    try:
-                        features = decode_example(data)
-                    except TFRecordError as e:
-                        raise DataError(f"{where}: {e}") from None
-                    _check_record(features, specs, where)
-                    for name, (shape, _, dtype, _) in specs.items():
-                        arrays[name][row] = features[name].reshape(shape).astype(dtype)
-                    row += 1
-                if row != end:
-                    raise DataError(f"{path}: fewer records than counted; was the file modified?")
-            for array in arrays.values():
-                array.flush()
-            del arrays
-            manifest["splits"][split] = {
-                "count": total,
-                "sources": [str(p) for p in files],
-                "arrays": _array_entries(tmp, split, total, specs),
-            }
-        _publish(tmp, out_dir, manifest)
-    return manifest
+            total = _convert_split(files, tmp / split, specs, split)
+            manifest["splits"][split] = {"count": total, "sources": [str(p) for p in files],
+                                         "arrays": _array_entries(tmp, split, total, specs)}
+        return write_manifest(tmp, manifest)
+
+
+def _convert_split(files: list[Path], folder: Path, specs: dict, split: str) -> int:
+    """Write the records of `files` into one .npy file per feature in `folder`; -> how many records."""
+    counts = [_count_records(path) for path in files]
+    total = sum(counts)
+    if total == 0:
+        raise DataError(f"the {split} files hold no records")
+    arrays = {name: np.lib.format.open_memmap(folder / f"{name}.npy", "w+", dtype, (total, *shape))
+              for name, (shape, _, dtype, _) in specs.items()}
+    row = 0
+    for path, count in zip(files, counts, strict=True):
+        end = row + count
+        for index, data in enumerate(iter_records(path)):
+            where = f"{path}: record {index}"
+            if row == end:
+                raise DataError(f"{where}: more records than counted; was the file modified?")
+            try:
+                features = decode_example(data)
+            except TFRecordError as e:
+                raise DataError(f"{where}: {e}") from None
+            _check_record(features, specs, where)
+            for name, (shape, _, dtype, _) in specs.items():
+                arrays[name][row] = features[name].reshape(shape).astype(dtype)
+            row += 1
+        if row != end:
+            raise DataError(f"{path}: fewer records than counted; was the file modified?")
+    for array in arrays.values():
+        array.flush()
+    return total
 
 
 def load_array(path: Path) -> np.ndarray:
@@ -231,9 +212,11 @@ def load_array(path: Path) -> np.ndarray:
 
 
 def verify_array(path: Path, info: dict, count: int, dtype: np.dtype | None = None,
-                 shape: tuple[int, ...] | None = None) -> None:
-    """One array file against its manifest entry `info` (shape, dtype, sha256) and the split's record
-    `count`, and, if given, against the dtype and per-record shape its format requires. Raises DataError."""
+                 shape: tuple[int, ...] | None = None, *, full: bool = True) -> None:
+    """One array file against its manifest entry `info` and the split's record `count`, and, if given, against
+    the dtype and per-record shape its format requires. Cheap (`full=False`, where the manifest records them):
+    the file's size and modification time, and the .npy header; full: also the sha256 of every byte. A
+    manifest from before sizes were recorded gets the full check. Raises DataError."""
     array = load_array(path)
     stored = f"{path}: {array.dtype.str} {list(array.shape)}"
     if list(array.shape) != info["shape"] or array.dtype.str != info["dtype"]:
@@ -243,26 +226,43 @@ def verify_array(path: Path, info: dict, count: int, dtype: np.dtype | None = No
     if info["shape"][0] != count:
         raise DataError(f"{path}: {info['shape'][0]} rows, manifest count is {count}")
     del array
-    if sha256_file(path) != info["sha256"]:
+    if not full and "bytes" in info and "mtime_ns" in info:
+        stat = path.stat()
+        if (stat.st_size, stat.st_mtime_ns) != (info["bytes"], info["mtime_ns"]):
+            raise DataError(f"{path}: size or modification time differs from the manifest: the file has changed "
+                            "(copied without keeping times? use cp -p or rsync -a, or convert it again)")
+    elif sha256_file(path) != info["sha256"]:
         raise DataError(f"{path}: sha256 differs from the manifest; the file is corrupt")
 
 
-def verify(out_dir) -> dict:
-    """Check every array of out_dir against manifest.json (presence, shape, dtype, sha256); -> manifest."""
+def read_manifest(folder: Path, fmt: str, version: int, missing: str) -> dict:
+    """folder/manifest.json, checked against its own checksum where it has one. Raises DataError."""
+    path = folder / "manifest.json"
+    if not path.is_file():
+        raise DataError(f"{path} is missing; {missing}")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not JSON ({e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != fmt or manifest.get("version") != version:
+        raise DataError(f"{path}: not a {fmt} v{version} manifest")
+    if "checksum" in manifest and manifest["checksum"] != json_checksum(manifest):
+        raise DataError(f"{path}: its checksum does not match its contents: the manifest was edited")
+    return manifest
+
+
+def verify(out_dir, *, full: bool = False) -> dict:
+    """Check every array of out_dir against manifest.json (presence, shape, dtype; with `full` the sha256 of
+    every file, else its size and modification time: what a run does); -> manifest. Raises DataError."""
     out_dir = Path(out_dir)
-    manifest_path = out_dir / "manifest.json"
-    if not manifest_path.is_file():
-        raise DataError(f"{manifest_path} is missing; convert the data first")
-    manifest = json.loads(manifest_path.read_text())
-    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
-        raise DataError(f"{manifest_path}: not a {FORMAT} v{VERSION} manifest")
+    manifest = read_manifest(out_dir, FORMAT, VERSION, "convert the data first")
     specs = feature_specs(manifest["seq_len"], manifest["max_pred"])
     for split in SPLITS:
         entry = manifest["splits"].get(split)
         if entry is None or set(entry["arrays"]) != set(specs):
-            raise DataError(f"{manifest_path}: split {split!r} is missing or incomplete")
+            raise DataError(f"{out_dir / 'manifest.json'}: split {split!r} is missing or incomplete")
         for info in entry["arrays"].values():
-            verify_array(out_dir / info["file"], info, entry["count"])
+            verify_array(out_dir / info["file"], info, entry["count"], full=full)
     return manifest
 
 
@@ -272,14 +272,9 @@ class BertDataset(torch.utils.data.Dataset):
 
     def __init__(self, out_dir, split: str = "train"):
         out_dir = Path(out_dir)
-        manifest_path = out_dir / "manifest.json"
-        if not manifest_path.is_file():
-            raise DataError(
-                f"{manifest_path} is missing; convert the data or write the synthetic corpus first"
-            )
-        manifest = json.loads(manifest_path.read_text())
+        manifest = read_manifest(out_dir, FORMAT, VERSION, "convert the data or write the synthetic corpus first")
         if split not in manifest["splits"]:
-            raise DataError(f"{manifest_path}: no split {split!r}")
+            raise DataError(f"{out_dir / 'manifest.json'}: no split {split!r}")
         entry = manifest["splits"][split]
         self.seq_len, self.max_pred = manifest["seq_len"], manifest["max_pred"]
         self.arrays = {}
@@ -332,17 +327,15 @@ class _Chain:
 
     def __init__(self, vocab_size: int, seed: int):
         if not FIRST_WORD_ID + LEXICON_SIZE <= vocab_size <= 1 << 16:
-            raise ValueError(
-                f"synthetic vocab_size must be in [{FIRST_WORD_ID + LEXICON_SIZE}, 65536], got {vocab_size}"
-            )
+            raise ValueError(f"synthetic vocab_size must be in [{FIRST_WORD_ID + LEXICON_SIZE}, 65536], "
+                             f"got {vocab_size}")
         rng = np.random.default_rng([seed, 0])
         words = rng.choice(np.arange(FIRST_WORD_ID, vocab_size), size=LEXICON_SIZE, replace=False)
         half = LEXICON_SIZE // 2
         self.cycles = (words[:half], words[half:])  # cycle[k] is followed by cycle[k + 1]
 
-    def segment(
-        self, rng: np.random.Generator, length: int, cycle: int, start: int | None = None
-    ) -> tuple[np.ndarray, int]:
+    def segment(self, rng: np.random.Generator, length: int, cycle: int,
+                start: int | None = None) -> tuple[np.ndarray, int]:
         """`length` words of a cycle from position `start` (default: uniform); -> (words, next position)."""
         words = self.cycles[cycle]
         if start is None:
@@ -365,10 +358,8 @@ def wikipedia_lengths(num: int, seq_len: int, seed: int) -> np.ndarray:
     return np.clip(np.rint(drawn * seq_len / 512), 5, seq_len).astype(np.int64)
 
 
-def synthetic_instances(
-    num: int, *, seq_len: int, vocab_size: int, max_pred: int, seed: int, split: str = "train",
-    lengths: np.ndarray | None = None,
-) -> dict[str, np.ndarray]:
+def synthetic_instances(num: int, *, seq_len: int, vocab_size: int, max_pred: int, seed: int, split: str = "train",
+                        lengths: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """`num` pretraining instances of the toy language, as int64 / float32 arrays (see feature_specs).
 
     The language depends on (vocab_size, seed) only; the instances also on `split`. `lengths` (num,), each
@@ -380,15 +371,8 @@ def synthetic_instances(
         raise ValueError(f"lengths must be {num} values in 5..{seq_len}")
     chain = _Chain(vocab_size, seed)
     rng = np.random.default_rng([seed, 1 + SPLITS.index(split)])
-    out = {
-        "input_ids": np.zeros((num, seq_len), np.int64),
-        "input_mask": np.zeros((num, seq_len), np.int64),
-        "segment_ids": np.zeros((num, seq_len), np.int64),
-        "masked_lm_positions": np.zeros((num, max_pred), np.int64),
-        "masked_lm_ids": np.zeros((num, max_pred), np.int64),
-        "masked_lm_weights": np.zeros((num, max_pred), np.float32),
-        "next_sentence_labels": np.zeros((num,), np.int64),
-    }
+    out = {name: np.zeros((num, *shape), np.float32 if kind == "float32" else np.int64)
+           for name, (shape, kind, _, _) in feature_specs(seq_len, max_pred).items()}
     max_tokens = seq_len - 3  # [CLS] A [SEP] B [SEP]
     for i in range(num):
         if lengths is None:
@@ -422,41 +406,24 @@ def synthetic_instances(
     return out
 
 
-def write_synthetic(
-    out_dir, *, num_train: int, num_eval: int, seq_len: int, vocab_size: int, max_pred: int, seed: int
-) -> dict:
+def write_synthetic(out_dir, *, num_train: int, num_eval: int, seq_len: int, vocab_size: int, max_pred: int,
+                    seed: int) -> dict:
     """Write the synthetic corpus (train and eval splits) to out_dir in the converted format; -> manifest."""
     out_dir = Path(out_dir)
     specs = feature_specs(seq_len, max_pred)
     with _staging(out_dir) as tmp:
-        manifest = {
-            "format": FORMAT,
-            "version": VERSION,
-            "seq_len": seq_len,
-            "max_pred": max_pred,
-            "synthetic": {
-                "seed": seed,
-                "vocab_size": vocab_size,
-                "lexicon_size": LEXICON_SIZE,
-                "stay_prob": STAY_PROB,
-                "num_train": num_train,
-                "num_eval": num_eval,
-            },
-            "splits": {},
-        }
+        synthetic = {"seed": seed, "vocab_size": vocab_size, "lexicon_size": LEXICON_SIZE, "stay_prob": STAY_PROB,
+                     "num_train": num_train, "num_eval": num_eval}
+        manifest = {"format": FORMAT, "version": VERSION, "seq_len": seq_len, "max_pred": max_pred,
+                    "synthetic": synthetic, "splits": {}}
         for split, num in (("train", num_train), ("eval", num_eval)):
-            data = synthetic_instances(
-                num, seq_len=seq_len, vocab_size=vocab_size, max_pred=max_pred, seed=seed, split=split
-            )
+            data = synthetic_instances(num, seq_len=seq_len, vocab_size=vocab_size, max_pred=max_pred, seed=seed,
+                                       split=split)
             for name, (_, _, dtype, _) in specs.items():
                 np.save(tmp / split / f"{name}.npy", data[name].astype(dtype))
-            manifest["splits"][split] = {
-                "count": num,
-                "sources": [f"synthetic seed={seed}"],
-                "arrays": _array_entries(tmp, split, num, specs),
-            }
-        _publish(tmp, out_dir, manifest)
-    return manifest
+            manifest["splits"][split] = {"count": num, "sources": [f"synthetic seed={seed}"],
+                                         "arrays": _array_entries(tmp, split, num, specs)}
+        return write_manifest(tmp, manifest)
 
 
 def _examples(data: dict[str, np.ndarray]) -> Iterator[bytes]:
@@ -464,30 +431,22 @@ def _examples(data: dict[str, np.ndarray]) -> Iterator[bytes]:
         yield encode_example({name: np.atleast_1d(array[i]) for name, array in data.items()})
 
 
-def write_synthetic_tfrecords(
-    path, *, num: int, seq_len: int, vocab_size: int, max_pred: int, seed: int, split: str = "train"
-) -> int:
+def write_synthetic_tfrecords(path, *, num: int, seq_len: int, vocab_size: int, max_pred: int, seed: int,
+                              split: str = "train") -> int:
     """Write synthetic instances as an MLPerf-format TFRecord file (the reference's features); -> count."""
-    data = synthetic_instances(
-        num, seq_len=seq_len, vocab_size=vocab_size, max_pred=max_pred, seed=seed, split=split
-    )
+    data = synthetic_instances(num, seq_len=seq_len, vocab_size=vocab_size, max_pred=max_pred, seed=seed,
+                               split=split)
     return write_records(path, _examples(data))
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m mlperf_submission.common.data.bert_wiki",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = ArgumentParser(prog="python -m mlperf_submission.common.data.bert_wiki", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     conv = commands.add_parser("convert", help="MLPerf TFRecords -> memory-mapped arrays")
-    conv.add_argument(
-        "--train", nargs="+", required=True, metavar="GLOB", help="training TFRecord files or globs"
-    )
-    conv.add_argument(
-        "--eval", nargs="+", required=True, metavar="FILE", help="the eval set's TFRecord file(s)"
-    )
+    conv.add_argument("--train", nargs="+", required=True, metavar="GLOB", help="training TFRecord files or globs")
+    conv.add_argument("--eval", nargs="+", required=True, metavar="FILE", help="the eval set's TFRecord file(s)")
     conv.add_argument("--out", required=True, type=Path, help="output folder (must not exist)")
     conv.add_argument("--seq-len", type=int, default=512)
     conv.add_argument("--max-pred", type=int, default=76)
@@ -499,37 +458,26 @@ def main(argv: list[str] | None = None) -> int:
     syn.add_argument("--vocab-size", type=int, default=1000)
     syn.add_argument("--max-pred", type=int, default=20)
     syn.add_argument("--seed", type=int, default=0)
-    ver = commands.add_parser("verify", help="check a converted folder against its manifest")
+    ver = commands.add_parser("verify", help="check a converted folder against its manifest (every sha256)")
     ver.add_argument("--out", required=True, type=Path)
     args = parser.parse_args(argv)
     try:
         if args.command == "convert":
-            train = _resolve(args.train, "training")
-            evals = _resolve(args.eval, "eval")
-            manifest = convert(
-                train, args.out, eval_files=evals, seq_len=args.seq_len, max_pred=args.max_pred
-            )
+            manifest = convert(_resolve(args.train, "training"), args.out, eval_files=_resolve(args.eval, "eval"),
+                               seq_len=args.seq_len, max_pred=args.max_pred)
         elif args.command == "synthetic":
-            manifest = write_synthetic(
-                args.out,
-                num_train=args.num_train,
-                num_eval=args.num_eval,
-                seq_len=args.seq_len,
-                vocab_size=args.vocab_size,
-                max_pred=args.max_pred,
-                seed=args.seed,
-            )
+            manifest = write_synthetic(args.out, num_train=args.num_train, num_eval=args.num_eval,
+                                       seq_len=args.seq_len, vocab_size=args.vocab_size, max_pred=args.max_pred,
+                                       seed=args.seed)
         else:
-            manifest = verify(args.out)
+            manifest = verify(args.out, full=True)
     except TFRecordError as e:
-        print(f"error: {e}; the file is truncated or corrupt: re-download or regenerate it", file=sys.stderr)
-        return 2
+        raise UserError(f"{e}; the file is truncated or corrupt: re-download or regenerate it") from None
     except (DataError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise UserError(str(e)) from None
     counts = ", ".join(f"{split} {entry['count']}" for split, entry in manifest["splits"].items())
-    shape = f"seq_len {manifest['seq_len']}, max_pred {manifest['max_pred']}"
-    print(f"{args.command}: {args.out}: {counts} samples ({shape})")
+    print(f"{args.command}: {args.out}: {counts} samples (seq_len {manifest['seq_len']}, max_pred "
+          f"{manifest['max_pred']})")
     return 0
 
 

@@ -17,6 +17,8 @@ import crc32c
 import numpy as np
 from tfrecord import example_pb2
 
+from mlperf_submission.common.cli import atomic_path
+
 _MASK_DELTA = 0xA282EAD8
 
 
@@ -52,21 +54,37 @@ def iter_records(path: str | os.PathLike) -> Iterator[bytes]:
             yield data
 
 
+def record_offsets(path: str | os.PathLike) -> list[int]:
+    """Byte offset of every record in a TFRecord file, from the framing alone (12-byte headers read, length
+    CRCs checked; payload CRCs are left to whoever reads the records). Raises TFRecordError."""
+    offsets, offset, size = [], 0, os.path.getsize(path)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        while offset < size:
+            header = os.pread(fd, 12, offset)
+            if len(header) < 12:
+                raise TFRecordError(f"{path}: truncated record header at byte {offset}")
+            length, length_crc = struct.unpack("<QI", header)
+            if masked_crc(header[:8]) != length_crc:
+                raise TFRecordError(f"{path}: corrupt record length (CRC mismatch) at byte {offset}")
+            if offset + 16 + length > size:
+                raise TFRecordError(f"{path}: truncated record at byte {offset}")
+            offsets.append(offset)
+            offset += 16 + length
+    finally:
+        os.close(fd)
+    return offsets
+
+
 def write_records(path: str | os.PathLike, records: Iterable[bytes]) -> int:
     """Write records to `path` atomically (temporary file, then rename); return the count."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     count = 0
-    try:
-        with open(tmp, "wb") as f:
-            for data in records:
-                length = struct.pack("<Q", len(data))
-                f.write(length + struct.pack("<I", masked_crc(length)))
-                f.write(data + struct.pack("<I", masked_crc(data)))
-                count += 1
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(Path(path)) as tmp, open(tmp, "wb") as f:
+        for data in records:
+            length = struct.pack("<Q", len(data))
+            f.write(length + struct.pack("<I", masked_crc(length)))
+            f.write(data + struct.pack("<I", masked_crc(data)))
+            count += 1
     return count
 
 
