@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from mlperf_submission.common import config
+from mlperf_submission.common import config, rehearsal
 from mlperf_submission.common.cli import ArgumentParser, UserError
 from mlperf_submission.common.mllog import MLLog
 from mlperf_submission.common.run import Submission
@@ -33,6 +33,8 @@ def arguments(*, prog: str, description: str | None, registry: dict, data_help: 
     p.add_argument("--result-log", type=Path, required=True, help="the result log to create")
     p.add_argument("--data", type=Path, help=data_help)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE")
+    p.add_argument(rehearsal.SWITCH, default="", metavar="STEPS,BUDGET_S[,EVAL_SAMPLES]",  # rehearsal
+                   help="a rehearsal, never a result: stop after STEPS steps or BUDGET_S s, one bounded eval")
     return p
 
 

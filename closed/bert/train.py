@@ -46,6 +46,7 @@ from mlperf_submission.common import training
 from mlperf_submission.common.cli import UserError, entry_point
 from mlperf_submission.common.data import bert_wiki, packing
 from mlperf_submission.common.data.loader import loader
+from mlperf_submission.common.rehearsal import Rehearsal
 from mlperf_submission.common.run import Run, dataset_files
 from mlperf_submission.common.runtime import distributed
 from mlperf_submission.common.runtime.compile import batch_sizes, compiled, needs_warm_up, undone
@@ -187,6 +188,12 @@ class Inputs:
     collate: Callable = collate    # (cfg) -> the loaders' collate_fn (None: stack the items)
 
 
+def bert_rows(batch) -> int:
+    """Sequences in a loader batch, padded rows or unpadded ones (a rehearsal counts them)."""
+    weights = batch.get("nsp_weights")  # unpadded rows: the real sequences of each
+    return len(batch["next_sentence_labels"]) if weights is None else int((weights > 0).sum())
+
+
 def lamb(model, cfg) -> Lamb:
     """The reference's LAMB over the model's parameters, as cfg sets it; the schedule sets each step's lr."""
     return Lamb(param_groups(model, cfg.opt_lamb_weight_decay_rate), lr=0.0,
@@ -313,8 +320,9 @@ def train(cfg: presets.BertRunConfig, args, *, division: str, inputs: Inputs = I
 
         return ipu.train(cfg, args, division=division, inputs=inputs)
     submission = training.submission(args, division=division, benchmark="bert")
+    rehearsal = Rehearsal.from_args(args, cfg.gradient_accumulation_steps)  # rehearsal
     if cfg.dataset == "wiki":
-        inputs.verify(cfg, args.data)
+        (rehearsal.relaxed(inputs.verify) if rehearsal else inputs.verify)(cfg, args.data)
     if cfg.clip_before_allreduce and cfg.precision == "fp16":
         raise UserError("clip_before_allreduce with fp16 loss scaling: ranks could disagree on skipping a step "
                         "(choose bf16, or clip after the all-reduce)")
@@ -328,6 +336,7 @@ def train(cfg: presets.BertRunConfig, args, *, division: str, inputs: Inputs = I
     if cfg.cpu_threads:
         torch.set_num_threads(cfg.cpu_threads)
     train_set, val_set = inputs.datasets(cfg, args.data)
+    val_set = rehearsal.eval_slice(val_set) if rehearsal else val_set  # rehearsal
     interval, limit = presets.eval_interval(cfg), presets.max_samples(cfg)
     with Run(log, submission, seed=args.seed, hyperparameters=presets.hyperparameters(cfg),
              train_samples=sequence_count(train_set), eval_samples=sequence_count(val_set),
@@ -370,7 +379,8 @@ def train(cfg: presets.BertRunConfig, args, *, division: str, inputs: Inputs = I
             sampler.set_epoch(epoch)
             if epoch > 1:
                 counts = sampler.batch_sums(per_item, world_batch, len(train_loader))
-            for j, batch in enumerate(train_loader):
+            batches = rehearsal.timed(train_loader, device, bert_rows) if rehearsal else train_loader
+            for j, batch in enumerate(batches):  # rehearsal: `batches` ends when a rehearsal stops
                 micro += 1
                 last = micro % cfg.gradient_accumulation_steps == 0
                 loss = micro_step(model, replica, scaler, batch, cfg, device, reduce=last)
@@ -385,7 +395,13 @@ def train(cfg: presets.BertRunConfig, args, *, division: str, inputs: Inputs = I
                 step_samples = 0
                 if done:
                     break
+            if rehearsal is not None and rehearsal.stopped and not done:  # rehearsal: one eval, then aborted
+                rehearsal.final_eval(run, samples, cadence.block_first,
+                                     lambda: evaluate(model, val_loader, cfg, device, dist))
+                break
         run.stop(cadence.status)
+    if rehearsal and dist.is_main:  # rehearsal
+        rehearsal.write(local_batch, dist.world_size, device)
     if dist.is_main:
         print(f"run_stop: {cadence.status} after {samples:,} samples", flush=True)
     distributed.shutdown()

@@ -27,6 +27,7 @@ from mlperf_submission.common import training
 from mlperf_submission.common.cli import UserError, entry_point
 from mlperf_submission.common.data.loader import loader
 from mlperf_submission.common.data.synthetic import synthetic_images
+from mlperf_submission.common.rehearsal import Rehearsal
 from mlperf_submission.common.run import Run, dataset_files
 from mlperf_submission.common.runtime import distributed
 from mlperf_submission.common.runtime.compile import batch_sizes, compiled, needs_warm_up, undone
@@ -237,8 +238,9 @@ def train(cfg: presets.ResNetConfig, args: argparse.Namespace, *, division: str,
     training.announce("resnet", division, args, cfg, dist, local_batch)
     manifest = checked_manifest(args.data) if cfg.dataset == "imagenet" else None
     train_samples, eval_samples, classes = sample_counts(cfg, manifest)
+    rehearsal = Rehearsal.from_args(args, cfg.gradient_accumulation_steps)  # rehearsal
     if manifest is not None and check_counts is not None:
-        check_counts(train_samples, eval_samples, classes)
+        (rehearsal.relaxed(check_counts) if rehearsal else check_counts)(train_samples, eval_samples, classes)
     log = training.seeded_log(args, dist)
     with Run(log, submission, seed=args.seed, hyperparameters=presets.hyperparameters(cfg, train_samples),
              train_samples=train_samples, eval_samples=eval_samples,
@@ -251,6 +253,7 @@ def train(cfg: presets.ResNetConfig, args: argparse.Namespace, *, division: str,
         if (len(train_set), len(val_set)) != (train_samples, eval_samples):
             raise RuntimeError(f"{len(train_set)} / {len(val_set)} images loaded where {train_samples} / "
                                f"{eval_samples} were counted and logged")
+        val_set = rehearsal.eval_slice(val_set) if rehearsal else val_set  # rehearsal
         train_loader, sampler, val_loader = loaders(cfg, train_set, val_set, dist, args.seed, local_batch)
         warmup_steps, decay_steps = presets.schedule_steps(cfg, train_samples)
         evals = presets.eval_epochs(cfg)
@@ -262,12 +265,13 @@ def train(cfg: presets.ResNetConfig, args: argparse.Namespace, *, division: str,
                         batch_sizes(len(val_loader.dataset), local_batch, drop_last=False))
 
         run.start()
-        step, block_first, status = 0, 1, "aborted"
+        step, block_first, status, lr = 0, 1, "aborted", 0.0
         run.block_start(first_epoch_num=1, epoch_count=evals[0])
         for epoch in range(1, evals[-1] + 1):
             sampler.set_epoch(epoch)
             started, seen, loss_sum = time.time(), 0, torch.zeros((), device=device)
-            for i, (x, y) in enumerate(train_loader):
+            batches = rehearsal.timed(train_loader, device, lambda b: len(b[1])) if rehearsal else train_loader
+            for i, (x, y) in enumerate(batches):  # rehearsal: `batches` ends when a rehearsal stops
                 x, y = to_device(x, y, cfg, device)
                 if train_batch is not None:
                     x = train_batch(x, epoch)
@@ -284,7 +288,8 @@ def train(cfg: presets.ResNetConfig, args: argparse.Namespace, *, division: str,
             elapsed = time.time() - started
             line = (f"epoch {epoch:3d}: loss {loss_sum.item() / (i + 1):.3f}, lr {lr:.4f}, "
                     f"{seen * dist.world_size / elapsed:,.0f} images/s")
-            if epoch in evals:
+            stopped = rehearsal is not None and rehearsal.stopped  # rehearsal: one eval, then aborted
+            if epoch in evals or stopped:
                 run.eval_start(epoch)
                 accuracy = evaluate(model, val_loader, cfg, device, dist)
                 run.eval_stop(epoch, accuracy)
@@ -292,15 +297,17 @@ def train(cfg: presets.ResNetConfig, args: argparse.Namespace, *, division: str,
                 line += f", top-1 {accuracy:.4f}"
                 if accuracy >= cfg.target_accuracy:
                     status = "success"
-                elif epoch < evals[-1]:
+                elif epoch < evals[-1] and not stopped:
                     block_first = epoch + 1
                     run.block_start(first_epoch_num=block_first, epoch_count=cfg.eval_every)
             if dist.is_main:
                 print(line, flush=True)
-            if status == "success":
+            if status == "success" or stopped:
                 break
         # Unconverged at the first eval at or after the schedule's end: status stays "aborted".
         run.stop(status)
+    if rehearsal and dist.is_main:  # rehearsal
+        rehearsal.write(local_batch, dist.world_size, device)
     if dist.is_main:
         print(f"run_stop: {status} after {epoch} epochs", flush=True)
     distributed.shutdown()
