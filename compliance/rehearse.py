@@ -132,23 +132,27 @@ def check_ckpt(bench: str, division: str, ckpt: str) -> None:
 
 
 def fitted(bench: str, cfg: dict, overrides: tuple[str, ...], gpus: int) -> tuple[tuple[str, ...], str]:
-    """Overrides with gradient_accumulation_steps raised until the micro-batch's memory estimate fits this
-    machine (the GPU's memory, or on a CPU a share of the available host memory); and a sentence when raised."""
+    """Overrides with gradient_accumulation_steps raised (to the next multiple that divides the batch) until the
+    micro-batch's memory estimate fits this machine (the GPU's memory, or on a CPU a share of the available host
+    memory); and a sentence when raised, or when even one sample a micro-step does not fit."""
     config = memory.preset_config(bench, cfg["division"], cfg["preset"], overrides)
     capacity, where = available_memory()
-    accumulation = config.gradient_accumulation_steps
-    items = config.global_batch_items if bench == "bert" else config.global_batch_size
-    while True:
-        local = items // (gpus * accumulation)
-        need = estimate_bytes(bench, config, local)
-        if need <= capacity or items % (gpus * accumulation * 2) or local <= 1:
+    preset_accumulation = config.gradient_accumulation_steps
+    per_rank = (config.global_batch_items if bench == "bert" else config.global_batch_size) // gpus
+    choices = [a for a in range(preset_accumulation, per_rank + 1)
+               if per_rank % a == 0 and a % preset_accumulation == 0]
+    for accumulation in choices:
+        need = estimate_bytes(bench, config, per_rank // accumulation)
+        if need <= capacity:
             break
-        accumulation *= 2
-    if accumulation == config.gradient_accumulation_steps:
+    if accumulation == preset_accumulation and need <= capacity:
         return overrides, ""
-    note = (f"the preset's micro-batch of {items // (gpus * config.gradient_accumulation_steps)} needs more memory "
-            f"than {where}: rehearsing at {local} x {accumulation} accumulation steps (same global batch {items}; "
+    local = per_rank // accumulation
+    note = (f"the preset's micro-batch of {per_rank // preset_accumulation} needs more memory than {where}: "
+            f"rehearsing at {local} x {accumulation} accumulation steps (same global batch {per_rank * gpus}; "
             f"estimate {need / memory.GIB:.1f} GiB); the forecast scales back to the preset's")
+    if need > capacity:
+        note += f" (even this is over {capacity / memory.GIB:.1f} GiB: the run may be killed for memory)"
     return (*overrides, f"gradient_accumulation_steps={accumulation}"), note
 
 
@@ -204,7 +208,7 @@ def command(args, out: Path, data: str, ckpt: str, notes: dict) -> tuple[list[st
 def main(args) -> int:
     if args.steps < 1 or args.budget <= 0:
         raise UserError("STEPS must be >= 1 and BUDGET > 0 seconds")
-    runs.resolved_config(args.division, args.bench, args.preset, args.overrides)  # unknown preset: one line
+    preset_config(args)  # an unknown preset or field is one line; the whole config is validated with its data
     check_ckpt(args.bench, args.division, args.ckpt)
     out = args.out or Path("out") / f"rehearse-{args.bench}-{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     if out.exists() and any(out.iterdir()):

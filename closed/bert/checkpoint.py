@@ -342,7 +342,7 @@ def write_tf_checkpoint(
     data_path, tmp = Path(f"{prefix}.data-00000-of-00001"), Path(f"{prefix}.data.tmp")
     with open(tmp, "wb") as f:
         for name in sorted(tensors):
-            array = np.ascontiguousarray(tensors[name])
+            array = np.asarray(tensors[name], order="C")  # keeps a scalar's shape () (global_step), as TF's
             array = array.astype(array.dtype.newbyteorder("<"))
             if array.dtype not in _NP_TO_TF:
                 raise ValueError(f"tensor {name!r}: dtype {array.dtype} has no TF equivalent here")
