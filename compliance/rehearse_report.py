@@ -184,8 +184,12 @@ def markdown(r: dict) -> str:
     c = r["checker"]
     verdict = "PASS" if c["passed"] else "FAIL" + (" (only the quality target, which a rehearsal cannot reach)"
                                                     if c["passed_but_target"] else "")
+    data = r["data"]
+    source = "your DATA" if data.get("data") == "given" else (
+        f"generated {data.get('data')} ({'reused from the cache' if data.get('cached') else 'made now'})")
     lines = [f"# Rehearsal: {r['division']} {r['benchmark']} {r['preset']} (never a valid result)", "",
-             *stage_table(r), "", f"Compliance checker: {verdict} ({r['log']})"]
+             f"Data: {source}. Command: `{' '.join(r['command'])}`", "", *stage_table(r), "",
+             f"Compliance checker: {verdict} ({r['log']})"]
     lines += [f"- {e}" for e in c["errors"]]
     lines += ["", *forecast_lines(r), "", "## Warnings"] + [f"- {w}" for w in r["warnings"]]
     return "\n".join(lines) + "\n"
