@@ -30,6 +30,7 @@ QUICK =
 THREADS =
 BENCH_JSON =
 BUDGET =
+STEPS =
 # `make wheels`: the folder, and the Python and platform its binary wheels are for (README "On a GPU")
 WHEELS = .whl
 WHEEL_PYTHON = 3.12
@@ -42,7 +43,7 @@ submit_args = --division $(DIVISION) --bench $(BENCH) --nproc $(NPROC) \
 	$(if $(CKPT),--ckpt $(CKPT)) $(if $(RUNS),--runs $(RUNS)) $(if $(OUT),--out $(OUT)) $(if $(SEEDS),--seeds $(SEEDS))
 run_args = $(submit_args) --index $(INDEX) $(if $(LAUNCH),--launcher '$(LAUNCH)') $(if $(NODE),--node $(NODE))
 
-.PHONY: help setup horovod test lint submit run package time-to-target check score audit reproduce systems describe-system data clean bench report gpu-check wheels bench-twice
+.PHONY: help setup horovod test lint submit run package time-to-target check score audit reproduce systems describe-system data clean bench report gpu-check wheels bench-twice rehearse
 
 help:
 	@echo "make setup                         create .venv and install the package with its pinned dependencies"
@@ -73,6 +74,8 @@ help:
 	@echo "                                   two runs' medians agree within 10 % (OUT/compare.md)"
 	@echo "make report [SUB=\"a b\" BENCH_JSON= OUT=]   results page: HTML with PNG plots (out/report/index.html)"
 	@echo "make time-to-target BENCH= [SEEDS=1,2,3]   open vs closed smoke presets, minutes to the target, same seeds"
+	@echo "make rehearse BENCH= PRESET= [DIVISION= SYSTEM= DATA= CKPT= STEPS=2 BUDGET=300 OUT=]   a real preset"
+	@echo "           for a few steps on generated full-format data (or DATA): stages timed, RCP forecast"
 	@echo "make systems                       official system description checker on systems/*.json"
 	@echo "make describe-system OUT=f.json    describe this machine as a system JSON"
 	@echo "make data BENCH=resnet SRC=dir     check and index ImageNet (counts, checksums)"
@@ -172,6 +175,13 @@ else ifneq ($(PACK),)
 else
 	$(PY) -m mlperf_submission.common.data.bert_wiki convert --train '$(SRC)' --eval $(EVAL) --out $(OUT)
 endif
+
+# Rehearsal (issue 22): a real preset for a few steps on any hardware, measured, with the RCP forecast.
+rehearse:
+	$(if $(PRESET),,$(error give PRESET=<a real preset, e.g. 1xH200>))
+	$(PY) -m mlperf_submission.compliance rehearse --bench $(BENCH) --division $(DIVISION) --preset $(PRESET) \
+		$(if $(SYSTEM),--system $(SYSTEM)) $(if $(DATA),--data $(DATA)) $(if $(CKPT),--ckpt $(CKPT)) \
+		$(if $(STEPS),--steps $(STEPS)) $(if $(BUDGET),--budget $(BUDGET)) $(if $(OUT),--out $(OUT))
 
 clean:
 	rm -rf out .pytest_cache .ruff_cache

@@ -10,7 +10,9 @@ recorded as skipped, one past its limit as timed out; the rest still run):
      eager and under torch.compile (inductor), each log checked by the official compliance checker as
      `make check` does; their timed regions (run_start to run_stop) side by side;
   3. the GPU rows of `make bench` (`python -m mlperf_submission.bench --device cuda`: ours and the peers,
-     throughput, memory and MFU against the measured peak), its JSON and Markdown kept.
+     throughput, memory and MFU against the measured peak), its JSON and Markdown kept;
+  4. closed ResNet and closed BERT `1xH200` rehearsals (`make rehearse`: the real presets at full size on
+     generated full-format data, 2 steps or 60 s of training, one bounded eval; compliance/rehearse.py).
 Every part runs as a child process in its own process group, killed whole (its own children too) when it
 runs past its limit, so nothing of it holds the GPU in the later parts. Writes OUT/gpu_check.json and
 OUT/gpu_check.md (with the run logs and the bench's output beside them), both rewritten after every part,
@@ -46,7 +48,8 @@ FORMAT = "mlperf_submission.gpu_check/1"
 # at most what is left of the budget (540 s by default: a minute of the 10 left for start-up and writing),
 # so a slow early part costs the torch.compile runs at the end, never the 10-minute bound.
 LIMITS = {"environment": 60, "resnet smoke, eager": 90, "bert smoke, eager": 120, "bench, GPU rows": 240,
-          "resnet smoke, torch.compile": 150, "bert smoke, torch.compile": 180}
+          "resnet smoke, torch.compile": 150, "bert smoke, torch.compile": 180,
+          "resnet 1xH200 rehearsal": 150, "bert 1xH200 rehearsal": 200}
 
 
 def visible_gpus() -> list[str]:
@@ -184,6 +187,24 @@ def bench_rows(folder: Path) -> Callable[[float], dict]:
     return part
 
 
+def rehearsal(bench: str, folder: Path) -> Callable[[float], dict]:
+    """A part: `make rehearse BENCH=bench PRESET=1xH200` on this GPU; its stages, speed, memory and forecast."""
+
+    def part(limit: float) -> dict:
+        out = folder / f"rehearse-{bench}"
+        cmd = [sys.executable, "-m", "mlperf_submission.compliance", "rehearse", "--bench", bench, "--preset", "1xH200",
+               "--system", "1xH200", "--steps", "2", "--budget", "60", "--out", str(out)]
+        run_group(cmd, limit, folder / f"rehearse-{bench}.out")
+        r = json.loads((out / "rehearsal.json").read_text())
+        return {**r["stages_s"], "samples_per_s": r["measured"]["samples_per_s"],
+                "data_wait_share": r["measured"]["data_wait_share"],
+                "peak_gpu_gib": r["memory"].get("peak_gpu_bytes", 0) / 2**30,
+                "estimate_gib": r["memory"]["estimate_rehearsed_bytes"] / 2**30,
+                "forecast_run_h": (r["forecast"]["time"]["per_run_s"] or 0) / 3600}
+
+    return part
+
+
 def run_part(name: str, fn: Callable[[float], dict], limit: float, left: float) -> dict:
     """One part under min(its limit, the budget left): its status, seconds and result or error line."""
     if left < 10:
@@ -254,6 +275,8 @@ def plan(folder: Path) -> list[tuple[str, float, Callable[[float], dict]]]:
              ("resnet smoke, eager", smoke_run("resnet", "off", folder)),
              ("bert smoke, eager", smoke_run("bert", "off", folder)),
              ("bench, GPU rows", bench_rows(folder)),
+             ("resnet 1xH200 rehearsal", rehearsal("resnet", folder)),
+             ("bert 1xH200 rehearsal", rehearsal("bert", folder)),
              ("resnet smoke, torch.compile", smoke_run("resnet", "inductor", folder)),
              ("bert smoke, torch.compile", smoke_run("bert", "inductor", folder))]
     return [(name, LIMITS[name], fn) for name, fn in parts]

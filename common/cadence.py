@@ -71,3 +71,12 @@ class Cadence:
         self.block_first = count + self.origin
         self.run.block_start(first_epoch_num=self.block_first, epoch_count=self.every)
         return False
+
+    def final(self, count: int, evaluate: Callable[[], float]) -> bool:
+        """A rehearsal's one eval at `count`, wherever the cadence stands, closing the open block; the run then
+        ends `aborted` whatever the accuracy (a rehearsal never claims a result; common/rehearsal.py)."""
+        self.run.eval_start(count)
+        self.accuracy = evaluate()
+        self.run.eval_stop(count, self.accuracy)
+        self.run.block_stop(first_epoch_num=self.block_first)
+        return True

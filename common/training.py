@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from mlperf_submission.common import config
+from mlperf_submission.common import config, rehearsal
 from mlperf_submission.common.cli import ArgumentParser, UserError
 from mlperf_submission.common.mllog import MLLog
 from mlperf_submission.common.run import Run, Submission, dataset_files
@@ -38,6 +38,8 @@ def arguments(*, prog: str, description: str | None, registry: dict, data_help: 
     p.add_argument("--result-log", type=Path, required=True, help="the result log to create")
     p.add_argument("--data", type=Path, help=data_help)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE")
+    p.add_argument(rehearsal.SWITCH, default="", metavar="STEPS,BUDGET_S[,EVAL_SAMPLES]",  # rehearsal
+                   help="a rehearsal, never a result: stop after STEPS steps or BUDGET_S s, one bounded eval")
     return p
 
 
@@ -51,11 +53,12 @@ class Invocation:
     system: str
     result_log: Path
     data: Path | None = None
+    rehearse: str = ""  # --rehearse STEPS,BUDGET_S[,EVAL_SAMPLES] (common/rehearsal.py); "": a run
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Invocation:
         return cls(preset=args.preset, seed=args.seed, system=args.system, result_log=args.result_log,
-                   data=args.data)
+                   data=args.data, rehearse=args.rehearse)
 
 
 def resolve(args: argparse.Namespace, registry: dict, validate: Callable, *, real_dataset: str,

@@ -9,6 +9,7 @@
     python -m mlperf_submission.compliance audit SUB [--result-id ID]  re-check and re-score, both tools' verdicts
     python -m mlperf_submission.compliance reproduce --result-id ID    re-run a published or audited result
     python -m mlperf_submission.compliance report [SUB...] [--bench F]  results page (HTML, PNG plots)
+    python -m mlperf_submission.compliance rehearse --bench B --preset P  a real preset for a few steps, forecast
 
 Exit status 0 when everything passes, 1 when a verdict fails, 2 on bad input, 130 or 143 when SIGINT or
 SIGTERM interrupted submit or run.
@@ -21,7 +22,7 @@ import sys
 from pathlib import Path
 
 from mlperf_submission.common.cli import ArgumentParser, atomic_write_text, entry_point
-from mlperf_submission.compliance import audit, package, report, reproduce, submit, tools
+from mlperf_submission.compliance import audit, package, rehearse, report, reproduce, submit, tools
 from mlperf_submission.compliance import score as scoring
 
 
@@ -95,6 +96,9 @@ def parser() -> argparse.ArgumentParser:
                                        "curves from submission folders")
     report.add_arguments(rr)
     rr.set_defaults(func=report.main)
+    rh = sub.add_parser("rehearse", help="a real preset end to end for a few steps: stages timed, RCP forecast")
+    rehearse.add_arguments(rh)
+    rh.set_defaults(func=rehearse.main)
     return p
 
 

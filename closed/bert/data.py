@@ -70,6 +70,19 @@ class Split(torch.utils.data.Dataset):
         return self.items[i]
 
 
+def first(dataset: SequenceDataset, n: int) -> Split:
+    """The first n items of a dataset, their sequences counted (a rehearsal's bounded eval set)."""
+    per_item = None if dataset.item_sequences is None else dataset.item_sequences[:n]
+    return Split(torch.utils.data.Subset(dataset, range(n)), n if per_item is None else int(per_item.sum()), per_item)
+
+
+def batch_sequences(batch: Batch) -> int:
+    """Real sequences in a loader batch, padded rows or unpadded ones (whose `nsp_weights` mark each row's
+    sequences): what a rehearsal counts as trained."""
+    weights = batch.get("nsp_weights")
+    return len(batch["next_sentence_labels"]) if weights is None else int((weights > 0).sum())
+
+
 def synthetic_arrays(cfg: presets.BertRunConfig, split: str) -> dict[str, np.ndarray]:
     """The built-in synthetic corpus of a preset, as bert_wiki arrays."""
     num = cfg.synthetic_train_samples if split == "train" else cfg.synthetic_eval_samples

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mlperf_submission.closed.bert import checkpoint, ipu, phase1, presets, steps
+from mlperf_submission.closed.bert import checkpoint, data, ipu, phase1, presets, steps
 from mlperf_submission.closed.bert.data import CLOSED_INPUTS, Inputs, SequenceDataset
 from mlperf_submission.closed.bert.model import BertForPretraining, mlperf_tensor_names
 from mlperf_submission.closed.bert.optim import clip_grad_norm
@@ -37,6 +37,7 @@ from mlperf_submission.common import training
 from mlperf_submission.common.cadence import Cadence
 from mlperf_submission.common.cli import UserError, entry_point
 from mlperf_submission.common.data.loader import loader
+from mlperf_submission.common.rehearsal import Rehearsal
 from mlperf_submission.common.runtime import distributed
 from mlperf_submission.common.runtime.compile import batch_sizes, compiled, needs_warm_up, undone
 
@@ -128,10 +129,12 @@ def prepared(model, cfg: presets.BertRunConfig, dist: distributed.Dist, inputs: 
     return loop
 
 
-def timed_loop(loop: Loop, cfg: presets.BertRunConfig, dist: distributed.Dist, cadence: Cadence) -> int:
+def timed_loop(loop: Loop, cfg: presets.BertRunConfig, dist: distributed.Dist, cadence: Cadence,
+               rehearsal: Rehearsal | None = None) -> int:
     """Training from run_start until the cadence ends the run: an optimizer step every
     gradient_accumulation_steps micro-batches, counted across epochs (`training.step_bounds`), the cadence
-    after each. -> the samples (sequences) trained."""
+    after each. A rehearsal's loader ends when it stops; one eval then ends the run. -> the samples
+    (sequences) trained."""
     evaluate = functools.partial(steps.evaluate, loop.model, loop.val_loader, cfg, dist.device, dist)
     counts = loop.first_counts
     step, samples, epoch, micro_batches, step_samples = 0, 0, 0, 0, 0
@@ -140,7 +143,10 @@ def timed_loop(loop: Loop, cfg: presets.BertRunConfig, dist: distributed.Dist, c
         loop.sampler.set_epoch(epoch)
         if epoch > 1:
             counts = loop.batch_sums()
-        for j, batch in enumerate(loop.train_loader):
+        batches = loop.train_loader
+        if rehearsal is not None:  # the micro-steps timed; the loader ends when the rehearsal stops
+            batches = rehearsal.timed(batches, dist.device, data.batch_sequences)
+        for j, batch in enumerate(batches):
             _, last = training.step_bounds(micro_batches, cfg.gradient_accumulation_steps)
             micro_batches += 1
             loss = steps.micro_step(loop.model, loop.replica, loop.scaler, batch, cfg, dist.device, reduce=last)
@@ -157,6 +163,9 @@ def timed_loop(loop: Loop, cfg: presets.BertRunConfig, dist: distributed.Dist, c
             step_samples = 0
             if done:
                 return samples
+        if rehearsal is not None and rehearsal.stopped:
+            cadence.final(samples, evaluate)
+            return samples
 
 
 @entry_point
@@ -168,11 +177,14 @@ def main(argv: list[str] | None = None) -> int:
 def train(cfg: presets.BertRunConfig, run_args: training.Invocation, *, division: str,
           inputs: Inputs = CLOSED_INPUTS) -> int:
     """One run with a resolved config; the open division calls this with its own config and inputs."""
+    rehearsal = Rehearsal.from_args(run_args, cfg.gradient_accumulation_steps)  # rehearsal: None in a real run
     if cfg.device == "ipu":
+        if rehearsal:
+            raise UserError("--rehearse runs on CPUs and GPUs; the IPU loop (closed/bert/ipu.py) has no rehearsal")
         return ipu.train(cfg, run_args, division=division, inputs=inputs)  # the step on the IPUs, through PopTorch
     submission = training.submission(run_args, division=division, benchmark="bert")
     if cfg.dataset == "wiki":
-        inputs.verify(cfg, run_args.data)
+        (rehearsal.relaxed(inputs.verify) if rehearsal else inputs.verify)(cfg, run_args.data)
     if cfg.clip_before_allreduce and cfg.precision == "fp16":
         raise UserError("clip_before_allreduce with fp16 loss scaling: ranks could disagree on skipping a step "
                         "(choose bf16, or clip after the all-reduce)")
@@ -184,6 +196,7 @@ def train(cfg: presets.BertRunConfig, run_args: training.Invocation, *, division
     if cfg.cpu_threads:
         torch.set_num_threads(cfg.cpu_threads)
     train_set, val_set = inputs.datasets(cfg, run_args.data)
+    val_set = rehearsal.eval_slice(val_set, data.first) if rehearsal else val_set  # rehearsal: one bounded eval
     with training.begin_run(run_args, dist, submission, hyperparameters=presets.hyperparameters(cfg),
                             train_samples=train_set.sequences, eval_samples=val_set.sequences,
                             synthetic=cfg.dataset == "synthetic") as run:
@@ -197,8 +210,10 @@ def train(cfg: presets.BertRunConfig, run_args: training.Invocation, *, division
         # ---- the timed region: run_start (run.start) to run_stop (run.stop); nothing is compiled inside ----
         run.start()
         cadence.start()
-        samples = timed_loop(state, cfg, dist, cadence)
+        samples = timed_loop(state, cfg, dist, cadence, rehearsal)
         run.stop(cadence.status)
+    if rehearsal and dist.is_main:
+        rehearsal.write(local_batch, dist.world_size, dist.device)
     if dist.is_main:
         print(f"run_stop: {cadence.status} after {samples:,} samples", flush=True)
     distributed.shutdown()

@@ -27,6 +27,7 @@ from mlperf_submission.closed.resnet.model import mlperf_tensor_names
 from mlperf_submission.common import training
 from mlperf_submission.common.cadence import Cadence
 from mlperf_submission.common.cli import entry_point
+from mlperf_submission.common.rehearsal import Rehearsal
 from mlperf_submission.common.runtime import distributed
 from mlperf_submission.common.runtime.compile import batch_sizes, compiled, needs_warm_up, undone
 
@@ -78,8 +79,10 @@ def train(cfg: presets.ResNetConfig, run_args: training.Invocation, *, division:
     training.announce("resnet", division, run_args, cfg, dist, local_batch)
     manifest = data.checked_manifest(run_args.data) if cfg.dataset == "imagenet" else None
     train_samples, eval_samples, classes = data.sample_counts(cfg, manifest)
+    rehearsal = Rehearsal.from_args(run_args, cfg.gradient_accumulation_steps)  # rehearsal: None in a real run
     if manifest is not None and variant.check_counts is not None:
-        variant.check_counts(train_samples, eval_samples, classes)
+        check = rehearsal.relaxed(variant.check_counts) if rehearsal else variant.check_counts
+        check(train_samples, eval_samples, classes)
     with training.begin_run(run_args, dist, submission, hyperparameters=presets.hyperparameters(cfg, train_samples),
                             train_samples=train_samples, eval_samples=eval_samples,
                             synthetic=cfg.dataset == "synthetic") as run:
@@ -90,6 +93,7 @@ def train(cfg: presets.ResNetConfig, run_args: training.Invocation, *, division:
         if (len(train_set), len(val_set)) != (train_samples, eval_samples):
             raise RuntimeError(f"{len(train_set)} / {len(val_set)} images loaded where {train_samples} / "
                                f"{eval_samples} were counted and logged")
+        val_set = rehearsal.eval_slice(val_set) if rehearsal else val_set  # rehearsal: one bounded eval
         train_loader, sampler, val_loader = data.loaders(cfg, train_set, val_set, dist, run_args.seed, local_batch)
         if needs_warm_up(cfg.torch_compile, dist.device):  # compiled, or eager on CUDA (issue 16)
             plain, model = model, compiled(model, cfg.torch_compile)
@@ -106,8 +110,10 @@ def train(cfg: presets.ResNetConfig, run_args: training.Invocation, *, division:
         # ---- the timed region: run_start (run.start) to run_stop (run.stop); nothing is compiled inside ----
         run.start()
         cadence.start()
-        epoch = timed_loop(loop, cfg, dist, cadence, variant.transform_batch)
+        epoch = timed_loop(loop, cfg, dist, cadence, variant.transform_batch, rehearsal)
         run.stop(cadence.status)
+    if rehearsal and dist.is_main:
+        rehearsal.write(local_batch, dist.world_size, dist.device)
     if dist.is_main:
         print(f"run_stop: {cadence.status} after {epoch} epochs", flush=True)
     distributed.shutdown()
@@ -130,17 +136,21 @@ class Loop:
 
 
 def timed_loop(loop: Loop, cfg: presets.ResNetConfig, dist: distributed.Dist, cadence: Cadence,
-               transform_batch: BatchTransform | None) -> int:
+               transform_batch: BatchTransform | None, rehearsal: Rehearsal | None = None) -> int:
     """Training from run_start until the cadence ends the run, an epoch at a time: an optimizer step every
     gradient_accumulation_steps micro-batches and at each epoch's end (`training.step_bounds`), the cadence
-    after each epoch. -> the epochs trained."""
+    after each epoch. A rehearsal's loader ends when it stops; one eval then ends the run. -> the epochs
+    trained."""
     evaluate = functools.partial(steps.evaluate, loop.model, loop.val_loader, cfg, dist.device, dist)
-    step, epoch = 0, 0
+    step, epoch, lr = 0, 0, 0.0
     while True:
         epoch += 1
         loop.sampler.set_epoch(epoch)
         started, seen, loss_sum = time.time(), 0, torch.zeros((), device=dist.device)
-        for i, (x, y) in enumerate(loop.train_loader):
+        batches = loop.train_loader
+        if rehearsal is not None:  # the micro-steps timed; the loader ends when the rehearsal stops
+            batches = rehearsal.timed(batches, dist.device, lambda b: len(b[1]))
+        for i, (x, y) in enumerate(batches):
             x, y = steps.to_device(x, y, cfg, dist.device)
             if transform_batch is not None:
                 x = transform_batch(x, epoch)
@@ -154,7 +164,10 @@ def timed_loop(loop: Loop, cfg: presets.ResNetConfig, dist: distributed.Dist, ca
         elapsed = time.time() - started
         line = (f"epoch {epoch:3d}: loss {loss_sum.item() / (i + 1):.3f}, lr {lr:.4f}, "
                 f"{seen * dist.world_size / elapsed:,.0f} images/s")
-        done = cadence.after(epoch, 1, evaluate)
+        if rehearsal is not None and rehearsal.stopped:
+            done = cadence.final(epoch, evaluate)
+        else:
+            done = cadence.after(epoch, 1, evaluate)
         if cadence.accuracy is not None:
             line += f", top-1 {cadence.accuracy:.4f}"
         if dist.is_main:

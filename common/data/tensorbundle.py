@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -305,20 +305,21 @@ def read_tf_checkpoint(prefix: str | os.PathLike, names=None) -> dict[str, np.nd
     return out
 
 
-def write_tf_checkpoint(prefix: str | os.PathLike, tensors: dict[str, np.ndarray], block_size: int = 256 << 10):
-    """Write `tensors` as a one-shard TensorBundle (PREFIX.index, PREFIX.data-00000-of-00001)."""
-    data, entries = bytearray(), []
-    for name in sorted(tensors):
-        array = np.ascontiguousarray(tensors[name])
-        array = array.astype(array.dtype.newbyteorder("<"))
-        if array.dtype not in _NP_TO_TF:
-            raise ValueError(f"tensor {name!r}: dtype {array.dtype} has no TF equivalent here")
-        raw = array.tobytes()
-        entry = BundleEntry(_NP_TO_TF[array.dtype], array.shape, 0, len(data), len(raw), masked_crc(raw), False)
-        entries.append((name.encode(), encode_entry(entry)))
-        data += raw
+def write_tf_checkpoint(prefix: str | os.PathLike, tensors: Mapping[str, np.ndarray], block_size: int = 256 << 10):
+    """Write `tensors` (any mapping: each array read once, in name order, and streamed to the data file, so a
+    4 GB checkpoint is never in memory at once) as a one-shard TensorBundle (PREFIX.index, PREFIX.data-*)."""
+    entries, offset = [], 0
+    with atomic_path(Path(f"{prefix}.data-00000-of-00001")) as tmp, open(tmp, "wb") as f:
+        for name in sorted(tensors):
+            array = np.asarray(tensors[name], order="C")  # keeps a scalar's shape () (global_step), as TF's
+            array = array.astype(array.dtype.newbyteorder("<"))
+            if array.dtype not in _NP_TO_TF:
+                raise ValueError(f"tensor {name!r}: dtype {array.dtype} has no TF equivalent here")
+            raw = array.tobytes()
+            entry = BundleEntry(_NP_TO_TF[array.dtype], array.shape, 0, offset, len(raw), masked_crc(raw), False)
+            entries.append((name.encode(), encode_entry(entry)))
+            f.write(raw)
+            offset += len(raw)
     header = b"\x08\x01" + b"\x1a\x02\x08\x01"  # num_shards 1, little-endian, version {producer 1}
-    with atomic_path(Path(f"{prefix}.data-00000-of-00001")) as tmp:
-        tmp.write_bytes(bytes(data))
     with atomic_path(Path(f"{prefix}.index")) as tmp:  # last: an index names data that is complete
         write_table(tmp, [(b"", header), *entries], block_size)

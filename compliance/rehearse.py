@@ -1,0 +1,252 @@
+"""`make rehearse`: a real preset end to end at full size for a few steps, measured, with a forecast.
+
+    python -m mlperf_submission.compliance rehearse --bench resnet|bert --preset 1xH200 [--division closed]
+        [--system NAME|FILE] [--data DIR] [--ckpt PREFIX] [--steps 2] [--budget 300] [--out DIR]
+    make rehearse BENCH=bert PRESET=1xH200 [DIVISION= SYSTEM= DATA= CKPT= STEPS= BUDGET= OUT=]
+
+Without DATA it generates full-format data once (cached under out/cache/: ILSVRC2012 JPEG folders, or MLPerf
+BERT TFRecords and a full-size TF1 phase-1 checkpoint), then runs `make data` on it as a user would, then the
+preset's training command, the very argv `make submit` runs for run 0 (runs.train_command) plus the rehearsal
+switch (common/rehearsal.py): STEPS optimizer steps or BUDGET seconds of training, whichever comes first, one
+eval on a bounded slice, run_stop `aborted`, a log labelled a rehearsal (system name, status research). Where
+the preset's micro-batch would not fit this machine's memory, it raises gradient_accumulation_steps (the global
+batch stays) and says so. OUT gets rehearsal.md and rehearsal.json (every stage's seconds, samples per second,
+data-wait share, eval seconds per 1,000 samples, peak memory against the package's estimate, the official
+checker's verdict, the RCP forecast) and the log. Exit 0 when the log passes the compliance checker in every
+check but the quality target (which no rehearsal of a few steps reaches), 1 otherwise, 2 on bad input.
+
+Measured on the shared 2-core AMD EPYC VM (24 GB, torch 2.13 CPU) while 7 other jobs kept its load average
+at 16-20, so our processes had ~15 % of the cores: `make rehearse BENCH=resnet PRESET=1xH200 BUDGET=120`
+with a cold cache took 12 min 48 s (generating 4,000 JPEGs 164 s, `make data` 29 s, init 27 s, one micro-step
+of 204 images 382 s at 12 % data wait, an eval of 256 images 125 s) and exited 0; `make rehearse BENCH=bert
+PRESET=1xH200 BUDGET=120` 23 min 6 s (the 4.0 GB checkpoint and TFRecords 195 s, `make data` 9 s, init with the
+checkpoint's conversion 214 s, one micro-step of 2 sequences at 128 accumulation steps 139 s, fitted to the
+memory, an eval of 64 sequences 773 s), peak host memory 6.3 GiB against an estimate of 9.0 GiB, exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from mlperf_submission import benchmarks
+from mlperf_submission.closed.bert import checkpoint, rehearsal_data
+from mlperf_submission.closed.bert import presets as bert_presets
+from mlperf_submission.common import rehearsal as switch
+from mlperf_submission.common.cli import UserError, atomic_write_text
+from mlperf_submission.common.data.generate import imagenet as imagenet_generator
+from mlperf_submission.common.run import BENCHMARKS, DIVISIONS
+from mlperf_submission.common.runtime import memory
+from mlperf_submission.compliance import rehearse_report, runs, submit, tools
+from mlperf_submission.systems import load as load_system
+
+HOST_FRACTION = 0.6  # of MemAvailable a CPU rehearsal may plan for: the rest for the OS, page cache, workers
+EVAL_SAMPLES = {"resnet": 256, "bert": 64}  # the bounded eval slice (BERT-Large at 512 is slow on a CPU)
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--bench", required=True, choices=BENCHMARKS)
+    p.add_argument("--division", default="closed", choices=DIVISIONS)
+    p.add_argument("--preset", required=True, help="a real preset, e.g. 1xH200, 8xA100, pod16")
+    p.add_argument("--system", default="", help="system description (default: this machine)")
+    p.add_argument("--data", default="", help="your prepared dataset (default: generated full-format data)")
+    p.add_argument("--ckpt", default="", help="BERT phase-1 checkpoint (default: a generated full-size one)")
+    p.add_argument("--steps", type=int, default=2, help="optimizer steps at the preset's global batch")
+    p.add_argument("--budget", type=float, default=300.0, help="seconds of training, at least one micro-step")
+    p.add_argument("--out", type=Path, help="output folder (default out/rehearse-<bench>-<preset>-<time>)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a preset field (repeatable)")
+    p.add_argument("--cache", type=Path, default=Path("out/cache"), help=argparse.SUPPRESS)
+    p.add_argument("--scale", default="", help=argparse.SUPPRESS)  # tests: generator sizes as JSON
+
+
+class Stages:
+    """Each stage's seconds, with a progress line as it starts and ends."""
+
+    def __init__(self):
+        self.started = time.time()
+        self.seconds: dict[str, float] = {}
+
+    def run(self, name: str, fn, *args, **kwargs):
+        print(f"== [{runs.clock(time.time() - self.started)}] {name} ...", flush=True)
+        t = time.time()
+        result = fn(*args, **kwargs)
+        self.seconds[name] = round(time.time() - t, 3)
+        print(f"== [{runs.clock(time.time() - self.started)}] {name}: {self.seconds[name]:.1f} s", flush=True)
+        return result
+
+
+def system_for(args) -> tuple[str, dict]:
+    """The system description the run logs, relabelled: a rehearsal is never a result."""
+    if args.system:
+        stem, system = load_system(args.system)
+    else:
+        stem, system = submit.DEMO_SYSTEM, submit.demo_system("DEMO", args.division)
+    name = f"REHEARSAL {system['system_name']} (not a valid result)"
+    return f"rehearsal-{stem}", system | {"division": args.division, "status": "research", "system_name": name,
+                                          "sw_notes": "REHEARSAL: a few steps of a real preset, never a result"}
+
+
+def generated_data(args, stages: Stages, out: Path) -> tuple[str, str, dict]:
+    """(DATA, CKPT, notes): the user's, checked, or generated (cached) and prepared with `make data`."""
+    scale = json.loads(args.scale) if args.scale else {}
+    if args.data:
+        runs.data_checksum(str(Path(args.data).resolve()))  # a prepared dataset, or a UserError
+        return args.data, args.ckpt, {"data": "given"}
+    if args.bench == "resnet":
+        folder, hit = stages.run("generate ImageNet (JPEG folders)", imagenet_generator.generate,
+                                 cache=args.cache, **scale)
+        stages.run("make data (ImageNet index and checksums)", runs_quiet,
+                   data_command("resnet", src=str(folder), out=str(folder)), out / "make_data.log")
+        return str(folder), "", {"data": str(folder), "cached": hit}
+    folder, hit = stages.run("generate BERT TFRecords and phase-1 checkpoint", rehearsal_data.generate,
+                             cache=args.cache, **scale)
+    files, prepared = rehearsal_data.paths(folder), out / "bert-data"
+    stages.run("make data (BERT TFRecords to arrays)", runs_quiet,
+               data_command("bert", src=files["train"], out=str(prepared), eval_file=files["eval"]),
+               out / "make_data.log")
+    return str(prepared), args.ckpt or files["ckpt"], {"data": str(folder), "cached": hit}
+
+
+def data_command(bench: str, *, src: str, out: str, eval_file: str = "") -> list[str]:
+    """What `make data BENCH=... SRC=... [EVAL=] OUT=...` runs (the Makefile's recipe)."""
+    if bench == "resnet":
+        return [sys.executable, "-m", "mlperf_submission.common.data.imagenet", src, "--out", out]
+    return [sys.executable, "-m", "mlperf_submission.common.data.bert_wiki", "convert", "--train", src,
+            "--eval", eval_file, "--out", out]
+
+
+def runs_quiet(cmd: list[str], console: Path) -> None:
+    with runs.Signals() as signals:
+        status = runs.tee(cmd, console, signals, echo=False)
+    if status != 0:
+        raise UserError(f"`{' '.join(cmd)}` failed with exit status {status}: see {console}"
+                        f"{runs.last_error(console)}")
+
+
+def check_ckpt(bench: str, division: str, ckpt: str) -> None:
+    """A checkpoint that is not BERT-Large's phase 1 is one line before anything runs."""
+    if not ckpt or bench != "bert":
+        return
+    try:
+        checkpoint.check_init_checkpoint(ckpt, bert_presets.h200().model_config())
+    except checkpoint.CheckpointError as e:
+        raise UserError(f"CKPT is not a BERT-Large phase-1 checkpoint: {e}") from None
+
+
+def fitted(bench: str, cfg: dict, overrides: tuple[str, ...], gpus: int) -> tuple[tuple[str, ...], str]:
+    """Overrides with gradient_accumulation_steps raised (to the next multiple that divides the batch) until the
+    micro-batch's memory estimate fits this machine (the GPU's memory, or on a CPU a share of the available host
+    memory); and a sentence when raised, or when even one sample a micro-step does not fit."""
+    config = benchmarks.get(cfg["division"], bench).config(cfg["preset"], overrides)
+    capacity, where = available_memory()
+    preset_accumulation = config.gradient_accumulation_steps
+    per_rank = (config.global_batch_items if bench == "bert" else config.global_batch_size) // gpus
+    choices = [a for a in range(preset_accumulation, per_rank + 1)
+               if per_rank % a == 0 and a % preset_accumulation == 0]
+    for accumulation in choices:
+        need = estimate_bytes(config, per_rank // accumulation)
+        if need <= capacity:
+            break
+    if accumulation == preset_accumulation and need <= capacity:
+        return overrides, ""
+    local = per_rank // accumulation
+    note = (f"the preset's micro-batch of {per_rank // preset_accumulation} needs more memory than {where}: "
+            f"rehearsing at {local} x {accumulation} accumulation steps (same global batch {per_rank * gpus}; "
+            f"estimate {need / memory.GIB:.1f} GiB); the forecast scales back to the preset's")
+    if need > capacity:
+        note += f" (even this is over {capacity / memory.GIB:.1f} GiB: the run may be killed for memory)"
+    return (*overrides, f"gradient_accumulation_steps={accumulation}"), note
+
+
+def estimates(args, plan: dict, rehearsed_local: int, preset_cfg, gpus: int) -> dict:
+    """The package's memory estimate at the rehearsed micro-batch and at the preset's own."""
+    items = preset_cfg.global_batch_items if args.bench == "bert" else preset_cfg.global_batch_size
+    preset_local = items // (gpus * preset_cfg.gradient_accumulation_steps)
+    return {"rehearsed_bytes": estimate_bytes(preset_config(args, plan["overrides"]), rehearsed_local),
+            "preset_bytes": estimate_bytes(preset_cfg, preset_local), "preset_local_batch": preset_local}
+
+
+def estimate_bytes(cfg, local_batch: int) -> int:
+    """The package's own memory estimate (common/runtime/memory.py, the formula beside each model) on this
+    machine's device, the one the trainer checks before its log: the one call site."""
+    return memory.needed(cfg, local_batch, "cuda" if torch.cuda.is_available() else "cpu").total
+
+
+def available_memory() -> tuple[int, str]:
+    if torch.cuda.is_available():
+        total = torch.cuda.get_device_properties(0).total_memory
+        return int(memory.USABLE_FRACTION * total), f"{memory.USABLE_FRACTION:.0%} of this GPU's memory"
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(int(line.split()[1]) * 1024 * HOST_FRACTION), f"{HOST_FRACTION:.0%} of the available host memory"
+    return 2**62, "this machine"
+
+
+def request_args(args, data: str, ckpt: str) -> argparse.Namespace:
+    """The arguments `make submit` would get for the same preset, system, data and checkpoint."""
+    return argparse.Namespace(division=args.division, bench=args.bench, preset=args.preset, system=args.system,
+                              data=data, ckpt=ckpt, runs=1, seeds="", out=None, org="DEMO", nproc=1,
+                              overrides=list(args.overrides))
+
+
+def command(args, out: Path, data: str, ckpt: str, notes: dict) -> tuple[list[str], dict, Path]:
+    """(the training argv, the plan, the log path): submit's run-0 command plus the rehearsal switch."""
+    req = submit.request(request_args(args, data, ckpt))
+    stem, system = system_for(args)
+    gpus = benchmarks.accelerators(args.preset) if torch.cuda.is_available() else 1
+    overrides, note = fitted(args.bench, {"division": args.division, "preset": args.preset}, req.overrides, gpus)
+    if note:
+        notes["fitted"] = note
+    req = dataclasses.replace(req, overrides=overrides, system_name=stem, system=system)
+    plan = runs.wanted_plan(req) | {"seeds": runs.draw_seeds(1)}
+    system_file = out / runs.SYSTEM_DIR / f"{stem}.json"
+    atomic_write_text(system_file, json.dumps(system, indent=2) + "\n")
+    log = out / "result_0.txt"
+    evals = EVAL_SAMPLES[args.bench]
+    cmd = [*runs.train_command(plan, 0, system=system_file, log=log),
+           switch.SWITCH, switch.switch_value(args.steps, args.budget, evals)]
+    return cmd, plan, log
+
+
+def main(args) -> int:
+    if args.steps < 1 or args.budget <= 0:
+        raise UserError("STEPS must be >= 1 and BUDGET > 0 seconds")
+    preset_config(args)  # an unknown preset or field is one line; the whole config is validated with its data
+    check_ckpt(args.bench, args.division, args.ckpt)
+    out = args.out or Path("out") / f"rehearse-{args.bench}-{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} exists and is not empty: choose a new OUT")
+    out.mkdir(parents=True, exist_ok=True)
+    stages, notes = Stages(), {}
+    data, ckpt, notes["data"] = generated_data(args, stages, out)
+    cmd, plan, log = command(args, out, data, ckpt, notes)
+    print(f"== training command: {' '.join(cmd)}", flush=True)
+    status = stages.run("train (init, steps, eval)", train, cmd, out / "result_0.log")
+    if status != 0:
+        raise UserError(f"the rehearsal run failed with exit status {status}: see {out / 'result_0.log'}"
+                        f"{runs.last_error(out / 'result_0.log')}")
+    figures = json.loads(switch.figures_path(log).read_text())
+    preset_cfg, gpus = preset_config(args), benchmarks.accelerators(args.preset)
+    result = rehearse_report.build(args=args, plan=plan, cmd=cmd, log=log, stages=stages.seconds, notes=notes,
+                                   verdict=tools.check_log(log), figures=figures, preset_cfg=preset_cfg, gpus=gpus,
+                                   estimates=estimates(args, plan, figures["local_batch"], preset_cfg, gpus))
+    rehearse_report.write(out, result)
+    print((out / "rehearsal.md").read_text())
+    return 0 if result["checker"]["passed_but_target"] else 1
+
+
+def train(cmd: list[str], console: Path) -> int:
+    with runs.Signals() as signals:
+        return runs.tee(cmd, console, signals)
+
+
+def preset_config(args, overrides=()):
+    """The preset's config object with the rehearsal's overrides."""
+    return benchmarks.get(args.division, args.bench).config(args.preset, [*args.overrides, *overrides])
