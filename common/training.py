@@ -104,11 +104,14 @@ def seeded_log(args: argparse.Namespace, dist: distributed.Dist) -> MLLog:
 
 def update(replica, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, lr: float, *,
            clip: Callable[[], object] | None = None, clip_before_allreduce: bool = False,
-           zero_grad: bool = True) -> None:
+           zero_grad: bool = True) -> bool:
     """The optimizer step after the last micro-step's backward: average the gradients over ranks, unscale
     and `clip()` them in place if given (before the average with `clip_before_allreduce`: each rank clips its
     own), set `lr` on every parameter group, step (skipped by the scaler on an fp16 overflow), zero them
-    (`zero_grad=False`: the caller zeroes them before its next backward instead)."""
+    (`zero_grad=False`: the caller zeroes them before its next backward instead). -> whether the parameters
+    were updated: False when fp16's scaler found an inf or NaN and skipped the step, which then advances
+    neither the schedule nor the sample count (NVIDIA's v1.1 BERT `take_optimizer_step`: `global_step += 0 if
+    _has_overflow else 1`). The scaler backs its scale off exactly then, which is how this tells."""
     clip_first = clip is not None and clip_before_allreduce
     if not clip_first:
         replica.reduce_gradients()
@@ -119,7 +122,10 @@ def update(replica, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScal
         replica.reduce_gradients()
     for group in optimizer.param_groups:
         group["lr"] = lr
+    # The scaler's step has already read its inf check back to the host; reading the scale costs no more sync.
+    scale = scaler.get_scale() if scaler.is_enabled() else None
     replica.step(scaler)
     scaler.update()
     if zero_grad:
         optimizer.zero_grad()
+    return scale is None or scaler.get_scale() >= scale

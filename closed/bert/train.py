@@ -203,14 +203,15 @@ def micro_step(model, replica, scaler, batch, cfg, device, *, reduce: bool) -> t
     return loss
 
 
-def optimizer_step(replica, optimizer, scaler, clip, cfg, step: int) -> float:
+def optimizer_step(replica, optimizer, scaler, clip, cfg, step: int) -> tuple[float, bool]:
     """The update that ends optimizer step `step` (from 0): the reference's learning rate, the clip, LAMB.
-    -> the learning rate."""
+    -> (the learning rate, whether the update was applied: False on an fp16 overflow)."""
     lr = lr_schedule(step, base_lr=cfg.opt_base_learning_rate, warmup_steps=cfg.opt_learning_rate_warmup_steps,
                      start_warmup_step=cfg.start_warmup_step, total_steps=cfg.opt_learning_rate_training_steps)
     # The mean gradient is clipped, as one device would, unless each rank clips its own first.
-    training.update(replica, optimizer, scaler, lr, clip=clip, clip_before_allreduce=cfg.clip_before_allreduce)
-    return lr
+    applied = training.update(replica, optimizer, scaler, lr, clip=clip,
+                              clip_before_allreduce=cfg.clip_before_allreduce)
+    return lr, applied
 
 
 @dataclass
@@ -377,8 +378,10 @@ def train(cfg: presets.BertRunConfig, args, *, division: str, inputs: Inputs = I
                 step_samples += counts[j]
                 if not last:
                     continue
-                lr = optimizer_step(replica, optimizer, scaler, clip, cfg, step)
-                step += 1
+                lr, applied = optimizer_step(replica, optimizer, scaler, clip, cfg, step)
+                # An fp16 step skipped on overflow counts neither as a step nor as samples (NVIDIA's v1.1 BERT).
+                step_samples *= applied
+                step += applied
                 samples += step_samples
                 done = cadence.after_step(samples, step_samples, lambda: evaluate(model, val_loader, cfg, device, dist),
                                           loss.item, lr)

@@ -108,11 +108,13 @@ def sample_counts(cfg: presets.ResNetConfig, manifest: dict | None) -> tuple[int
 
 def loaders(cfg, train_set, val_set, dist: distributed.Dist, seed: int, local_batch: int):
     # One seeded permutation per epoch over all ranks (one rank too), so R ranks x batch b train what one
-    # rank x batch R*b would; every eval sample exactly once, counts summed afterwards.
-    sampler = distributed.train_sampler(train_set, dist, seed)
+    # rank x batch R*b would; whole global batches only (the reference drops the remainder); every eval
+    # sample exactly once, counts summed afterwards.
+    sampler = distributed.train_sampler(
+        train_set, dist, seed, per_rank=presets.epoch_samples(cfg, len(train_set), dist.world_size))
     overlap = dict(prefetch_factor=cfg.prefetch_factor, pin_memory=cfg.pin_memory)
     train = loader(train_set, local_batch, shuffle=False, workers=cfg.data_workers, seed=seed + dist.rank,
-                   drop_last=False, sampler=sampler, **overlap)
+                   drop_last=True, sampler=sampler, **overlap)
     val = loader(distributed.eval_shard(val_set, dist), local_batch, shuffle=False, workers=cfg.data_workers,
                  seed=seed, drop_last=False, **overlap)
     return train, sampler, val
@@ -258,7 +260,7 @@ def train(cfg: presets.ResNetConfig, args: argparse.Namespace, *, division: str,
             plain, model = model, compiled(model, cfg.torch_compile)
             with undone(plain, optimizer, scaler):
                 warm_up(model, replica, optimizer, scaler, cfg, device,
-                        batch_sizes(len(train_loader.sampler), local_batch, drop_last=False),
+                        batch_sizes(len(train_loader.sampler), local_batch, drop_last=True),
                         batch_sizes(len(val_loader.dataset), local_batch, drop_last=False))
 
         run.start()
@@ -272,15 +274,15 @@ def train(cfg: presets.ResNetConfig, args: argparse.Namespace, *, division: str,
                 if train_batch is not None:
                     x = train_batch(x, epoch)
                 first = i % cfg.gradient_accumulation_steps == 0
-                last = (i + 1) % cfg.gradient_accumulation_steps == 0 or i + 1 == len(train_loader)
+                last = (i + 1) % cfg.gradient_accumulation_steps == 0  # every step whole: no partial last one
                 loss_sum += micro_step(model, replica, scaler, x, y, cfg, reduce=last, first=first)
                 seen += y.numel()
                 if last:
                     lr = poly_schedule(step, base_lr=cfg.opt_base_learning_rate, end_lr=cfg.opt_end_learning_rate,
                                        warmup_steps=warmup_steps, decay_steps=decay_steps,
                                        power=cfg.opt_learning_rate_decay_poly_power)
-                    training.update(replica, optimizer, scaler, lr, zero_grad=False)
-                    step += 1
+                    # An fp16 step skipped on overflow does not advance the schedule.
+                    step += training.update(replica, optimizer, scaler, lr, zero_grad=False)
             elapsed = time.time() - started
             line = (f"epoch {epoch:3d}: loss {loss_sum.item() / (i + 1):.3f}, lr {lr:.4f}, "
                     f"{seen * dist.world_size / elapsed:,.0f} images/s")

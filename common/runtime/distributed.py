@@ -404,13 +404,17 @@ class EpochSampler(torch.utils.data.Sampler[int]):
 
     CHUNK = 65536  # indices converted to Python ints at a time
 
-    def __init__(self, size: int, num_replicas: int, rank: int, seed: int, first_epoch: int = 1):
+    def __init__(self, size: int, num_replicas: int, rank: int, seed: int, first_epoch: int = 1,
+                 per_rank: int | None = None):
         if size < 1:
             raise ValueError("an empty training set has no permutation")
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} outside 0..{num_replicas - 1}")
         self.size, self.num_replicas, self.rank, self.seed = size, num_replicas, rank, seed
         self.num_samples = -(-size // num_replicas)  # ceil: the shard length, padded
+        # The items this rank takes per epoch: the shard's first `per_rank` (ResNet leaves out the epoch's last,
+        # partial global batch, as the reference does), or all of it.
+        self.per_rank = self.num_samples if per_rank is None else min(per_rank, self.num_samples)
         self.epoch = None
         self._order = None
         self.permutations_made = 0  # how many permutations this sampler has computed (tests count them)
@@ -454,19 +458,20 @@ class EpochSampler(torch.utils.data.Sampler[int]):
         return per_item[order].reshape(batches, world_batch).sum(1).tolist()
 
     def __len__(self) -> int:
-        return self.num_samples
+        return self.per_rank
 
     def __iter__(self) -> Iterator[int]:
-        for chunk in self.shard.split(self.CHUNK):
+        for chunk in self.shard[: self.per_rank].split(self.CHUNK):
             yield from chunk.tolist()
 
 
-def train_sampler(dataset, dist: Dist, seed: int, first_epoch: int = 1) -> EpochSampler:
+def train_sampler(dataset, dist: Dist, seed: int, first_epoch: int = 1, per_rank: int | None = None) -> EpochSampler:
     """Each rank a disjoint shard of one seeded permutation per epoch (`set_epoch`), padded to equal length so
     that every rank takes the same number of steps. The permutation does not depend on the world size, so
     step k of R ranks with batch b trains the same samples as step k of one rank with batch R x b. The first
-    epoch's permutation (both trainers start at epoch 1) is made here, in the untimed init."""
-    return EpochSampler(len(dataset), dist.world_size, dist.rank, seed, first_epoch)
+    epoch's permutation (both trainers start at epoch 1) is made here, in the untimed init. `per_rank`: the
+    items a rank takes per epoch, if fewer than its shard."""
+    return EpochSampler(len(dataset), dist.world_size, dist.rank, seed, first_epoch, per_rank)
 
 
 def eval_shard(dataset, dist: Dist) -> torch.utils.data.Dataset:
