@@ -6,8 +6,8 @@ import argparse
 import dataclasses
 import json
 import subprocess
-from importlib import resources
 import sys
+from importlib import resources
 
 import pytest
 import torch
