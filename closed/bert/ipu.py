@@ -177,7 +177,7 @@ def train(cfg: presets.BertRunConfig, args, *, division: str, inputs) -> int:
     interval, limit = presets.eval_interval(cfg), presets.max_samples(cfg)
     local = ipu.local_replicas(cfg, inst)
     with Run(log, submission, seed=args.seed, hyperparameters=presets.hyperparameters(cfg),
-             train_samples=host.sequence_count(train_set), eval_samples=host.sequence_count(val_set),
+             train_samples=None, eval_samples=host.sequence_count(val_set),
              data_files=dataset_files(args.data) if cfg.dataset != "synthetic" else None) as run:
         init_started = time.monotonic()
         model = BertForPretraining(cfg.model_config())

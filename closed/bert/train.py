@@ -237,6 +237,7 @@ class Cadence:
                    loss: Callable[[], float], lr: float) -> bool:
         """After the optimizer step that brought the count to `samples`: evaluate if one is due (its line
         shows `loss()`, read only then); -> True when the run ends here."""
+        self.run.samples_trained = samples
         if samples // self.interval == (samples - step_samples) // self.interval:  # off the cadence
             if samples >= self.limit:
                 self.run.block_stop(first_epoch_num=self.block_first)
@@ -330,8 +331,10 @@ def train(cfg: presets.BertRunConfig, args, *, division: str, inputs: Inputs = I
         torch.set_num_threads(cfg.cpu_threads)
     train_set, val_set = inputs.datasets(cfg, args.data)
     interval, limit = presets.eval_interval(cfg), presets.max_samples(cfg)
+    # train_samples: the samples trained, logged before run_stop (`Cadence.after_step` counts them), as NVIDIA's
+    # v1.1 BERT does (run_pretraining.py: TRAIN_SAMPLES = samples_trained = global_step x global batch).
     with Run(log, submission, seed=args.seed, hyperparameters=presets.hyperparameters(cfg),
-             train_samples=sequence_count(train_set), eval_samples=sequence_count(val_set),
+             train_samples=None, eval_samples=sequence_count(val_set),
              data_files=dataset_files(args.data) if cfg.dataset != "synthetic" else None) as run:
         model = BertForPretraining(cfg.model_config())
         if cfg.init_checkpoint:

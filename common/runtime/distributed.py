@@ -32,6 +32,7 @@ import subprocess
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.distributed as tdist
 from torch import nn
@@ -390,11 +391,20 @@ def local_batch(global_batch_size: int, dist: Dist, accumulation_steps: int) -> 
     return global_batch_size // replicas
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of epoch `epoch`'s permutation in a run seeded with `seed`: both hashed together by numpy's
+    SeedSequence into 64 bits, so that no two (seed, epoch) pairs share a data order. seed + epoch, as torch's
+    DistributedSampler has it, gives run s + 1 the epoch order of run s's next epoch: `SEEDS=1,2,3,4,5` then
+    trains five shifted copies of one sequence of orders."""
+    return int(np.random.SeedSequence([seed % 2**64, epoch]).generate_state(1, np.uint64)[0])
+
+
 class EpochSampler(torch.utils.data.Sampler[int]):
     """This rank's shard of one seeded permutation of the dataset per epoch, padded to equal length so that
     every rank takes the same number of steps: the order of torch's DistributedSampler (shuffle, no
     drop_last; the permutation of epoch e is torch.randperm seeded with seed + e, padded cyclically from its
-    start, rank r taking positions r, r + R, ...), computed by `set_epoch` instead of by each iteration.
+    start, rank r taking positions r, r + R, ...), computed by `set_epoch` instead of by each iteration; but
+    epoch e's permutation is seeded with `epoch_seed(seed, e)`, not torch's seed + e.
 
     It is made for `first_epoch` at construction, so a trainer that builds its sampler in the untimed init
     and calls `set_epoch(first_epoch)` after `run_start` finds it there: a permutation of BERT's 16-150 M
@@ -433,7 +443,7 @@ class EpochSampler(torch.utils.data.Sampler[int]):
 
     def _permutation(self, epoch: int) -> torch.Tensor:
         generator = torch.Generator()
-        generator.manual_seed(self.seed + epoch)
+        generator.manual_seed(epoch_seed(self.seed, epoch))
         self.permutations_made += 1
         return torch.randperm(self.size, generator=generator)
 
