@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from fakes import reference_tensors
+from fakes import BERT, fake_run, reference_tensors
 
 from mlperf_submission.closed.bert import presets
 from mlperf_submission.closed.bert.train import main as train_main
@@ -38,6 +38,15 @@ def test_every_preset_is_closed_compliant(name):
     presets.validate_closed(cfg)
     hp = presets.hyperparameters(cfg)
     assert {"opt_epsilon", "opt_lamb_weight_decay_rate", "start_warmup_step", "num_warmup_steps"} <= set(hp)
+
+
+def test_the_closed_checker_accepts_opt_lamb_bias_correction(tmp_path):
+    """The official 1.1.0 closed BERT checker passes a log that says opt_lamb_bias_correction false."""
+    log = fake_run(tmp_path / "result_0.txt", benchmark="bert", evals=[(3_072_000, 0.73)],
+                   hyperparameters=BERT | {"opt_lamb_bias_correction": False})
+    assert '"key": "opt_lamb_bias_correction", "value": false' in log.read_text()
+    verdict = check_log(log)
+    assert verdict.passed, verdict.errors
 
 
 def test_real_presets_are_the_rcps_and_graphcores_pod16_is_named_and_flagged():
