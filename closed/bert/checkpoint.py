@@ -2,6 +2,9 @@
 
     python -m mlperf_submission.closed.bert.checkpoint --tf /data/bert/phase1/model.ckpt-28252 --out phase1.pt
 
+    python -m mlperf_submission.closed.bert.checkpoint --eval DATA CKPT      (identity.py: the masked-LM
+                                                                             accuracy before training, sha256)
+
 writes `phase1.pt` (a plain state_dict for `BertForPretraining`, loadable with `model.load_state_dict(
 torch.load(path))`) atomically, and prints what it converted and what it skipped. Bad input (missing files,
 corrupt blocks or tensors, unknown tensors, wrong shapes) exits with status 2 and one line `error: ...`.
@@ -495,6 +498,11 @@ def load_init_checkpoint(path: str | os.PathLike, cfg: BertConfig) -> dict[str, 
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--eval"]:  # the starting accuracy and sha256 of a checkpoint: identity.py
+        from mlperf_submission.closed.bert.identity import main as measure_identity
+
+        return measure_identity(argv[1:])
     parser = argparse.ArgumentParser(
         prog="python -m mlperf_submission.closed.bert.checkpoint",
         description="Convert the MLPerf BERT TF checkpoint to a torch state_dict (no TensorFlow needed).",

@@ -49,6 +49,8 @@ class BertRunConfig(IpuConfig):  # the ipu_* fields: common/runtime/ipu.py, used
     intermediate_size: int = 4096
     dropout: float = 0.1
     init_checkpoint: str = ""        # the phase-1 checkpoint converted by closed/bert/checkpoint.py
+    init_checkpoint_override: str = ""  # a reason to start a real run from a checkpoint whose measured starting
+                                        # accuracy is missing or off (identity.py); logged and disclosed
     # batch: global = local x replicas x gradient_accumulation_steps
     global_batch_size: int = 3072
     gradient_accumulation_steps: int = 1
