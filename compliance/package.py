@@ -127,8 +127,7 @@ def implementation_readme(benchmark: str, division: str, system_stem: str, demo:
 def build(*, division: str, benchmark: str, system: str, logs: list[Path], out: Path, impl: str = "pytorch",
           rcp_bypass: str = "", demo: bool = False,
           seeds_drawn: bool = False) -> tuple[tools.PackageVerdict, list[scoring.BenchmarkScore]]:
-    """Assemble, check, score and archive; everything lands in `out` at once or not at all. `seeds_drawn`: the
-    runs' seeds were drawn by the package (`make submit` without SEEDS), else they are flagged as chosen."""
+    """Assemble, check, score and archive, all at once or not at all; seeds not drawn by the package are flagged."""
     stem, system_desc = load_system(system)
     if system_desc["division"] != division:
         raise UserError(f"system {stem} is described for division {system_desc['division']!r}, not {division!r}")
@@ -141,8 +140,7 @@ def build(*, division: str, benchmark: str, system: str, logs: list[Path], out: 
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out} exists and is not empty: choose a new --out or remove it")
     org = safe_name(system_desc["submitter"])
-    commit = git_commit()
-    disclosures = disclosure.run_lines(logs, seeds_drawn=seeds_drawn)
+    commit, disclosures = git_commit(), disclosure.run_lines(logs, seeds_drawn=seeds_drawn)
     with atomic_dir(out) as tmp:
         sub = tmp / division / org
         (sub / "systems").mkdir(parents=True)

@@ -500,9 +500,9 @@ def load_init_checkpoint(path: str | os.PathLike, cfg: BertConfig) -> dict[str, 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--eval"]:  # the starting accuracy and sha256 of a checkpoint: identity.py
-        from mlperf_submission.closed.bert.identity import main as measure_identity
+        from mlperf_submission.closed.bert import identity
 
-        return measure_identity(argv[1:])
+        return identity.main(argv[1:], load=load_init_checkpoint)
     parser = argparse.ArgumentParser(
         prog="python -m mlperf_submission.closed.bert.checkpoint",
         description="Convert the MLPerf BERT TF checkpoint to a torch state_dict (no TensorFlow needed).",

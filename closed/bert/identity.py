@@ -2,6 +2,7 @@
 training, measured once (offline, untimed) and recorded beside the checkpoint; closed runs on real data check it.
 
     python -m mlperf_submission.closed.bert.checkpoint --eval DATA CKPT [--preset NAME] [--set FIELD=VALUE ...]
+    (this module has no entry point of its own: checkpoint.py hands it its checkpoint loader)
     (also run by `make data BENCH=bert SRC=... OUT=DATA CKPT=CKPT`)
 
 DATA is the folder `make data BENCH=bert` wrote (its 10,000-sample eval split), or `synthetic` for a synthetic
@@ -18,16 +19,22 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
+import re
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from mlperf_submission.closed.bert import checkpoint, phase1, presets
+from mlperf_submission.closed.bert import presets
 from mlperf_submission.closed.bert.model import BertForPretraining
 from mlperf_submission.closed.bert.optim import mlm_loss_and_accuracy
 from mlperf_submission.common import config
 from mlperf_submission.common.cli import ArgumentParser, UserError, atomic_write_text, entry_point, sha256_file
+from mlperf_submission.common.data import bert_wiki
+
+# (checkpoint path, model config) -> state_dict: checkpoint.load_init_checkpoint, which hands itself to `main`
+# (checkpoint.py runs `--eval`), so that neither module imports the other.
+Loader = Callable[[str, object], dict]
 
 REFERENCE_ACCURACY = 0.34085
 # Absolute. The same weights on the same 10,000 samples differ only by float rounding (the TF checkpoint
@@ -36,16 +43,21 @@ REFERENCE_ACCURACY = 0.34085
 TOLERANCE = 0.001
 
 
+def prefix(ckpt: str | os.PathLike) -> Path:
+    """A TF checkpoint named by its prefix or one of its files -> the prefix (checkpoint.checkpoint_prefix)."""
+    return Path(re.sub(r"\.(index|data-\d{5}-of-\d{5})$", "", str(ckpt)))
+
+
 def files(ckpt: str | os.PathLike) -> list[Path]:
     """The files that make up a checkpoint: a .pt, or a TF prefix's .index and data shards."""
     if str(ckpt).endswith(".pt"):
         return [Path(ckpt)]
-    prefix = Path(checkpoint.checkpoint_prefix(ckpt))
-    return sorted([prefix.with_name(prefix.name + ".index"), *prefix.parent.glob(prefix.name + ".data-*")])
+    prefix_ = prefix(ckpt)
+    return sorted([prefix_.with_name(prefix_.name + ".index"), *prefix_.parent.glob(prefix_.name + ".data-*")])
 
 
 def record_path(ckpt: str | os.PathLike) -> Path:
-    path = Path(checkpoint.checkpoint_prefix(ckpt)) if not str(ckpt).endswith(".pt") else Path(ckpt)
+    path = Path(ckpt) if str(ckpt).endswith(".pt") else prefix(ckpt)
     return path.with_name(path.name + ".identity.json")
 
 
@@ -58,7 +70,7 @@ def expected_accuracy(cfg: presets.BertRunConfig) -> float:
     """0.34085 for ckpt-28252 on Wikipedia; for the smoke's own checkpoint, what phase1.py measured making it."""
     if cfg.dataset == "wiki":
         return REFERENCE_ACCURACY
-    made = Path(checkpoint.checkpoint_prefix(cfg.init_checkpoint)).parent / "phase1.json"
+    made = prefix(cfg.init_checkpoint).parent / "phase1.json"
     if not made.is_file():
         raise UserError(f"{made} is missing: a synthetic preset is measured against the smoke phase-1 checkpoint's "
                         "own accuracy (make it with `make data BENCH=bert`)")
@@ -68,13 +80,17 @@ def expected_accuracy(cfg: presets.BertRunConfig) -> float:
 def eval_batches(cfg: presets.BertRunConfig, data: Path | None, batch: int = 64):
     """The eval set in padded batches of tensors: DATA's eval split, or the synthetic preset's (the phase-2 eval
     set that phase1.py measures its checkpoint on)."""
-    if cfg.dataset == "synthetic":
-        arrays = phase1._arrays(cfg, "eval")
+    if cfg.dataset == "synthetic":  # the arrays of train.synthetic_arrays and phase1's eval set
+        lengths = None
+        if cfg.synthetic_lengths == "wikipedia":
+            lengths = bert_wiki.wikipedia_lengths(cfg.synthetic_eval_samples, cfg.max_seq_length,
+                                                  seed=cfg.synthetic_seed + 1)
+        arrays = bert_wiki.synthetic_instances(cfg.synthetic_eval_samples, seq_len=cfg.max_seq_length,
+                                               vocab_size=cfg.vocab_size, max_pred=cfg.max_predictions_per_seq,
+                                               seed=cfg.synthetic_seed, split="eval", lengths=lengths)
         for start in range(0, len(arrays["input_ids"]), batch):
-            yield {k: v[start:start + batch] for k, v in arrays.items()}
+            yield {k: torch.from_numpy(v[start:start + batch]) for k, v in arrays.items()}
         return
-    from mlperf_submission.common.data import bert_wiki
-
     try:
         dataset = bert_wiki.BertDataset(data, "eval")
     except bert_wiki.DataError as e:
@@ -82,11 +98,11 @@ def eval_batches(cfg: presets.BertRunConfig, data: Path | None, batch: int = 64)
     yield from torch.utils.data.DataLoader(dataset, batch_size=batch)
 
 
-def measure(cfg: presets.BertRunConfig, data: Path | None) -> float:
+def measure(cfg: presets.BertRunConfig, data: Path | None, load: Loader) -> float:
     """Masked-LM accuracy of cfg.init_checkpoint, loaded as a run loads it, on the eval set, in fp32."""
     try:
-        state = checkpoint.load_init_checkpoint(cfg.init_checkpoint, cfg.model_config())
-    except checkpoint.CheckpointError as e:
+        state = load(cfg.init_checkpoint, cfg.model_config())
+    except ValueError as e:  # checkpoint.CheckpointError
         raise UserError(f"init checkpoint: {e}") from None
     model = BertForPretraining(cfg.model_config())
     model.load_state_dict(state)
@@ -100,9 +116,9 @@ def measure(cfg: presets.BertRunConfig, data: Path | None) -> float:
     return correct / count
 
 
-def record(cfg: presets.BertRunConfig, data: Path | None) -> dict:
+def record(cfg: presets.BertRunConfig, data: Path | None, load: Loader) -> dict:
     """Measure, then write CKPT.identity.json (atomically) -> the record."""
-    accuracy = measure(cfg, data)
+    accuracy = measure(cfg, data, load)
     expected = expected_accuracy(cfg)
     entry = {"masked_lm_accuracy": accuracy, "expected": expected, "tolerance": TOLERANCE,
              "sha256": {p.name: sha256_file(p) for p in files(cfg.init_checkpoint)},
@@ -141,7 +157,8 @@ def checked(cfg: presets.BertRunConfig) -> dict[str, object]:
 
 
 @entry_point
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str], load: Loader) -> int:
+    """`checkpoint.py --eval ARGS`: measure and record; `load` reads the checkpoint as a run does."""
     p = ArgumentParser(prog="python -m mlperf_submission.closed.bert.checkpoint --eval",
                        description=__doc__.split("\n")[0])
     p.add_argument("data", help="the converted data folder (`make data BENCH=bert`), or `synthetic`")
@@ -160,13 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     if data is not None and not data.is_dir():
         raise UserError(f"DATA {data} is not a folder: give the one `make data BENCH=bert` wrote, or `synthetic`")
     torch.set_flush_denormal(True)  # tiny widths make denormals, ~10x slower on x86 (train.py)
-    entry = record(cfg, data)
+    entry = record(cfg, data, load)
     near = math.isclose(entry["masked_lm_accuracy"], entry["expected"], abs_tol=TOLERANCE)
     print(f"{args.ckpt}: masked-LM accuracy before training {entry['masked_lm_accuracy']:.5f} ({'' if near else 'NOT '}"
           f"within {TOLERANCE} of the expected {entry['expected']:.5f}); recorded with its sha256 in "
           f"{record_path(args.ckpt)}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -392,10 +392,8 @@ def local_batch(global_batch_size: int, dist: Dist, accumulation_steps: int) -> 
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
-    """The seed of epoch `epoch`'s permutation in a run seeded with `seed`: both hashed together by numpy's
-    SeedSequence into 64 bits, so that no two (seed, epoch) pairs share a data order. seed + epoch, as torch's
-    DistributedSampler has it, gives run s + 1 the epoch order of run s's next epoch: `SEEDS=1,2,3,4,5` then
-    trains five shifted copies of one sequence of orders."""
+    """The seed of epoch `epoch`'s permutation in a run seeded with `seed`, both hashed by numpy's SeedSequence:
+    with torch's seed + epoch, run s + 1 trained run s's next epoch's order (`SEEDS=1,2,3` shifted copies)."""
     return int(np.random.SeedSequence([seed % 2**64, epoch]).generate_state(1, np.uint64)[0])
 
 
@@ -422,8 +420,7 @@ class EpochSampler(torch.utils.data.Sampler[int]):
             raise ValueError(f"rank {rank} outside 0..{num_replicas - 1}")
         self.size, self.num_replicas, self.rank, self.seed = size, num_replicas, rank, seed
         self.num_samples = -(-size // num_replicas)  # ceil: the shard length, padded
-        # The items this rank takes per epoch: the shard's first `per_rank` (ResNet leaves out the epoch's last,
-        # partial global batch, as the reference does), or all of it.
+        # Items this rank takes per epoch: the shard's first `per_rank` (ResNet drops the last partial batch).
         self.per_rank = self.num_samples if per_rank is None else min(per_rank, self.num_samples)
         self.epoch = None
         self._order = None
