@@ -174,6 +174,7 @@ else ifneq ($(PACK),)
 	$(PY) -m mlperf_submission.common.data.packing --algorithm $(PACK) $(if $(MAX_PER_PACK),--max-per-pack $(MAX_PER_PACK)) $(if $(MAX_PRED_PER_PACK),--max-pred-per-pack $(MAX_PRED_PER_PACK)) $(SRC) $(OUT)
 else
 	$(PY) -m mlperf_submission.common.data.bert_wiki convert --train '$(SRC)' --eval $(EVAL) --out $(OUT)
+	$(if $(CKPT),$(PY) -m mlperf_submission.closed.bert.checkpoint --eval $(OUT) $(CKPT))
 endif
 
 # Rehearsal (issue 22): a real preset for a few steps on any hardware, measured, with the RCP forecast.

@@ -22,7 +22,7 @@ from mlperf_submission.open.resnet import presets as open_resnet
 
 # The accelerators (GPUs, or IPUs for pod16) whose ranks each preset's global batch is divided over: the
 # 8 of 8xA100. Every preset of every benchmark is listed (a test checks it).
-ACCELERATORS = {"smoke": 1, "1xH200": 1, "8xA100": 8, "pod16": 16}
+ACCELERATORS = {"smoke": 1, "1xH200": 1, "8xA100": 8, "pod16": 16, "pod16-graphcore": 16}
 
 
 @dataclass(frozen=True)

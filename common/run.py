@@ -181,10 +181,12 @@ class Run:
         *,
         seed: int,
         hyperparameters: Mapping[str, Any],
-        train_samples: int,
+        train_samples: int | None,
         eval_samples: int,
         data_files: Iterable[str | os.PathLike] | None = None,
     ):
+        """`train_samples` None: the samples trained, logged once just before run_stop from `samples_trained`
+        (which the trainer keeps up to date), as NVIDIA's v1.1 BERT logs it; else the dataset's size, at init."""
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise UserError(f"seed must be an int, got {seed!r}")
         self.log = log
@@ -192,6 +194,7 @@ class Run:
         self.seed = seed
         self.hyperparameters = dict(hyperparameters)
         self.train_samples = train_samples
+        self.samples_trained = 0
         self.eval_samples = eval_samples
         self.data_files = None if data_files is None else list(data_files)
         self.started = False
@@ -215,7 +218,8 @@ class Run:
         log.event(constants.SEED, self.seed, stack_offset=1)
         for key, value in self.hyperparameters.items():
             log.event(key, value, stack_offset=1)
-        log.event(constants.TRAIN_SAMPLES, self.train_samples, stack_offset=1)
+        if self.train_samples is not None:
+            log.event(constants.TRAIN_SAMPLES, self.train_samples, stack_offset=1)
         log.event(constants.EVAL_SAMPLES, self.eval_samples, stack_offset=1)
         return self
 
@@ -268,6 +272,8 @@ class Run:
     def stop(self, status: str) -> None:
         if status not in (constants.SUCCESS, constants.ABORTED):
             raise ValueError(f"run_stop status must be success or aborted, not {status!r}")
+        if self.train_samples is None:
+            self.log.event(constants.TRAIN_SAMPLES, self.samples_trained, stack_offset=1)
         self.log.end(constants.RUN_STOP, metadata={constants.STATUS: status}, stack_offset=1)
         self.stopped = True
 

@@ -136,7 +136,7 @@ def seeded_log(run: Invocation, dist: distributed.Dist) -> MLLog:
 
 
 def begin_run(run: Invocation, dist: distributed.Dist, submission: Submission, *, hyperparameters: dict,
-              train_samples: int, eval_samples: int, synthetic: bool) -> Run:
+              train_samples: int | None, eval_samples: int, synthetic: bool) -> Run:
     """The seeded result log (`seeded_log`) and the `Run` over it, whose `with` block logs the preamble from
     cache_clear to the sample counts; a dataset on storage (not `synthetic`) is flushed from the page cache
     first, every file of the --data folder."""
@@ -145,24 +145,24 @@ def begin_run(run: Invocation, dist: distributed.Dist, submission: Submission, *
                eval_samples=eval_samples, data_files=None if synthetic else dataset_files(run.data))
 
 
-def step_bounds(index: int, accumulation_steps: int, batches: int | None = None) -> tuple[bool, bool]:
+def step_bounds(index: int, accumulation_steps: int) -> tuple[bool, bool]:
     """(first, last): whether micro-batch `index` (from 0) opens and closes an optimizer step of
-    `accumulation_steps` micro-batches. The count runs on across epochs (BERT: its loader drops the last
-    partial batch and its schedule counts steps over the whole run) unless `batches`, the micro-batches of an
-    epoch, is given: then `index` counts within the epoch and its last micro-batch closes a step, short if
-    need be (ResNet: every image every epoch, and its schedule counts ceil(images / batch) steps an epoch)."""
-    first = index % accumulation_steps == 0
-    last = (index + 1) % accumulation_steps == 0 or (batches is not None and index + 1 == batches)
-    return first, last
+    `accumulation_steps` micro-batches. One rule for every loop, every step whole: both loaders drop the last
+    partial batch (ResNet's epoch is whole global batches, the reference's drop_train_remainder, so a count
+    within an epoch or across epochs gives the same steps; BERT's runs across epochs)."""
+    return index % accumulation_steps == 0, (index + 1) % accumulation_steps == 0
 
 
 def update(replica, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, lr: float, *,
            clip: Callable[[], object] | None = None, clip_before_allreduce: bool = False,
-           zero_grad: bool = True) -> None:
+           zero_grad: bool = True) -> bool:
     """The optimizer step after the last micro-step's backward: average the gradients over ranks, unscale
     and `clip()` them in place if given (before the average with `clip_before_allreduce`: each rank clips its
     own), set `lr` on every parameter group, step (skipped by the scaler on an fp16 overflow), zero them
-    (`zero_grad=False`: the caller zeroes them before its next backward instead)."""
+    (`zero_grad=False`: the caller zeroes them before its next backward instead). -> whether the parameters
+    were updated: False when fp16's scaler found an inf or NaN and skipped the step, which then advances
+    neither the schedule nor the sample count (NVIDIA's v1.1 BERT `take_optimizer_step`: `global_step += 0 if
+    _has_overflow else 1`). The scaler backs its scale off exactly then, which is how this tells."""
     clip_first = clip is not None and clip_before_allreduce
     if not clip_first:
         replica.reduce_gradients()
@@ -173,7 +173,10 @@ def update(replica, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScal
         replica.reduce_gradients()
     for group in optimizer.param_groups:
         group["lr"] = lr
+    # The scaler's step has already read its inf check back to the host; reading the scale costs no more sync.
+    scale = scaler.get_scale() if scaler.is_enabled() else None
     replica.step(scaler)
     scaler.update()
     if zero_grad:
         optimizer.zero_grad()
+    return scale is None or scaler.get_scale() >= scale

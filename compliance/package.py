@@ -27,8 +27,8 @@ from mlperf_submission import benchmarks
 from mlperf_submission.common.cli import UserError, atomic_dir, sha256_file
 from mlperf_submission.common.evidence import git_commit
 from mlperf_submission.common.run import BENCHMARKS, DIVISIONS, QUALITY_TARGETS
+from mlperf_submission.compliance import disclosure, tools
 from mlperf_submission.compliance import score as scoring
-from mlperf_submission.compliance import tools
 from mlperf_submission.systems import DEMO_NOTE
 from mlperf_submission.systems import load as load_system
 
@@ -74,8 +74,11 @@ def open_changes(benchmark: str) -> str:
     return "\n\n".join(p for p in paragraphs[1:] if not p.startswith("    "))
 
 
-def implementation_readme(benchmark: str, division: str, system_stem: str, demo: bool, commit: str) -> str:
-    """The benchmark README, following the MLCommons implementation template's sections."""
+def implementation_readme(benchmark: str, division: str, system_stem: str, demo: bool, commit: str,
+                          disclosures: tuple[str, ...] = ()) -> str:
+    """The benchmark README, following the MLCommons implementation template's sections; a closed one adds the
+    disclosure the rules ask of a new optimizer implementation (compliance/disclosure.py) and `disclosures`,
+    lines about these runs (seeds, the phase-1 checkpoint)."""
     model = {"resnet": "ResNet-50 v1.5", "bert": "BERT-Large (phase 2 pretraining)"}[benchmark]
     dataset = {"resnet": "ImageNet ILSVRC2012 (1,281,167 training, 50,000 validation images)",
                "bert": "Wikipedia 2020/01/01, MLPerf reference TFRecords (seq 512, 76 predictions)"}[benchmark]
@@ -105,13 +108,16 @@ def implementation_readme(benchmark: str, division: str, system_stem: str, demo:
         "",
         "## 5. Quality",
         f"Target: {metric} >= {QUALITY_TARGETS[benchmark]}, evaluated at the cadence of the closed rules.",
+        *(["", "## 6. These runs", "", *disclosures] if disclosures else []),
+        *(["", "## 7. Implementation disclosure", "", disclosure.section(benchmark)] if division == "closed" else []),
     ]
     return "\n".join(lines) + "\n"
 
 
 def build(*, division: str, benchmark: str, system: str, logs: list[Path], out: Path, impl: str = "pytorch",
-          rcp_bypass: str = "", demo: bool = False) -> tuple[tools.PackageVerdict, list[scoring.BenchmarkScore]]:
-    """Assemble, check, score and archive; everything lands in `out` at once or not at all."""
+          rcp_bypass: str = "", demo: bool = False,
+          seeds_drawn: bool = False) -> tuple[tools.PackageVerdict, list[scoring.BenchmarkScore]]:
+    """Assemble, check, score and archive, all at once or not at all; seeds not drawn by the package are flagged."""
     stem, system_desc = load_system(system)
     if system_desc["division"] != division:
         raise UserError(f"system {stem} is described for division {system_desc['division']!r}, not {division!r}")
@@ -124,7 +130,7 @@ def build(*, division: str, benchmark: str, system: str, logs: list[Path], out: 
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out} exists and is not empty: choose a new --out or remove it")
     org = safe_name(system_desc["submitter"])
-    commit = git_commit()
+    commit, disclosures = git_commit(), disclosure.run_lines(logs, seeds_drawn=seeds_drawn)
     with atomic_dir(out) as tmp:
         sub = tmp / division / org
         (sub / "systems").mkdir(parents=True)
@@ -141,13 +147,13 @@ def build(*, division: str, benchmark: str, system: str, logs: list[Path], out: 
             dest = code / f.relative_to(REPO_ROOT)
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(f, dest)
-        (code / "README.md").write_text(implementation_readme(benchmark, division, stem, demo, commit))
+        (code / "README.md").write_text(implementation_readme(benchmark, division, stem, demo, commit, disclosures))
         notes = [f"# {org} {division} {benchmark} on {stem}", ""]
         if demo:
             notes += [f"**{DEMO_NOTE}.**", ""]
         if rcp_bypass:
             notes += [f"RCP check bypassed (`package_checker_params`: rcp-bypass). Reason: {rcp_bypass}", ""]
-        notes += [f"Code commit: {commit}", ""]
+        notes += [f"Code commit: {commit}", "", *(f"{line}\n" for line in disclosures)]
         (sub / "README.md").write_text("\n".join(notes))
 
         verdict = tools.run_package_checker(sub, rcp_bypass=bool(rcp_bypass))
@@ -188,7 +194,8 @@ def package_plan(out: Path, plan: dict) -> tuple[tools.PackageVerdict, list[scor
         verdict, scores = build(
             division=plan["division"], benchmark=plan["benchmark"], system=str(runs.system_file(out, plan)),
             logs=[runs.run_paths(out, i)["log"] for i in range(plan["runs"])], out=fresh,
-            rcp_bypass=submit.DEMO_RCP_REASON if plan["demo"] else "", demo=plan["demo"])
+            rcp_bypass=submit.DEMO_RCP_REASON if plan["demo"] else "", demo=plan["demo"],
+            seeds_drawn=plan.get("seeds_drawn", False))
         held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         try:
             for old in out.iterdir():

@@ -242,8 +242,8 @@ def settle_plan(out: Path, req: Request, *, force: bool = False, code_commit: st
         if any(e.name != PLAN_LOCK for e in out.iterdir()):
             raise UserError(f"{out} exists and is not empty and holds no {PLAN_NAME}: choose a new OUT or remove it")
         seeds = wanted["seeds"] or draw_seeds(req.runs)
-        plan = wanted | {"seeds": seeds, "code_commit": code_commit, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                         "id": secrets.token_hex(8)}
+        plan = wanted | {"seeds": seeds, "seeds_drawn": wanted["seeds"] is None, "code_commit": code_commit,
+                         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "id": secrets.token_hex(8)}
         (out / SYSTEM_DIR).mkdir(exist_ok=True)
         atomic_write_text(out / SYSTEM_DIR / f"{req.system_name}.json", json.dumps(req.system, indent=2) + "\n")
         (out / RUNS_DIR).mkdir(exist_ok=True)

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from mlperf_submission.closed.bert import phase1
+from mlperf_submission.closed.bert import presets as bert_presets
 from mlperf_submission.common.cli import UserError
 from mlperf_submission.common.run import BENCHMARKS, DIVISIONS
 from mlperf_submission.compliance import package, report, runs, tools
@@ -158,6 +159,9 @@ def main(args) -> int:
                       f"{'built-in synthetic data (DEMONSTRATION)' if plan['demo'] else plan['data']}, system "
                       f"{plan['system_name']}, seeds {','.join(map(str, plan['seeds']))}; plan in "
                       f"{out / runs.PLAN_NAME}", flush=True)
+                if plan["division"] == "closed" and plan["benchmark"] == "bert" and not plan["demo"] and (
+                        warning := bert_presets.rcp_warning(plan["preset"], plan["overrides"])):
+                    print(warning, flush=True)
                 runs.train_all(out, plan, signals, nproc=args.nproc,
                                resume_hint=f"The runs that passed are kept: resume with `{again}`")
                 signals.during = "packaging"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mlperf_submission.closed.bert import phase1, presets
+from mlperf_submission.closed.bert import checkpoint, identity, phase1, presets
 from mlperf_submission.closed.bert.checkpoint import convert_checkpoint
 from mlperf_submission.closed.bert.model import BertForPretraining
 from mlperf_submission.common.cli import UserError
@@ -87,6 +87,17 @@ def test_smoke_phase1_checkpoint_is_a_tf_checkpoint_at_the_phase1_accuracy(smoke
 def eval_accuracies(log: Path) -> list[tuple[int, float]]:
     events = [json.loads(ln.split(":::MLLOG ", 1)[1]) for ln in log.read_text().splitlines()]
     return [(e["metadata"]["epoch_num"], e["value"]) for e in events if e["key"] == "eval_accuracy"]
+
+
+def test_eval_measures_the_smoke_checkpoints_starting_accuracy_and_records_its_sha256(smoke_phase1, capsys):
+    """`checkpoint --eval synthetic CKPT`: the smoke checkpoint's accuracy before training (0.39 as made) against
+    the one phase1.py recorded making it, which stands in for ckpt-28252's 0.34085; sha256 recorded beside it."""
+    made = json.loads((Path(smoke_phase1).parent / "phase1.json").read_text())["masked_lm_accuracy"]
+    assert checkpoint.main(["--eval", "synthetic", str(smoke_phase1)]) == 0
+    assert f"(within 0.001 of the expected {made:.5f})" in capsys.readouterr().out
+    record = json.loads(identity.record_path(smoke_phase1).read_text())
+    assert record["masked_lm_accuracy"] == pytest.approx(made, abs=1e-6) and 0.34 <= made <= 0.45
+    assert sorted(record["sha256"]) == [p.name for p in identity.files(smoke_phase1)] and len(record["sha256"]) == 2
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from fakes import reference_tensors
+from fakes import BERT, fake_run, reference_tensors
 
 from mlperf_submission.closed.bert import presets
 from mlperf_submission.closed.bert.train import main as train_main
@@ -38,6 +38,34 @@ def test_every_preset_is_closed_compliant(name):
     presets.validate_closed(cfg)
     hp = presets.hyperparameters(cfg)
     assert {"opt_epsilon", "opt_lamb_weight_decay_rate", "start_warmup_step", "num_warmup_steps"} <= set(hp)
+
+
+def test_the_closed_checker_accepts_opt_lamb_bias_correction(tmp_path):
+    """The official 1.1.0 closed BERT checker passes a log that says opt_lamb_bias_correction false."""
+    log = fake_run(tmp_path / "result_0.txt", benchmark="bert", evals=[(3_072_000, 0.73)],
+                   hyperparameters=BERT | {"opt_lamb_bias_correction": False})
+    assert '"key": "opt_lamb_bias_correction", "value": false' in log.read_text()
+    verdict = check_log(log)
+    assert verdict.passed, verdict.errors
+
+
+def test_real_presets_are_the_rcps_and_graphcores_pod16_is_named_and_flagged():
+    """Every real preset but `pod16-graphcore` carries the RCP's hyperparameters at its batch; Graphcore's POD16
+    values differ in four fields, each named; a batch with no RCP is named too."""
+    for name in ("8xA100", "pod16", "1xH200"):
+        assert presets.rcp_differences(presets.PRESETS[name]()) == [], name
+    assert presets.rcp_differences(presets.graphcore_pod16()) == [
+        "opt_learning_rate_warmup_steps 0 (RCP 100)", "opt_lamb_beta_1 0.62 (RCP 0.66)",
+        "opt_lamb_beta_2 0.996 (RCP 0.998)", "opt_lamb_bias_correction False (RCP True)"]
+    assert presets.rcp_differences(dataclasses.replace(presets.dgxa100(), global_batch_size=2048))[0].startswith(
+        "global_batch_size 2048 (RCPs at 256, 448, 1536, 3072")
+    assert "opt_lamb_bias_correction" not in presets.hyperparameters(presets.ipu_pod16())
+    assert presets.hyperparameters(presets.graphcore_pod16())["opt_lamb_bias_correction"] is False
+    # What a closed `make submit` prints before training (compliance/submit.py).
+    assert presets.rcp_warning("pod16", ()) == ""
+    warning = presets.rcp_warning("8xA100", ("opt_lamb_beta_1=0.7",))
+    assert warning.startswith("WARNING: preset 8xA100 matches no v1.1 BERT RCP") and warning.endswith(
+        "opt_lamb_beta_1 0.7 (RCP 0.66)")
 
 
 @pytest.mark.parametrize("assignment,message", [
@@ -141,5 +169,8 @@ def test_an_unconverged_run_evaluates_on_the_cadence_only_and_stops_aborted_at_i
     logged = events(log)
     assert [e["metadata"]["epoch_num"] for e in logged if e["key"] == "eval_accuracy"] == [1600]
     assert logged[-1]["key"] == "run_stop" and logged[-1]["metadata"]["status"] == "aborted"
+    # train_samples: what was trained, once, just before run_stop (NVIDIA's v1.1 BERT), not the corpus size
+    assert [e["value"] for e in logged if e["key"] == "train_samples"] == [2016]
+    assert logged[-2]["key"] == "train_samples"
     blocks = [e["key"] for e in logged if e["key"] in ("block_start", "block_stop")]
     assert blocks == ["block_start", "block_stop"] * 2

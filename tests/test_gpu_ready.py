@@ -111,14 +111,29 @@ def test_cudnn_benchmark_is_set_for_cuda_and_left_alone_elsewhere(monkeypatch):
 
 @pytest.mark.parametrize("size,world", [(10, 1), (10, 3), (7, 4), (3, 5), (64, 8)])
 def test_epoch_sampler_orders_as_torchs_distributed_sampler(size, world):
+    """torch's order and padding; only the seed of each epoch is (seed, epoch) hashed, not seed + epoch."""
     data = list(range(size))
     for rank in range(world):
         ours = distributed.EpochSampler(size, world, rank, seed=11)
-        theirs = torch.utils.data.DistributedSampler(data, world, rank, shuffle=True, seed=11)
         for epoch in (1, 2, 0, 5):
+            theirs = torch.utils.data.DistributedSampler(data, world, rank, shuffle=True,
+                                                         seed=distributed.epoch_seed(11, epoch))
+            theirs.set_epoch(0)
             ours.set_epoch(epoch)
-            theirs.set_epoch(epoch)
             assert list(ours) == list(theirs) and len(ours) == len(theirs), (rank, epoch)
+
+
+def test_no_two_runs_share_an_epoch_order():
+    """Seeds 1-5 (what `SEEDS=1,2,3,4,5` asks for) over 8 epochs: 40 different orders. With seed + epoch,
+    run s + 1's epoch e was run s's epoch e + 1."""
+    orders = set()
+    for seed in range(1, 6):
+        sampler = distributed.EpochSampler(1000, 1, 0, seed=seed)
+        for epoch in range(1, 9):
+            sampler.set_epoch(epoch)
+            orders.add(tuple(sampler))
+    assert len(orders) == 40
+    assert distributed.epoch_seed(2, 1) != distributed.epoch_seed(1, 2)
 
 
 def test_first_epochs_permutation_is_made_at_construction_not_after_run_start(monkeypatch):

@@ -96,7 +96,7 @@ def test_pod16_options_are_graphcores_v11_configuration(monkeypatch, graphcore, 
     """Each figure against Graphcore's v1.1 IPU-POD16 BERT: their configs/mk2/pod16-{closed,open}.json
     (mlcommons/training_results_v1.1 at f6f0443, Graphcore/benchmarks/bert/implementations/popart/) and the
     published logs in the fixtures (results/ipu-pod16-POPART-{closed,open}/bert/result_0.txt)."""
-    cfg = presets.ipu_pod16() if division == "closed" else open_presets.ipu_pod16()
+    cfg = presets.graphcore_pod16() if division == "closed" else open_presets.ipu_pod16()
     system = f"ipu-pod16-POPART-{division}"
     fake, model, trainer, evaluator, optimizer, opts, eval_opts = built(monkeypatch, narrow(cfg))
     # "replication_factor": 4; "gradient_accumulation_factor": 192, logged as gradient_accumulation_steps 192.

@@ -13,6 +13,7 @@ from mlperf_submission.closed.bert.optim import mlm_loss_and_accuracy, nsp_loss,
 from mlperf_submission.common.cli import UserError
 from mlperf_submission.common.data import packing
 from mlperf_submission.common.data.bert_wiki import synthetic_instances
+from mlperf_submission.common.data.packing.write import write_packed
 from mlperf_submission.open.bert import presets
 
 SEQ, MAX_PRED, K = 32, 6, 3
@@ -165,7 +166,7 @@ def test_datasets_on_storage_state_their_sequences_through_the_seam(tmp_path):
                               seed=1)
     train, val = closed_data.datasets(dataclasses.replace(closed_presets.smoke(), dataset="wiki"), tmp_path / "wiki")
     assert (train.sequences, val.sequences, train.item_sequences) == (40, 12, None) and len(train) == 40
-    packing.write_packed(tmp_path / "wiki", tmp_path / "packed", algorithm="spfhp", max_per_pack=3)
+    write_packed(tmp_path / "wiki", tmp_path / "packed", algorithm="spfhp", max_per_pack=3)
     packs = packed_split(tmp_path / "packed", "train")
     assert packs.sequences == 40 == int(packs.item_sequences.sum()) and len(packs.item_sequences) == len(packs)
     assert set(packs[0]) >= {"input_ids", "nsp_weights"}

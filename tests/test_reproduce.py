@@ -37,7 +37,7 @@ def test_reference_hyperparameters_map_onto_the_matching_preset():
     ("ipu-pod128-TF1", "resnet", "pod16", ("global_batch_size=5120", "gradient_accumulation_steps=2",
                                           "opt_weight_decay=0.0001", "opt_base_learning_rate=11.2",
                                           "train_epochs=43", "eval_offset=1")),
-    ("ipu-pod16-POPART-closed", "bert", "pod16", ()),
+    ("ipu-pod16-POPART-closed", "bert", "pod16-graphcore", ()),
 ])
 def test_graphcore_results_map_onto_our_presets(graphcore, system, bench, preset, overrides):
     source, _ = reproduce.find_benchmark(graphcore, system, bench)

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+from importlib import resources
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from mlperf_submission.closed.resnet.train import train as train_run
 from mlperf_submission.common import config, training
 from mlperf_submission.common.cli import UserError
 from mlperf_submission.common.data.synthetic import synthetic_images
+from mlperf_submission.common.runtime import distributed
 from mlperf_submission.compliance.tools import check_log
 
 
@@ -63,13 +65,38 @@ def test_counts_must_be_the_full_imagenet():
             presets.check_counts(*counts)
 
 
+def rcp_table(benchmark: str) -> dict:
+    """The v1.1 RCP table that mlperf-logging ships (rcp_checker/training_1.1.0), keyed by global batch size."""
+    path = resources.files("mlperf_logging.rcp_checker") / "training_1.1.0" / f"rcps_{benchmark}.json"
+    return {v["BS"]: v["Hyperparams"] for v in json.loads(path.read_text()).values()}
+
+
 def test_decay_steps_are_the_references_and_logged_as_computed():
-    """One computation (presets.schedule_steps): train steps - warmup steps + 1, from the training-set size."""
-    cfg = presets.h200()
-    steps_per_epoch = -(-presets.IMAGENET_TRAIN // cfg.global_batch_size)
-    assert presets.schedule_steps(cfg, presets.IMAGENET_TRAIN) == (2 * steps_per_epoch, (37 - 2) * steps_per_epoch + 1)
-    hp = presets.hyperparameters(cfg, presets.IMAGENET_TRAIN)
-    assert hp["lars_opt_learning_rate_decay_steps"] == (37 - 2) * steps_per_epoch + 1
+    """One computation (presets.schedule_steps): train steps - warmup steps + 1, from the training-set size,
+    with whole global batches per epoch (the reference's drop_train_remainder). At batch 1632 that is the RCP
+    table's figure; at 3264 the table's 14,523 is int(37 x 1,281,167 / 3,264), fractional steps per epoch,
+    which no integer arithmetic of the reference gives at 39 epochs: we log the reference's 14,505."""
+    rcp = rcp_table("resnet")
+    for cfg, logged in ((presets.h200(), rcp[1632]["opt_learning_rate_decay_steps"]),
+                        (presets.dgxa100(), 37 * (presets.IMAGENET_TRAIN // 3264) + 1)):
+        spe = presets.IMAGENET_TRAIN // cfg.global_batch_size  # 785 at 1632, 392 at 3264
+        warmup = cfg.opt_learning_rate_warmup_epochs * spe
+        assert presets.schedule_steps(cfg, presets.IMAGENET_TRAIN) == (warmup, cfg.train_epochs * spe - warmup + 1)
+        hp = presets.hyperparameters(cfg, presets.IMAGENET_TRAIN)
+        assert hp["lars_opt_learning_rate_decay_steps"] == logged
+    assert rcp[1632]["opt_learning_rate_decay_steps"] == 27_476
+    assert rcp[3264]["opt_learning_rate_decay_steps"] == int(37 * presets.IMAGENET_TRAIN / 3264) == 14_523
+
+
+def test_an_epoch_is_whole_global_batches_on_every_rank():
+    """The last partial batch is left out of every epoch (no step averages fewer images), on one rank or many."""
+    cfg = dataclasses.replace(presets.smoke(), global_batch_size=96, gradient_accumulation_steps=2)
+    assert presets.steps_per_epoch(cfg, 1000) == 10 and presets.epoch_samples(cfg, 1000, 4) == 240
+    for rank in range(4):
+        sampler = distributed.EpochSampler(1000, 4, rank, seed=1, per_rank=presets.epoch_samples(cfg, 1000, 4))
+        assert len(sampler) == len(list(sampler)) == 240  # 240 / (96 / 2 / 4 = 12 a micro-batch) = 20 = 10 x 2
+    with pytest.raises(UserError, match="no whole global batch"):
+        presets.steps_per_epoch(cfg, 95)
 
 
 def test_sgd_hyperparameters_use_the_sgd_keys():

@@ -2,6 +2,9 @@
 
     python -m mlperf_submission.closed.bert.checkpoint --tf /data/bert/phase1/model.ckpt-28252 --out phase1.pt
 
+    python -m mlperf_submission.closed.bert.checkpoint --eval DATA CKPT      (identity.py: the masked-LM
+                                                                             accuracy before training, sha256)
+
 writes `phase1.pt` (a plain state_dict for `BertForPretraining`, loadable with `model.load_state_dict(
 torch.load(path))`) atomically, and prints what it converted and what it skipped. Bad input (missing files,
 corrupt blocks or tensors, unknown tensors, wrong shapes) exits with status 2 and one line `error: ...`.
@@ -23,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mlperf_submission.closed.bert import identity
 from mlperf_submission.closed.bert.model import BertConfig, BertForPretraining, mlperf_tensor_names, tf_tensor_name
 from mlperf_submission.common.cli import ArgumentParser, UserError, atomic_path, entry_point
 from mlperf_submission.common.data.tensorbundle import TensorBundleError, read_index, read_tf_checkpoint
@@ -159,6 +163,9 @@ def load_init_checkpoint(path: str | os.PathLike, cfg: BertConfig) -> dict[str, 
 
 @entry_point
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--eval"]:  # the starting accuracy and sha256 of a checkpoint: identity.py
+        return identity.main(argv[1:], load=load_init_checkpoint)
     parser = ArgumentParser(prog="python -m mlperf_submission.closed.bert.checkpoint",
                             description="Convert the MLPerf BERT TF checkpoint to a torch state_dict (no TensorFlow "
                                         "needed).")

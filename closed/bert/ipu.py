@@ -182,7 +182,7 @@ def train(cfg: presets.BertRunConfig, run_args: training.Invocation, *, division
               f"{'packs' if val_set.sequences != len(val_set) else 'padded rows'}, "
               f"precision {'16.16' if cfg.precision == 'fp16' else '32.32'}", flush=True)
     with training.begin_run(run_args, dist, submission, hyperparameters=presets.hyperparameters(cfg),
-                            train_samples=train_set.sequences, eval_samples=val_set.sequences,
+                            train_samples=None, eval_samples=val_set.sequences,  # samples trained: train.py
                             synthetic=cfg.dataset == "synthetic") as run:
         init_started = time.monotonic()
         model = BertForPretraining(cfg.model_config())
@@ -196,7 +196,7 @@ def train(cfg: presets.BertRunConfig, run_args: training.Invocation, *, division
         # ---- the timed region: run_start (run.start) to run_stop (run.stop); the graphs are compiled ----
         run.start()
         cadence.start()
-        samples = timed_loop(loop, cfg, dist, cadence)
+        run.samples_trained = samples = timed_loop(loop, cfg, dist, cadence)
         run.stop(cadence.status)
     if dist.is_main:
         print(f"run_stop: {cadence.status} after {samples:,} samples", flush=True)

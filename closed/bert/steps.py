@@ -68,13 +68,14 @@ def micro_step(model, replica, scaler, batch: Batch, cfg: presets.BertRunConfig,
 
 
 def optimizer_step(replica, optimizer, scaler, clip: Callable[[], object], cfg: presets.BertRunConfig,
-                   step: int) -> float:
+                   step: int) -> tuple[float, bool]:
     """The update that ends optimizer step `step` (from 0): the reference's learning rate, the clip, LAMB.
-    -> the learning rate."""
+    -> (the learning rate, whether the update was applied: False on an fp16 overflow)."""
     lr = learning_rate(cfg, step)
     # The mean gradient is clipped, as one device would, unless each rank clips its own first.
-    training.update(replica, optimizer, scaler, lr, clip=clip, clip_before_allreduce=cfg.clip_before_allreduce)
-    return lr
+    applied = training.update(replica, optimizer, scaler, lr, clip=clip,
+                              clip_before_allreduce=cfg.clip_before_allreduce)
+    return lr, applied
 
 
 def eval_totals(model, batches: Iterable[Batch], cfg: presets.BertRunConfig, device) -> torch.Tensor:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mlperf_submission.closed.bert import checkpoint, data, ipu, phase1, presets, steps
+from mlperf_submission.closed.bert import checkpoint, data, identity, ipu, phase1, presets, steps
 from mlperf_submission.closed.bert.data import CLOSED_INPUTS, Inputs, SequenceDataset
 from mlperf_submission.closed.bert.model import BertForPretraining, mlperf_tensor_names
 from mlperf_submission.closed.bert.optim import clip_grad_norm
@@ -153,8 +153,10 @@ def timed_loop(loop: Loop, cfg: presets.BertRunConfig, dist: distributed.Dist, c
             step_samples += counts[j]
             if not last:
                 continue
-            lr = steps.optimizer_step(loop.replica, loop.optimizer, loop.scaler, loop.clip, cfg, step)
-            step += 1
+            lr, applied = steps.optimizer_step(loop.replica, loop.optimizer, loop.scaler, loop.clip, cfg, step)
+            # An fp16 step skipped on overflow counts neither as a step nor as samples (NVIDIA's v1.1 BERT).
+            step_samples *= applied
+            step += applied
             samples += step_samples
             done = cadence.after(samples, step_samples, evaluate)
             if cadence.accuracy is not None and dist.is_main:
@@ -185,6 +187,8 @@ def train(cfg: presets.BertRunConfig, run_args: training.Invocation, *, division
     submission = training.submission(run_args, division=division, benchmark="bert")
     if cfg.dataset == "wiki":
         (rehearsal.relaxed(inputs.verify) if rehearsal else inputs.verify)(cfg, run_args.data)
+    # Closed on real data: the checkpoint's measured starting accuracy near 0.34085, or an override; logged.
+    checkpoint_keys = identity.checked(cfg) if (division, cfg.dataset) == ("closed", "wiki") else {}
     if cfg.clip_before_allreduce and cfg.precision == "fp16":
         raise UserError("clip_before_allreduce with fp16 loss scaling: ranks could disagree on skipping a step "
                         "(choose bf16, or clip after the all-reduce)")
@@ -197,8 +201,10 @@ def train(cfg: presets.BertRunConfig, run_args: training.Invocation, *, division
         torch.set_num_threads(cfg.cpu_threads)
     train_set, val_set = inputs.datasets(cfg, run_args.data)
     val_set = rehearsal.eval_slice(val_set, data.first) if rehearsal else val_set  # rehearsal: one bounded eval
-    with training.begin_run(run_args, dist, submission, hyperparameters=presets.hyperparameters(cfg),
-                            train_samples=train_set.sequences, eval_samples=val_set.sequences,
+    # train_samples: the samples trained, logged once before run_stop, as NVIDIA's v1.1 BERT does
+    # (run_pretraining.py: TRAIN_SAMPLES = samples_trained = global_step x global batch).
+    with training.begin_run(run_args, dist, submission, hyperparameters=presets.hyperparameters(cfg) | checkpoint_keys,
+                            train_samples=None, eval_samples=val_set.sequences,
                             synthetic=cfg.dataset == "synthetic") as run:
         model = BertForPretraining(cfg.model_config())
         if cfg.init_checkpoint:
@@ -210,7 +216,7 @@ def train(cfg: presets.BertRunConfig, run_args: training.Invocation, *, division
         # ---- the timed region: run_start (run.start) to run_stop (run.stop); nothing is compiled inside ----
         run.start()
         cadence.start()
-        samples = timed_loop(state, cfg, dist, cadence, rehearsal)
+        run.samples_trained = samples = timed_loop(state, cfg, dist, cadence, rehearsal)
         run.stop(cadence.status)
     if rehearsal and dist.is_main:
         rehearsal.write(local_batch, dist.world_size, dist.device)

@@ -72,11 +72,13 @@ def sample_counts(cfg: presets.ResNetConfig, manifest: dict | None) -> tuple[int
 
 def loaders(cfg, train_set, val_set, dist: distributed.Dist, seed: int, local_batch: int):
     # One seeded permutation per epoch over all ranks (one rank too), so R ranks x batch b train what one
-    # rank x batch R*b would; every eval sample exactly once, counts summed afterwards.
-    sampler = distributed.train_sampler(train_set, dist, seed)
+    # rank x batch R*b would; whole global batches only (the reference drops the remainder); every eval
+    # sample exactly once, counts summed afterwards.
+    sampler = distributed.train_sampler(
+        train_set, dist, seed, per_rank=presets.epoch_samples(cfg, len(train_set), dist.world_size))
     loading = dict(prefetch_factor=cfg.prefetch_factor, pin_memory=cfg.pin_memory)
     train = loader(train_set, local_batch, shuffle=False, workers=cfg.data_workers, seed=seed + dist.rank,
-                   drop_last=False, sampler=sampler, **loading)
+                   drop_last=True, sampler=sampler, **loading)
     val = loader(distributed.eval_shard(val_set, dist), local_batch, shuffle=False, workers=cfg.data_workers,
                  seed=seed, drop_last=False, **loading)
     return train, sampler, val

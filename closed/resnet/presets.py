@@ -197,7 +197,17 @@ def check_counts(train_samples: int, eval_samples: int, classes: int) -> None:
 
 
 def steps_per_epoch(cfg: ResNetConfig, train_samples: int) -> int:
-    return math.ceil(train_samples / cfg.global_batch_size)
+    """Whole global batches per epoch: the remainder (train_samples mod global_batch_size images) is left out
+    of each epoch, as the reference's `drop_train_remainder` (default True) has it: `steps_per_epoch =
+    NUM_IMAGES['train'] // batch_size` (image_classification/tensorflow2/common.py, get_num_train_iterations)."""
+    if train_samples < cfg.global_batch_size:
+        raise UserError(f"{train_samples:,} training images make no whole global batch of {cfg.global_batch_size:,}")
+    return train_samples // cfg.global_batch_size
+
+
+def epoch_samples(cfg: ResNetConfig, train_samples: int, replicas: int) -> int:
+    """Images each of `replicas` ranks trains per epoch: its share of the epoch's whole global batches."""
+    return steps_per_epoch(cfg, train_samples) * cfg.global_batch_size // replicas
 
 
 def schedule_steps(cfg: ResNetConfig, train_samples: int) -> tuple[int, int]:

@@ -99,7 +99,7 @@ def train(cfg: presets.ResNetConfig, run_args: training.Invocation, *, division:
             plain, model = model, compiled(model, cfg.torch_compile)
             with undone(plain, optimizer, scaler):
                 steps.warm_up(model, replica, optimizer, scaler, cfg, dist.device,
-                              batch_sizes(len(train_loader.sampler), local_batch, drop_last=False),
+                              batch_sizes(len(train_loader.sampler), local_batch, drop_last=True),
                               batch_sizes(len(val_loader.dataset), local_batch, drop_last=False))
         loop = Loop(model, replica, optimizer, scaler, sampler, train_loader, val_loader,
                     *presets.schedule_steps(cfg, train_samples))
@@ -138,7 +138,7 @@ class Loop:
 def timed_loop(loop: Loop, cfg: presets.ResNetConfig, dist: distributed.Dist, cadence: Cadence,
                transform_batch: BatchTransform | None, rehearsal: Rehearsal | None = None) -> int:
     """Training from run_start until the cadence ends the run, an epoch at a time: an optimizer step every
-    gradient_accumulation_steps micro-batches and at each epoch's end (`training.step_bounds`), the cadence
+    gradient_accumulation_steps micro-batches (`training.step_bounds`; an epoch is whole steps), the cadence
     after each epoch. A rehearsal's loader ends when it stops; one eval then ends the run. -> the epochs
     trained."""
     evaluate = functools.partial(steps.evaluate, loop.model, loop.val_loader, cfg, dist.device, dist)
@@ -154,13 +154,13 @@ def timed_loop(loop: Loop, cfg: presets.ResNetConfig, dist: distributed.Dist, ca
             x, y = steps.to_device(x, y, cfg, dist.device)
             if transform_batch is not None:
                 x = transform_batch(x, epoch)
-            first, last = training.step_bounds(i, cfg.gradient_accumulation_steps, len(loop.train_loader))
+            first, last = training.step_bounds(i, cfg.gradient_accumulation_steps)
             loss_sum += steps.micro_step(loop.model, loop.replica, loop.scaler, x, y, cfg, reduce=last, first=first)
             seen += y.numel()
             if last:
                 lr = steps.learning_rate(cfg, step, loop.warmup_steps, loop.decay_steps)
-                training.update(loop.replica, loop.optimizer, loop.scaler, lr, zero_grad=False)
-                step += 1
+                # An fp16 step skipped on overflow does not advance the schedule.
+                step += training.update(loop.replica, loop.optimizer, loop.scaler, lr, zero_grad=False)
         elapsed = time.time() - started
         line = (f"epoch {epoch:3d}: loss {loss_sum.item() / (i + 1):.3f}, lr {lr:.4f}, "
                 f"{seen * dist.world_size / elapsed:,.0f} images/s")

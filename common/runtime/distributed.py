@@ -32,6 +32,7 @@ import subprocess
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.distributed as tdist
 from torch import nn
@@ -390,11 +391,18 @@ def local_batch(global_batch_size: int, dist: Dist, accumulation_steps: int) -> 
     return global_batch_size // replicas
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of epoch `epoch`'s permutation in a run seeded with `seed`, both hashed by numpy's SeedSequence:
+    with torch's seed + epoch, run s + 1 trained run s's next epoch's order (`SEEDS=1,2,3` shifted copies)."""
+    return int(np.random.SeedSequence([seed % 2**64, epoch]).generate_state(1, np.uint64)[0])
+
+
 class EpochSampler(torch.utils.data.Sampler[int]):
     """This rank's shard of one seeded permutation of the dataset per epoch, padded to equal length so that
     every rank takes the same number of steps: the order of torch's DistributedSampler (shuffle, no
     drop_last; the permutation of epoch e is torch.randperm seeded with seed + e, padded cyclically from its
-    start, rank r taking positions r, r + R, ...), computed by `set_epoch` instead of by each iteration.
+    start, rank r taking positions r, r + R, ...), computed by `set_epoch` instead of by each iteration; but
+    epoch e's permutation is seeded with `epoch_seed(seed, e)`, not torch's seed + e.
 
     It is made for `first_epoch` at construction, so a trainer that builds its sampler in the untimed init
     and calls `set_epoch(first_epoch)` after `run_start` finds it there: a permutation of BERT's 16-150 M
@@ -404,13 +412,16 @@ class EpochSampler(torch.utils.data.Sampler[int]):
 
     CHUNK = 65536  # indices converted to Python ints at a time
 
-    def __init__(self, size: int, num_replicas: int, rank: int, seed: int, first_epoch: int = 1):
+    def __init__(self, size: int, num_replicas: int, rank: int, seed: int, first_epoch: int = 1,
+                 per_rank: int | None = None):
         if size < 1:
             raise ValueError("an empty training set has no permutation")
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} outside 0..{num_replicas - 1}")
         self.size, self.num_replicas, self.rank, self.seed = size, num_replicas, rank, seed
         self.num_samples = -(-size // num_replicas)  # ceil: the shard length, padded
+        # Items this rank takes per epoch: the shard's first `per_rank` (ResNet drops the last partial batch).
+        self.per_rank = self.num_samples if per_rank is None else min(per_rank, self.num_samples)
         self.epoch = None
         self._order = None
         self.permutations_made = 0  # how many permutations this sampler has computed (tests count them)
@@ -429,7 +440,7 @@ class EpochSampler(torch.utils.data.Sampler[int]):
 
     def _permutation(self, epoch: int) -> torch.Tensor:
         generator = torch.Generator()
-        generator.manual_seed(self.seed + epoch)
+        generator.manual_seed(epoch_seed(self.seed, epoch))
         self.permutations_made += 1
         return torch.randperm(self.size, generator=generator)
 
@@ -454,19 +465,20 @@ class EpochSampler(torch.utils.data.Sampler[int]):
         return per_item[order].reshape(batches, world_batch).sum(1).tolist()
 
     def __len__(self) -> int:
-        return self.num_samples
+        return self.per_rank
 
     def __iter__(self) -> Iterator[int]:
-        for chunk in self.shard.split(self.CHUNK):
+        for chunk in self.shard[: self.per_rank].split(self.CHUNK):
             yield from chunk.tolist()
 
 
-def train_sampler(dataset, dist: Dist, seed: int, first_epoch: int = 1) -> EpochSampler:
+def train_sampler(dataset, dist: Dist, seed: int, first_epoch: int = 1, per_rank: int | None = None) -> EpochSampler:
     """Each rank a disjoint shard of one seeded permutation per epoch (`set_epoch`), padded to equal length so
     that every rank takes the same number of steps. The permutation does not depend on the world size, so
     step k of R ranks with batch b trains the same samples as step k of one rank with batch R x b. The first
-    epoch's permutation (both trainers start at epoch 1) is made here, in the untimed init."""
-    return EpochSampler(len(dataset), dist.world_size, dist.rank, seed, first_epoch)
+    epoch's permutation (both trainers start at epoch 1) is made here, in the untimed init. `per_rank`: the
+    items a rank takes per epoch, if fewer than its shard."""
+    return EpochSampler(len(dataset), dist.world_size, dist.rank, seed, first_epoch, per_rank)
 
 
 def eval_shard(dataset, dist: Dist) -> torch.utils.data.Dataset:

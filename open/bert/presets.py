@@ -51,9 +51,9 @@ def smoke() -> PackedBertConfig:
 def ipu_pod16() -> PackedBertConfig:
     """Graphcore's v1.1 IPU-POD16 open result (26.05 minutes) against its closed one (32.70): NNLSHP packs of at
     most 3 sequences, 1536 packs (GBS 3072 sequences) a step, and lr 0.0022, beta1 0.50, wd 0.008, 1150 steps,
-    no gradient clipping, per-sequence loss averaging, fp16 (16.16). On IPUs closed `pod16`'s placement and
+    no gradient clipping, per-sequence loss averaging, fp16 (16.16). On IPUs closed `pod16-graphcore`'s placement and
     batch (2 packs a replica, their batch_size), with loss scaling 64 (configs/mk2/pod16-open.json)."""
-    return _open(closed.ipu_pod16(), opt_base_learning_rate=0.0022, opt_lamb_beta_1=0.50,
+    return _open(closed.graphcore_pod16(), opt_base_learning_rate=0.0022, opt_lamb_beta_1=0.50,
                  opt_lamb_weight_decay_rate=0.008, opt_learning_rate_training_steps=1150, max_grad_norm=0.0,
                  ipu_loss_scaling=64.0)
 
