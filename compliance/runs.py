@@ -36,7 +36,7 @@ from pathlib import Path
 
 from mlperf_submission.common.cli import UserError, atomic_write_text, sha256_file
 from mlperf_submission.compliance import tools
-from mlperf_submission.compliance.plan import RUNS_DIR, Plan, file_lock, settle_plan, system_file
+from mlperf_submission.compliance.plan import RUNS_DIR, Plan, Request, file_lock, settle_plan, system_file
 from mlperf_submission.compliance.score import parse_run
 
 # Seconds a run has, after the signal is passed on, to log run_stop aborted and exit before it is killed.
@@ -373,7 +373,7 @@ class Session:
     plan: Plan | None = None
     status: int | None = None      # the shell's status (128 + the signal) when a signal interrupted it
 
-    def settle(self, req, *, force: bool = False, code_commit: str = "") -> Plan:
+    def settle(self, req: Request, *, force: bool = False, code_commit: str = "") -> Plan:
         self.plan = settle_plan(self.out, req, force=force, code_commit=code_commit)
         return self.plan
 
