@@ -221,7 +221,7 @@ def test_kill_9_of_the_trainer_mid_run_then_resume_redoes_that_run_only(tmp_path
     printed = (tmp_path / "out.txt").read_text()
     seed = planning.load_plan(out).seeds[1]
     assert f"error: run 2 (result_1.txt, seed {seed}) was killed (SIGKILL): most likely the out-of-memory killer" \
-           in printed and f"its output: {out / 'runs' / 'result_1.log'}. " in printed and "(last line:" not in printed
+           in printed and f"its output: {out / 'runs' / 'result_1.log'}." in printed and "(last line:" not in printed
     plan = planning.load_plan(out)
     assert [runs.run_state(out, plan, i)[1] for i in range(3)] == [
         "", "it was interrupted (only a .partial log)", "not trained yet"]
