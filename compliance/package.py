@@ -27,8 +27,9 @@ from mlperf_submission import benchmarks
 from mlperf_submission.common.cli import UserError, atomic_dir, sha256_file
 from mlperf_submission.common.evidence import git_commit
 from mlperf_submission.common.run import BENCHMARKS, DIVISIONS, QUALITY_TARGETS
-from mlperf_submission.compliance import disclosure, tools
+from mlperf_submission.compliance import disclosure, runs, tools
 from mlperf_submission.compliance import score as scoring
+from mlperf_submission.compliance.plan import DEMO_RCP_REASON, NOT_PACKAGE, Plan, load_plan, system_file
 from mlperf_submission.systems import DEMO_NOTE
 from mlperf_submission.systems import load as load_system
 
@@ -176,13 +177,11 @@ def build(*, division: str, benchmark: str, system: str, logs: list[Path], out: 
     return verdict, scores
 
 
-def package_plan(out: Path, plan: dict) -> tuple[tools.PackageVerdict, list[scoring.BenchmarkScore]]:
+def package_plan(out: Path, plan: Plan) -> tuple[tools.PackageVerdict, list[scoring.BenchmarkScore]]:
     """Package the runs of OUT's plan into OUT, beside the plan and the runs, once every run counts.
 
     The package is built whole in a temporary folder inside OUT (removed if anything fails, e.g. a full disk),
     then its entries replace the previous package's, with signals held off for those few renames."""
-    from mlperf_submission.compliance import runs, submit
-
     missing = runs.missing_runs(out, plan)
     if missing:
         raise UserError(f"{out} is not ready to package: {'; '.join(missing)}. Train them with `make submit` "
@@ -192,14 +191,14 @@ def package_plan(out: Path, plan: dict) -> tuple[tools.PackageVerdict, list[scor
     fresh = out / f".package.{os.getpid()}"
     try:
         verdict, scores = build(
-            division=plan["division"], benchmark=plan["benchmark"], system=str(runs.system_file(out, plan)),
-            logs=[runs.run_paths(out, i)["log"] for i in range(plan["runs"])], out=fresh,
-            rcp_bypass=submit.DEMO_RCP_REASON if plan["demo"] else "", demo=plan["demo"],
-            seeds_drawn=plan.get("seeds_drawn", False))
+            division=plan.division, benchmark=plan.benchmark, system=str(system_file(out, plan)),
+            logs=[runs.run_paths(out, i).log for i in range(plan.runs)], out=fresh,
+            rcp_bypass=DEMO_RCP_REASON if plan.demo else "", demo=plan.demo,
+            seeds_drawn=plan.seeds_drawn)
         held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         try:
             for old in out.iterdir():
-                if old.name not in runs.NOT_PACKAGE and old != fresh:
+                if old.name not in NOT_PACKAGE and old != fresh:
                     shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
             for entry in fresh.iterdir():
                 os.replace(entry, out / entry.name)
@@ -212,10 +211,8 @@ def package_plan(out: Path, plan: dict) -> tuple[tools.PackageVerdict, list[scor
 
 def main(args) -> int:
     if args.logs is None:
-        from mlperf_submission.compliance import runs
-
         with runs.disk_errors(str(args.out), f"`make package OUT={args.out}`"):
-            plan = runs.load_plan(args.out)
+            plan = load_plan(args.out)
             verdict, scores = package_plan(args.out, plan)
         print(scoring.table(scores))
         print(tools.PACKAGE_SUCCESS if verdict.passed else

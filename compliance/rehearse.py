@@ -43,6 +43,7 @@ from mlperf_submission.common.cli import UserError, atomic_write_text
 from mlperf_submission.common.data.generate import imagenet as imagenet_generator
 from mlperf_submission.common.run import BENCHMARKS, DIVISIONS
 from mlperf_submission.common.runtime import memory
+from mlperf_submission.compliance import plan as planning
 from mlperf_submission.compliance import rehearse_report, runs, submit, tools
 from mlperf_submission.systems import load as load_system
 
@@ -87,7 +88,7 @@ def system_for(args) -> tuple[str, dict]:
     if args.system:
         stem, system = load_system(args.system)
     else:
-        stem, system = submit.DEMO_SYSTEM, submit.demo_system("DEMO", args.division)
+        stem, system = planning.DEMO_SYSTEM, planning.demo_system("DEMO", args.division)
     name = f"REHEARSAL {system['system_name']} (not a valid result)"
     return f"rehearsal-{stem}", system | {"division": args.division, "status": "research", "system_name": name,
                                           "sw_notes": "REHEARSAL: a few steps of a real preset, never a result"}
@@ -97,7 +98,7 @@ def generated_data(args, stages: Stages, out: Path) -> tuple[str, str, dict]:
     """(DATA, CKPT, notes): the user's, checked, or generated (cached) and prepared with `make data`."""
     scale = json.loads(args.scale) if args.scale else {}
     if args.data:
-        runs.data_checksum(str(Path(args.data).resolve()))  # a prepared dataset, or a UserError
+        planning.data_checksum(str(Path(args.data).resolve()))  # a prepared dataset, or a UserError
         return args.data, args.ckpt, {"data": "given"}
     if args.bench == "resnet":
         folder, hit = stages.run("generate ImageNet (JPEG folders)", imagenet_generator.generate,
@@ -124,10 +125,16 @@ def data_command(bench: str, *, src: str, out: str, eval_file: str = "") -> list
 
 def runs_quiet(cmd: list[str], console: Path) -> None:
     with runs.Signals() as signals:
-        status = runs.tee(cmd, console, signals, echo=False)
-    if status != 0:
-        raise UserError(f"`{' '.join(cmd)}` failed with exit status {status}: see {console}"
-                        f"{runs.last_error(console)}")
+        failed(runs.tee(cmd, console, signals, echo=False), f"`{' '.join(cmd)}`", console)
+
+
+def failed(ended: runs.Exit, what: str, console: Path) -> None:
+    """One line for a command that did not exit 0: the signal and its likely cause (SIGKILL: the out-of-memory
+    killer) with its peak memory, or the exit status and its last line of output."""
+    if ended.status == 0:
+        return
+    how = ended.killed() or f"failed with exit status {ended.status}{runs.last_error(console)}"
+    raise UserError(f"{what} {how}: see {console}")
 
 
 def check_ckpt(bench: str, division: str, ckpt: str) -> None:
@@ -165,11 +172,11 @@ def fitted(bench: str, cfg: dict, overrides: tuple[str, ...], gpus: int) -> tupl
     return (*overrides, f"gradient_accumulation_steps={accumulation}"), note
 
 
-def estimates(args, plan: dict, rehearsed_local: int, preset_cfg, gpus: int) -> dict:
+def estimates(args, plan: planning.Plan, rehearsed_local: int, preset_cfg, gpus: int) -> dict:
     """The package's memory estimate at the rehearsed micro-batch and at the preset's own."""
     items = preset_cfg.global_batch_items if args.bench == "bert" else preset_cfg.global_batch_size
     preset_local = items // (gpus * preset_cfg.gradient_accumulation_steps)
-    return {"rehearsed_bytes": estimate_bytes(preset_config(args, plan["overrides"]), rehearsed_local),
+    return {"rehearsed_bytes": estimate_bytes(preset_config(args, plan.overrides), rehearsed_local),
             "preset_bytes": estimate_bytes(preset_cfg, preset_local), "preset_local_batch": preset_local}
 
 
@@ -205,8 +212,8 @@ def command(args, out: Path, data: str, ckpt: str, notes: dict) -> tuple[list[st
     if note:
         notes["fitted"] = note
     req = dataclasses.replace(req, overrides=overrides, system_name=stem, system=system)
-    plan = runs.wanted_plan(req) | {"seeds": runs.draw_seeds(1)}
-    system_file = out / runs.SYSTEM_DIR / f"{stem}.json"
+    plan = dataclasses.replace(planning.wanted_plan(req), seeds=planning.draw_seeds(1))
+    system_file = out / planning.SYSTEM_DIR / f"{stem}.json"
     atomic_write_text(system_file, json.dumps(system, indent=2) + "\n")
     log = out / "result_0.txt"
     evals = EVAL_SAMPLES[args.bench]
@@ -228,10 +235,8 @@ def main(args) -> int:
     data, ckpt, notes["data"] = generated_data(args, stages, out)
     cmd, plan, log = command(args, out, data, ckpt, notes)
     print(f"== training command: {' '.join(cmd)}", flush=True)
-    status = stages.run("train (init, steps, eval)", train, cmd, out / "result_0.log")
-    if status != 0:
-        raise UserError(f"the rehearsal run failed with exit status {status}: see {out / 'result_0.log'}"
-                        f"{runs.last_error(out / 'result_0.log')}")
+    ended = stages.run("train (init, steps, eval)", train, cmd, out / "result_0.log")
+    failed(ended, "the rehearsal run", out / "result_0.log")
     figures = json.loads(switch.figures_path(log).read_text())
     preset_cfg, gpus = preset_config(args), benchmarks.accelerators(args.preset)
     result = rehearse_report.build(args=args, plan=plan, cmd=cmd, log=log, stages=stages.seconds, notes=notes,
@@ -242,7 +247,7 @@ def main(args) -> int:
     return 0 if result["checker"]["passed_but_target"] else 1
 
 
-def train(cmd: list[str], console: Path) -> int:
+def train(cmd: list[str], console: Path) -> runs.Exit:
     with runs.Signals() as signals:
         return runs.tee(cmd, console, signals)
 

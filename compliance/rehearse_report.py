@@ -102,7 +102,7 @@ def memory_figures(figures: dict, estimates: dict, system: dict) -> dict:
     return out
 
 
-def build(*, args, plan: dict, cmd: list[str], log: Path, stages: dict, notes: dict, verdict, figures: dict,
+def build(*, args, plan, cmd: list[str], log: Path, stages: dict, notes: dict, verdict, figures: dict,
           estimates: dict, preset_cfg, gpus: int) -> dict:
     times = log_times(log)
     measured = speed(figures)
@@ -112,11 +112,11 @@ def build(*, args, plan: dict, cmd: list[str], log: Path, stages: dict, notes: d
     warnings = list(figures["warnings"])
     if "fitted" in notes:
         warnings.append(notes["fitted"])
-    if plan["config"].get("data_workers", 0) > (os.cpu_count() or 1):
-        warnings.append(f"data_workers={plan['config']['data_workers']} on {os.cpu_count()} CPU cores: the workers "
+    if plan.config.get("data_workers", 0) > (os.cpu_count() or 1):
+        warnings.append(f"data_workers={plan.config['data_workers']} on {os.cpu_count()} CPU cores: the workers "
                         "compete with the training step for the cores")
     device = figures.get("gpu_name") or figures["device"]
-    accelerator = plan["system"].get("accelerator_model_name") or "none"
+    accelerator = plan.system.get("accelerator_model_name") or "none"
     warnings.append(f"the forecast is for the device measured ({device}); the system description names "
                     f"{accelerator}")
     return {
@@ -125,7 +125,7 @@ def build(*, args, plan: dict, cmd: list[str], log: Path, stages: dict, notes: d
         "log_s": {"init": times.get("run_start", 0.0), "train": times.get("eval_start", 0.0) - times.get(
             "run_start", 0.0), "eval": eval_s, "to_run_stop": times.get("run_stop", 0.0)},
         "measured": measured | {"device": device, "eval_samples": eval_samples, "samples": figures["samples"]},
-        "memory": memory_figures(figures, estimates, plan["system"]),
+        "memory": memory_figures(figures, estimates, plan.system),
         "checker": checker_verdict(verdict),
         "forecast": prediction(args.bench, preset_cfg, gpus, measured, measured["eval_s_per_1000"]),
         "data": notes.get("data", {}), "warnings": warnings,

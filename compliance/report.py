@@ -43,7 +43,7 @@ _NOTATION = re.compile(r"\b(32\.32|16\.32|16\.16|8\.16|8\.8)\b")
 _WORDS = {"fp32": "32.32", "float32": "32.32", "bf16": "16.32", "bfloat16": "16.32", "fp16": "16.32",
           "float16": "16.32", "mixed precision": "16.32", "amp": "16.32"}
 _X_LABEL = {"resnet": "epochs", "bert": "training samples"}
-_PLAN_FORMAT = "mlperf_submission.plan/1"  # compliance/runs.py's, read here without importing the trainers
+_PLAN_FORMAT = "mlperf_submission.plan/1"  # compliance/plan.py's, read here without importing the trainers
 _OUR_IMPLS = ("ours", "ours-plain", "padded", "packed")  # bench rows of our own implementation
 _MODEL = {"resnet": "ResNet-50 v1.5", "bert": "BERT-Large"}
 _DATASET = {"resnet": "ImageNet", "bert": "Wikipedia"}

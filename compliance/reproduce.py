@@ -29,13 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlperf_submission import benchmarks
-from mlperf_submission.closed.bert import phase1
 from mlperf_submission.common import config
 from mlperf_submission.common.cli import UserError, atomic_write_text
 from mlperf_submission.common.run import BENCHMARKS
-from mlperf_submission.compliance import audit, package, runs, submit, tools
+from mlperf_submission.compliance import audit, package, runs, tools
 from mlperf_submission.compliance import score as scoring
-from mlperf_submission.systems import load as load_system
+from mlperf_submission.compliance.plan import Plan as RunPlan
+from mlperf_submission.compliance.plan import prepared_data
+from mlperf_submission.compliance.plan import request as build_request
 
 # Logged key -> preset field, for values that carry over as they are. The names follow the v1.1 rules
 # (CHECKERS.md §3-4): ResNet logs lars_* or sgd_* by optimizer, BERT the reference's LAMB names.
@@ -209,13 +210,14 @@ def find_benchmark(sub: Path, system: str, benchmark: str) -> tuple[audit.Benchm
 
 def side(runs: list, minutes: float | None, unit: str) -> dict:
     """Score, per-run facts and olympic convergence of one side of the comparison."""
-    return {"minutes": minutes, "unit": unit, "olympic_convergence": audit.olympic_convergence(runs),
+    scores = [r.score for r in runs]
+    return {"minutes": minutes, "unit": unit, "olympic_convergence": audit.olympic_convergence(scores),
             "runs": [{"seed": r.seed, "minutes": r.minutes, "convergence_point": r.convergence_point,
-                      "status": r.status, "passed": r.passed, "round_passed": r.round_passed} for r in runs]}
+                      "status": r.status, "passed": r.passed, "round_passed": r.round_passed} for r in scores]}
 
 
 def comparison_markdown(record: dict) -> str:
-    src, ours, plan_ = record["audited"], record["ours"], record["plan"]
+    src, ours, mapping = record["audited"], record["ours"], record["plan"]
     unit = src["unit"]
 
     def conv(x):
@@ -224,15 +226,15 @@ def comparison_markdown(record: dict) -> str:
     lines = [f"# Reproduction of {record['label']}", ""]
     if record["scale"] == "smoke":
         lines += [f"**{record['banner']}**", ""]
-    lines += [f"Mapped onto preset `{plan_['preset']}` of {plan_['trainer_division']}/{plan_['benchmark']}"
-              + (f" with {' '.join('--set ' + o for o in plan_['overrides'])}" if plan_["overrides"] else
+    lines += [f"Mapped onto preset `{mapping['preset']}` of {mapping['trainer_division']}/{mapping['benchmark']}"
+              + (f" with {' '.join('--set ' + o for o in mapping['overrides'])}" if mapping["overrides"] else
                  " with no overrides") + "; ran preset "
               f"`{record['ran_preset']}`" + (f" with {' '.join(record['ran_overrides'])}" if record["ran_overrides"]
                                               else "") + "."]
-    lines += [f"- not expressible in our config: {u}" for u in plan_["unmapped"]]
-    lines += [f"- note: {n}" for n in plan_["notes"]]
-    if plan_["problem"]:
-        lines.append(f"- at real scale our rules refuse the mapping: {plan_['problem']}")
+    lines += [f"- not expressible in our config: {u}" for u in mapping["unmapped"]]
+    lines += [f"- note: {n}" for n in mapping["notes"]]
+    if mapping["problem"]:
+        lines.append(f"- at real scale our rules refuse the mapping: {mapping['problem']}")
     published = record["published_minutes"]
     lines += ["", "| | published / audited | ours |", "|---|---|---|",
               f"| score (minutes) | {scoring.fmt(published)} published, {scoring.fmt(src['minutes'])} audited "
@@ -274,104 +276,112 @@ def main(args) -> int:
     entry = audit.lookup(args.result_id, args.bench) if args.result_id else None
     if entry is None and args.sub is None:
         raise UserError("give RESULT_ID=<a v1.1 result ID> or SUB=<an audited submitter folder or archive>")
-    if args.data and not Path(args.data).exists():
-        raise UserError(f"DATA path {args.data} does not exist: prepare it with `make data` first")
+    prepared_data(args.data)
     if args.data and not args.system:
         raise UserError("with DATA, give SYSTEM=<this machine's system description> (see `make describe-system`)")
     sub = args.sub if args.sub is not None else audit.locate(entry, args.results_root)
     source, _ = find_benchmark(sub, entry["system"] if entry else args.result_system,
                                entry["benchmark"] if entry else args.bench)
-    bench = source.benchmark
-    label = (f"{entry['id']}: " if entry else "") + f"{source.benchmark} {source.division} {source.system} " \
-            f"({source.system_name or source.submitter})" + (f", ID mapping {entry['mapping']}" if entry else "")
+    bench = source.score.benchmark
+    label = (f"{entry['id']}: " if entry else "") + f"{bench} {source.score.division} {source.score.system} " \
+            f"({source.score.system_name or source.score.submitter})" \
+            + (f", ID mapping {entry['mapping']}" if entry else "")
+    mapping = mapped(source)
+    seeds = audited_seeds(source, args.runs)
+    real = bool(args.data)
+    if real and mapping.problem:
+        raise UserError(f"the mapped preset {mapping.preset} {' '.join(mapping.overrides)} breaks our rules: "
+                        f"{mapping.problem}")
+    out = args.out or Path("out") / f"reproduce-{entry['id'] if entry else source.score.system + '-' + bench}-" \
+                                    f"{time.strftime('%Y%m%d-%H%M%S')}"
+    banner = "" if real else (
+        "SMOKE SCALE, DEMONSTRATION: no DATA given, so these runs train the `smoke` preset on built-in synthetic "
+        "data on this machine, with the audited seeds. Their minutes and convergence points say NOTHING about the "
+        f"published result. At real scale: DATA=<prepared data> SYSTEM=<this machine> runs preset {mapping.preset} "
+        f"{' '.join(mapping.overrides)}".rstrip())
+    announce(label, mapping, banner)
+    req = build_request(division=mapping.trainer_division, benchmark=bench, preset=mapping.preset if real else "smoke",
+                        overrides=mapping.overrides if real else (), system=args.system, org="DEMO", data=args.data,
+                        ckpt=args.ckpt, runs=len(seeds), seeds=seeds)
+    again = (f"make reproduce {'RESULT_ID=' + args.result_id if args.result_id else f'SUB={args.sub}'} "
+             f"RUNS={len(seeds)}{' CKPT=' + args.ckpt if args.ckpt else ''} OUT={out}")
+    with runs.session(out, again) as session:
+        session.settle(req, code_commit=package.git_commit())
+        logs = session.train_all(nproc=args.nproc)
+        session.signals.during = "packaging and auditing"
+        ours, findings = audit_ours(out, session.plan, logs)
+        record = {
+            "label": label, "benchmark": bench, "result_id": entry, "scale": "real" if real else "smoke",
+            "banner": banner, "plan": dataclasses.asdict(mapping), "ran_preset": req.preset,
+            "ran_overrides": list(req.overrides), "seeds": list(seeds), "packaged": packaged(session.plan),
+            "out": str(out), "published_minutes": entry["minutes"] if entry else source.score.minutes,
+            "audited_batch": source.hyperparameters.get("global_batch_size"),
+            "our_batch": ours.hyperparameters.get("global_batch_size"),
+            "audited": side(source.runs, source.score.minutes, audit.UNITS[bench]),
+            "ours": side(ours.runs, ours.score.minutes if packaged(session.plan) else None, audit.UNITS[bench]),
+            "our_findings": [dataclasses.asdict(f) for f in findings],
+        }
+        text = comparison_markdown(record)
+        atomic_write_text(out / "reproduce.json", json.dumps(record, indent=2, default=str) + "\n")
+        atomic_write_text(out / "reproduce.md", text)
+    if session.status is not None:
+        return session.status
+    print(text)
+    if not real:
+        print(f"NOTE: {banner}")
+    return 0
+
+
+def mapped(source: audit.BenchmarkAudit) -> Plan:
+    """The audited runs' hyperparameters mapped onto our closest preset (the first run's where they differ)."""
     logged = dict(source.hyperparameters) | {k: next(iter(v.values())) for k, v in source.hyperparameter_diff.items()}
     first = source.runs[0]
-    plan_ = plan(bench, source.division, logged, first_eval=first.first_eval, eval_interval=first.eval_interval)
+    mapping = plan(source.score.benchmark, source.score.division, logged, first_eval=first.facts.first_eval,
+                   eval_interval=first.facts.eval_interval)
     if source.hyperparameter_diff:
         differ = ", ".join(source.hyperparameter_diff)
-        plan_ = dataclasses.replace(plan_, notes=(*plan_.notes, f"the audited runs differ in {differ}: the first "
-                                                                "run's values are used"))
+        mapping = dataclasses.replace(mapping, notes=(*mapping.notes, f"the audited runs differ in {differ}: the "
+                                                                      "first run's values are used"))
+    return mapping
 
-    seeds = [r.seed for r in source.runs]
-    count = args.runs or len(seeds)
+
+def audited_seeds(source: audit.BenchmarkAudit, runs_wanted: int) -> tuple[int, ...]:
+    """The seeds of the audited runs to re-use: all of them, or the first RUNS."""
+    seeds = [r.score.seed for r in source.runs]
+    count = runs_wanted or len(seeds)
     if count < 1 or count > len(seeds):
         raise UserError(f"RUNS must be 1..{len(seeds)}: the audited result has {len(seeds)} runs (seeds {seeds})")
     seeds = seeds[:count]
     if any(not isinstance(s, int) for s in seeds) or len(set(seeds)) != count:
         raise UserError(f"the audited runs' seeds {seeds} are not {count} distinct ints: they cannot be re-used")
-    real = bool(args.data)
-    if real and plan_.problem:
-        raise UserError(f"the mapped preset {plan_.preset} {' '.join(plan_.overrides)} breaks our rules: "
-                        f"{plan_.problem}")
-    preset, overrides = (plan_.preset, plan_.overrides) if real else ("smoke", ())
-    out = args.out or Path("out") / f"reproduce-{entry['id'] if entry else source.system + '-' + bench}-" \
-                                    f"{time.strftime('%Y%m%d-%H%M%S')}"
-    banner = ("SMOKE SCALE, DEMONSTRATION: no DATA given, so these runs train the `smoke` preset on built-in "
-              "synthetic data on this machine, with the audited seeds. Their minutes and convergence points say "
-              f"NOTHING about the published result. At real scale: DATA=<prepared data> SYSTEM=<this machine> "
-              f"runs preset {plan_.preset} {' '.join(plan_.overrides)}".rstrip())
+    return tuple(seeds)
+
+
+def announce(label: str, mapping: Plan, banner: str) -> None:
     print(f"== reproduce {label}")
-    print(f"== mapped onto {plan_.trainer_division}/{bench} preset {plan_.preset} "
-          f"{' '.join('--set ' + o for o in plan_.overrides) or '(no overrides)'}")
-    for line in [*plan_.notes, *(f"not expressible: {u}" for u in plan_.unmapped)]:
+    print(f"== mapped onto {mapping.trainer_division}/{mapping.benchmark} preset {mapping.preset} "
+          f"{' '.join('--set ' + o for o in mapping.overrides) or '(no overrides)'}")
+    for line in [*mapping.notes, *(f"not expressible: {u}" for u in mapping.unmapped)]:
         print(f"   {line}")
-    if not real:
+    if banner:
         print("\n" + "!" * 100 + f"\n!!! {banner}\n" + "!" * 100 + "\n", flush=True)
 
-    packaged = count == tools.REQUIRED_RUNS[bench]
-    division = plan_.trainer_division
-    if args.system:
-        system_name, system_desc = load_system(args.system)
-        if system_desc["division"] != division:
-            raise UserError(f"system {system_name} is described for division {system_desc['division']!r}; "
-                            f"the {division} trainer runs")
-    else:
-        system_name, system_desc = submit.DEMO_SYSTEM, submit.demo_system("DEMO", division)
-    ckpt = phase1.submission_checkpoint(division, bench, preset, tuple(overrides), args.ckpt)
-    if ckpt:
-        overrides = [*overrides, f"init_checkpoint={Path(ckpt).resolve()}"]
-    req = runs.Request(division=division, benchmark=bench, preset=preset, overrides=tuple(overrides),
-                       system_name=system_name, system=system_desc,
-                       data=str(Path(args.data).resolve()) if args.data else "", runs=count, seeds=tuple(seeds),
-                       demo=not real)
-    again = (f"make reproduce {'RESULT_ID=' + args.result_id if args.result_id else f'SUB={args.sub}'} "
-             f"RUNS={count}{' CKPT=' + args.ckpt if args.ckpt else ''} OUT={out}")
-    with runs.Signals() as signals:
-        try:
-            with runs.disk_errors(str(out), f"`{again}`"):
-                run_plan = runs.settle_plan(out, req, code_commit=package.git_commit())
-                logs = runs.train_all(out, run_plan, signals, nproc=args.nproc,
-                                      resume_hint=f"The runs that passed are kept: resume with `{again}`")
-                signals.during = "packaging and auditing"
-                if packaged:
-                    package.package_plan(out, run_plan)
-                    report = audit.audit(out)
-                    audit.write_report(report, out)
-                    ours, findings = report.benchmarks[0], report.findings
-                else:
-                    with tempfile.TemporaryDirectory(prefix="mlperf-reproduce.") as scratch:
-                        folder = Path(scratch) / bench
-                        folder.mkdir()
-                        for log in logs:
-                            shutil.copyfile(log, folder / log.name)
-                        ours, findings = audit.audit_benchmark(folder, system_desc, Path(scratch), verdict="auto")
-                record = {
-                    "label": label, "benchmark": bench, "result_id": entry, "scale": "real" if real else "smoke",
-                    "banner": "" if real else banner, "plan": dataclasses.asdict(plan_), "ran_preset": preset,
-                    "ran_overrides": list(overrides), "seeds": seeds, "packaged": packaged, "out": str(out),
-                    "published_minutes": entry["minutes"] if entry else source.minutes,
-                    "audited_batch": source.hyperparameters.get("global_batch_size"),
-                    "our_batch": ours.hyperparameters.get("global_batch_size"),
-                    "audited": side(source.runs, source.minutes, audit.UNITS[bench]),
-                    "ours": side(ours.runs, ours.minutes if packaged else None, audit.UNITS[bench]),
-                    "our_findings": [dataclasses.asdict(f) for f in findings],
-                }
-                text = comparison_markdown(record)
-                atomic_write_text(out / "reproduce.json", json.dumps(record, indent=2, default=str) + "\n")
-                atomic_write_text(out / "reproduce.md", text)
-        except runs.Interrupted as e:
-            return submit.interrupted(e, out, again)
-    print(text)
-    if not real:
-        print(f"NOTE: {banner}")
-    return 0
+
+def packaged(run_plan: RunPlan) -> bool:
+    """With as many runs as the rules require, the runs are packaged and audited as a submission."""
+    return run_plan.runs == tools.REQUIRED_RUNS[run_plan.benchmark]
+
+
+def audit_ours(out: Path, run_plan: RunPlan, logs: list[Path]) -> tuple[audit.BenchmarkAudit, list[audit.Finding]]:
+    """Our runs audited: packaged into OUT when there are enough of them, else their logs alone."""
+    if packaged(run_plan):
+        package.package_plan(out, run_plan)
+        report = audit.audit(out)
+        audit.write_report(report, out)
+        return report.benchmarks[0], report.findings
+    with tempfile.TemporaryDirectory(prefix="mlperf-reproduce.") as scratch:
+        folder = Path(scratch) / run_plan.benchmark
+        folder.mkdir()
+        for log in logs:
+            shutil.copyfile(log, folder / log.name)
+        return audit.audit_benchmark(folder, run_plan.system, Path(scratch), verdict="auto")

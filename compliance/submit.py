@@ -17,24 +17,17 @@ demonstration, not a valid MLPerf result.
 
 from __future__ import annotations
 
-import os
-import platform
 import shlex
-import signal
 import time
 from pathlib import Path
 
-from mlperf_submission.closed.bert import phase1
 from mlperf_submission.closed.bert import presets as bert_presets
 from mlperf_submission.common.cli import UserError
 from mlperf_submission.common.run import BENCHMARKS, DIVISIONS
 from mlperf_submission.compliance import package, report, runs, tools
-from mlperf_submission.systems import DEMO_NOTE, describe_local
-from mlperf_submission.systems import load as load_system
-
-DEMO_SYSTEM = "demo-local"
-DEMO_RCP_REASON = ("a demonstration on built-in synthetic data at a scaled size: its convergence cannot be "
-                   "compared with the reference convergence points, which are for the real dataset and model")
+from mlperf_submission.compliance.plan import PLAN_NAME, RUNS_DIR, Request, system_file
+from mlperf_submission.compliance.plan import request as build_request
+from mlperf_submission.systems import DEMO_NOTE
 
 
 def add_arguments(p) -> None:
@@ -70,23 +63,8 @@ def add_run_arguments(p) -> None:
                    "books (lock, record, compliance check), the others only launch their share")
 
 
-def demo_system(org: str, division: str) -> dict:
-    """A description of this machine for a demonstration on synthetic data, saying it is not a valid result."""
-    return describe_local(
-        org=org, division=division, notes=DEMO_NOTE,
-        system_name=f"DEMO {platform.machine()} CPU x{os.cpu_count()} (synthetic data, not a valid result)")
-
-
-
-
-def request(args) -> runs.Request:
+def request(args) -> Request:
     """What the arguments ask for; bad input is a UserError before anything is written."""
-    demo = not args.data
-    preset = args.preset or ("smoke" if demo else "")
-    if args.data and not Path(args.data).exists():
-        raise UserError(f"DATA path {args.data} does not exist: prepare it with `make data` first")
-    if not preset:
-        raise UserError("with DATA given, name a PRESET too (e.g. PRESET=1xH200): see the presets in the README")
     count = args.runs or tools.REQUIRED_RUNS[args.bench]
     seeds = None
     if args.seeds:
@@ -96,21 +74,9 @@ def request(args) -> runs.Request:
             raise UserError(f"seeds {args.seeds!r} must be comma-separated integers") from None
         if len(seeds) != count or len(set(seeds)) != count:
             raise UserError(f"give {count} distinct seeds, one per run (got {args.seeds!r})")
-    if args.system:
-        stem, system = load_system(args.system)
-        if system["division"] != args.division:
-            raise UserError(f"system {stem} is described for division {system['division']!r}, not {args.division!r}")
-    else:
-        stem, system = DEMO_SYSTEM, demo_system(args.org, args.division)
-    overrides = tuple(args.overrides)
-    # Closed BERT's phase-1 checkpoint: CKPT, or for the demonstration the smoke one, made once before any run;
-    # as a config field it is part of the plan (path and sha256), so a changed checkpoint is a changed run.
-    ckpt = phase1.submission_checkpoint(args.division, args.bench, preset, overrides, args.ckpt)
-    if ckpt:
-        overrides += (f"init_checkpoint={Path(ckpt).resolve()}",)
-    return runs.Request(division=args.division, benchmark=args.bench, preset=preset, overrides=overrides,
-                        system_name=stem, system=system, data=str(Path(args.data).resolve()) if args.data else "",
-                        runs=count, seeds=seeds, demo=demo)
+    return build_request(division=args.division, benchmark=args.bench, preset=args.preset,
+                         overrides=tuple(args.overrides), system=args.system, org=args.org, data=args.data,
+                         ckpt=args.ckpt, runs=count, seeds=seeds)
 
 
 def command_line(args, out: Path, target: str = "submit") -> str:
@@ -139,39 +105,26 @@ def command_line(args, out: Path, target: str = "submit") -> str:
     return " ".join(parts)
 
 
-def interrupted(e: runs.Interrupted, out: Path, again: str) -> int:
-    """One line, and the shell's status for the signal."""
-    kept = sum(1 for p in (out / runs.RUNS_DIR).glob("result_*.json")) if (out / runs.RUNS_DIR).is_dir() else 0
-    print(f"interrupted by {signal.Signals(e.signum).name} during {e.during}; {kept} run(s) that passed are kept in "
-          f"{out / runs.RUNS_DIR} (a stopped run does not count). Resume with: {again}", flush=True)
-    return 128 + e.signum
-
-
 def main(args) -> int:
     req = request(args)
     out = args.out or Path("out") / f"{args.division}-{args.bench}-{time.strftime('%Y%m%d-%H%M%S')}"
-    again = command_line(args, out)
-    with runs.Signals() as signals:
-        try:
-            with runs.disk_errors(str(out), f"`{again}`"):
-                plan = runs.settle_plan(out, req, force=args.force, code_commit=package.git_commit())
-                print(f"== {args.division} {args.bench}: {plan['runs']} runs of preset {plan['preset']} on "
-                      f"{'built-in synthetic data (DEMONSTRATION)' if plan['demo'] else plan['data']}, system "
-                      f"{plan['system_name']}, seeds {','.join(map(str, plan['seeds']))}; plan in "
-                      f"{out / runs.PLAN_NAME}", flush=True)
-                if plan["division"] == "closed" and plan["benchmark"] == "bert" and not plan["demo"] and (
-                        warning := bert_presets.rcp_warning(plan["preset"], plan["overrides"])):
-                    print(warning, flush=True)
-                runs.train_all(out, plan, signals, nproc=args.nproc,
-                               resume_hint=f"The runs that passed are kept: resume with `{again}`")
-                signals.during = "packaging"
-                verdict, scores = package.package_plan(out, plan)
-                page = report.build(subs=[out / args.division], benches=[], out=out / "report")
-        except runs.Interrupted as e:
-            return interrupted(e, out, again)
+    with runs.session(out, command_line(args, out)) as session:
+        plan = session.settle(req, force=args.force, code_commit=package.git_commit())
+        print(f"== {args.division} {args.bench}: {plan.runs} runs of preset {plan.preset} on "
+              f"{'built-in synthetic data (DEMONSTRATION)' if plan.demo else plan.data}, system "
+              f"{plan.system_name}, seeds {','.join(map(str, plan.seeds))}; plan in {out / PLAN_NAME}", flush=True)
+        if plan.division == "closed" and plan.benchmark == "bert" and not plan.demo and (
+                warning := bert_presets.rcp_warning(plan.preset, plan.overrides)):
+            print(warning, flush=True)
+        session.train_all(nproc=args.nproc)
+        session.signals.during = "packaging"
+        verdict, scores = package.package_plan(out, plan)
+        page = report.build(subs=[out / args.division], benches=[], out=out / "report")
+    if session.status is not None:
+        return session.status
     print((out / "score.md").read_text())
     print(f"submission: {out}  (archive: {next(out.glob('*.tar.gz')).name}, results page: {page})")
-    if plan["demo"]:
+    if plan.demo:
         print(f"NOTE: {DEMO_NOTE}.")
     print(tools.PACKAGE_SUCCESS if verdict.passed else "PACKAGE CHECKER FOUND ERRORS")
     return 0 if verdict.passed and all(s.valid for s in scores) else 1
@@ -184,26 +137,22 @@ def run_main(args) -> int:
     req = request(args)
     if not 0 <= args.index < req.runs:
         raise UserError(f"INDEX={args.index} is not a run of the plan: give 0..{req.runs - 1}")
-    again = command_line(args, args.out, "run")
-    with runs.Signals() as signals:
-        try:
-            with runs.disk_errors(str(args.out), f"`{again}`"):
-                plan = runs.settle_plan(args.out, req, code_commit=package.git_commit())
-                if args.node > 0:  # another node of a multi-node run: its share of the ranks, no bookkeeping
-                    log = runs.run_paths(args.out, args.index)["log"]
-                    cmd = runs.train_command(plan, args.index, system=runs.system_file(args.out, plan), log=log,
-                                             nproc=args.nproc, launcher=args.launcher)
-                    signals.during = f"node {args.node}'s share of run {args.index + 1}"
-                    status = runs.tee(cmd, args.out / runs.RUNS_DIR / f".result_{args.index}.node{args.node}.log",
-                                      signals)
-                    signals.check()
-                    return status
-                record = runs.train_run(args.out, plan, args.index, signals, nproc=args.nproc,
-                                        launcher=args.launcher)
-        except runs.Interrupted as e:
-            return interrupted(e, args.out, again)
-    print(f"run {args.index + 1}/{plan['runs']} ({runs.run_paths(args.out, args.index)['log']}) counts: seed "
-          f"{record['seed']}, {record['seconds']:.1f} s, compliance PASS. "
-          f"{len(runs.missing_runs(args.out, plan))} run(s) of {plan['runs']} still to do before `make package "
-          f"OUT={args.out}`")
+    log = runs.run_paths(args.out, args.index).log
+    with runs.session(args.out, command_line(args, args.out, "run")) as session:
+        plan = session.settle(req, code_commit=package.git_commit())
+        if args.node > 0:  # another node of a multi-node run: its share of the ranks, no bookkeeping
+            cmd = runs.train_command(plan, args.index, system=system_file(args.out, plan), log=log,
+                                     nproc=args.nproc, launcher=args.launcher)
+            session.signals.during = f"node {args.node}'s share of run {args.index + 1}"
+            ended = runs.tee(cmd, args.out / RUNS_DIR / f".result_{args.index}.node{args.node}.log",
+                             session.signals)
+            session.signals.check()
+            return ended.status
+        record = runs.train_run(args.out, plan, args.index, session.signals, nproc=args.nproc,
+                                launcher=args.launcher)
+    if session.status is not None:
+        return session.status
+    print(f"run {args.index + 1}/{plan.runs} ({log}) counts: seed {record['seed']}, {record['seconds']:.1f} s, "
+          f"compliance PASS. {len(runs.missing_runs(args.out, plan))} run(s) of {plan.runs} still to do before "
+          f"`make package OUT={args.out}`")
     return 0

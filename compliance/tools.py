@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -29,21 +31,12 @@ from mlperf_logging.rcp_checker import rcp_checker
 from mlperf_logging.system_desc_checker import system_desc_checker
 
 from mlperf_submission.common.cli import UserError
+from mlperf_submission.compliance.differences import round_note
 
 USAGE = "training"
 RULESET = "1.1.0"
 PACKAGE_SUCCESS = "PACKAGE CHECKER FOUND NO ERRORS, SUCCESS !"
 REQUIRED_RUNS = {"resnet": 5, "bert": 10}
-
-# What the v1.1 round's own tool (mlcommons/logging tag 1.1.0-rc4, Oct 2021) accepted that 4.1.68
-# rejects. Source: ../shared/CHECKERS.md §12, from building and running both tools on the same logs.
-#  - weights_initialization: rc4 only warned ("Failed weights initialization check (can be ignored
-#    for 1.1.0)"); 4.1.68 fails a run with a missing, partial or different tensor list.
-ROUND_DIFFERENCES = {
-    "weights_initialization": "the v1.1 round's checker (1.1.0-rc4) only warned about the "
-    "weights_initialization tensor list; mlperf-logging 4.1.68 fails it",
-}
-
 
 @dataclass
 class LogVerdict:
@@ -65,6 +58,12 @@ class LogVerdict:
                 short = f"{short} {test[:200]}"
             out.append(short)
         return out
+
+
+# Verdicts of check_log kept by the log's sha256: a submit checks each log as it lands, then when it packages,
+# scores and reports it (copies included); the checker runs once per content.
+_VERDICTS: dict[str, LogVerdict] = {}
+_VERDICTS_KEPT = 64
 
 
 class _Capture(logging.Handler):
@@ -134,14 +133,24 @@ def _rules_parsed_once() -> Iterator[None]:
 
 
 def check_log(path: str | Path) -> LogVerdict:
-    """The official compliance checker on one result log, ruleset 1.1.0."""
+    """The official compliance checker on one result log, ruleset 1.1.0; a log whose bytes were checked before
+    in this process gets that verdict again (for its own path) without a second run of the checker."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no result log at {path}: give the path of a result_*.txt file")
     try:
-        path.read_bytes()
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
     except OSError as e:
         raise UserError(f"cannot read {path}: {e.strerror}") from None
+    if digest not in _VERDICTS:
+        if len(_VERDICTS) >= _VERDICTS_KEPT:
+            del _VERDICTS[next(iter(_VERDICTS))]  # the oldest: dicts keep insertion order
+        _VERDICTS[digest] = _check_log(path)
+    kept = _VERDICTS[digest]
+    return dataclasses.replace(kept, path=str(path), errors=list(kept.errors), warnings=list(kept.warnings))
+
+
+def _check_log(path: Path) -> LogVerdict:
     checker = mlp_compliance.make_checker(USAGE, RULESET, False, False)
     mlp_compliance.enqueued_configs.clear()  # module-level queue; a crashed check can leave entries
     with captured_logging(), _rules_parsed_once():
@@ -163,7 +172,7 @@ def check_log(path: str | Path) -> LogVerdict:
     round_errors = [e for e in errors if not _is_weights_initialization(e)]
     verdict.round_passed = verdict.passed or (not crash and not round_errors)
     if verdict.round_passed != verdict.passed:
-        verdict.round_note = ROUND_DIFFERENCES["weights_initialization"]
+        verdict.round_note = round_note("weights_initialization")
     return verdict
 
 

@@ -211,9 +211,10 @@ def test_our_package_audits_clean_as_a_folder_and_as_an_archive(our_package, tmp
         assert not [f for f in report.findings if f.severity != "note"], report.findings
         assert report.manifest.verified == listed and not (report.manifest.mismatched or report.manifest.unlisted)
         (bench,) = report.benchmarks
-        assert bench.valid and bench.rcp["passed"] and bench.seeds["passed"] and bench.seeds["distinct"]
-        assert [r.seed for r in bench.runs] == [11, 12, 13, 14, 15]
-    assert reports[2].kind == "archive" and reports[0].benchmarks[0].minutes == reports[2].benchmarks[0].minutes
+        assert bench.score.valid and bench.rcp["passed"] and bench.seeds["passed"] and bench.seeds["distinct"]
+        assert [r.score.seed for r in bench.runs] == [11, 12, 13, 14, 15]
+    assert reports[2].kind == "archive"
+    assert reports[0].benchmarks[0].score.minutes == reports[2].benchmarks[0].score.minutes
     # The archive was read without unpacking into the working tree; its temporary folder is gone.
     assert list(tmp_path.iterdir()) == [] and set(scratch.glob("mlperf-audit.*")) == before
     rc, printed = run_cli(["audit", str(archive), "--out", str(tmp_path / "report")])
@@ -279,7 +280,7 @@ def test_two_aborted_runs_are_named(tmp_path):
     (too_many,) = found["too-many-failed-runs"]
     assert "2 runs fail compliance (result_1.txt, result_3.txt; status aborted, aborted)" in too_many.message
     (bench,) = report.benchmarks
-    assert bench.minutes is None and not bench.valid and bench.convergence["olympic_mean"] is None
+    assert bench.score.minutes is None and not bench.score.valid and bench.convergence["olympic_mean"] is None
     assert "Insufficient convergence" in found["rcp-fail"][0].message
 
 
@@ -340,9 +341,9 @@ def test_an_aborted_open_run_that_passes_compliance_is_scored_with_a_warning(tmp
     sub = fake_tree(tmp_path, division="open", run1={"evals": [(36, 0.70)], "run_minutes": 31.5})
     report = audit.audit(sub)
     (bench,) = report.benchmarks
-    aborted = bench.runs[1]
-    assert bench.division == "open" and aborted.status == "aborted" and aborted.passed and aborted.counted
-    assert bench.minutes == pytest.approx((31.5 + 32 + 33) / 3) and bench.valid
+    aborted = bench.runs[1].score
+    assert bench.score.division == "open" and aborted.status == "aborted" and aborted.passed and aborted.counted
+    assert bench.score.minutes == pytest.approx((31.5 + 32 + 33) / 3) and bench.score.valid
     (warning,) = codes(report)["aborted-run-scored"]
     assert warning.severity == "warning" and warning.where == "results/sys1/resnet/result_1.txt"
     assert "status aborted" in warning.message and "31.500 min" in warning.message

@@ -63,7 +63,7 @@ def test_bert_samples_come_from_train_samples_when_epoch_num_stays_constant(tmp_
     (bench,) = report.benchmarks
     assert bench.convergence["points"] == [2_800_000 + 3072 * i for i in range(10)]
     assert bench.convergence["sources"] == ["train_samples"]
-    assert all(r.convergence_source == "train_samples" for r in bench.runs)
+    assert all(r.score.convergence_source == "train_samples" for r in bench.runs)
     assert bench.rcp["bert_train_samples"] and bench.rcp["passed"] and bench.rcp["round_passed"]
     found = codes(report)
     assert "rcp-fail" not in found and not [f for f in report.findings if f.severity == "error"]
@@ -117,7 +117,7 @@ def test_a_header_written_days_before_cache_clear_is_a_warning(tmp_path):
     assert step.severity == "warning" and "5 of 5 runs step back before run_start" in step.message
     assert "(submission_benchmark) is 501120.0 s before" in step.message
     assert "time-order" not in found and not report.count("error")
-    assert report.benchmarks[0].minutes == pytest.approx(32.0)
+    assert report.benchmarks[0].score.minutes == pytest.approx(32.0)
 
 
 def test_init_start_before_cache_clear_is_a_warning(tmp_path):
@@ -227,9 +227,11 @@ def test_audit_json_keeps_its_fields_and_runs_compose_the_score(tmp_path):
     run = bench["runs"][0]
     assert run["convergence_point"] == 36 and run["convergence_source"] == "epoch_num" and run["counted"]
     assert {"file", "minutes", "seed", "passed", "round_passed", "ttt_minutes", "hyperparameters"} <= set(run)
-    audited = audit.audit(sub).benchmarks[0].runs[0]
-    assert isinstance(audited.score, score.RunScore) and audited.minutes == audited.score.minutes
-    assert audited.first_eval == audited.facts.first_eval == 36
+    audited = audit.audit(sub).benchmarks[0]
+    # The audit composes the scorer's records, as they are, with the facts only it reads.
+    assert isinstance(audited.score, score.BenchmarkScore) and audited.score.minutes == bench["minutes"]
+    assert isinstance(audited.runs[0].score, score.RunScore) and audited.runs[0].score.minutes == run["minutes"]
+    assert audited.runs[0].facts.first_eval == run["first_eval"] == 36
 
 
 def nvidia_checkout(root: Path) -> Path:

@@ -20,6 +20,7 @@ from mlperf_submission.closed.bert.model import BertForPretraining
 from mlperf_submission.common.cli import UserError
 from mlperf_submission.common.data.tensorbundle import read_index
 from mlperf_submission.compliance import runs, submit
+from mlperf_submission.compliance.plan import PLAN_FORMAT, Plan
 
 GOLDEN = Path(__file__).with_name("golden") / "bert_smoke.json"
 
@@ -40,8 +41,9 @@ def test_make_submit_passes_the_checkpoint_to_every_run():
                               ckpt="/d/model.ckpt-28252", runs=0, seeds="", system="", org="DEMO")
     req = submit.request(args)
     assert req.overrides == ("init_checkpoint=/d/model.ckpt-28252",)  # so the plan holds it, with its sha256
-    plan = {"trainer": "closed", "benchmark": "bert", "preset": "smoke", "seeds": [1], "data": "",
-            "overrides": list(req.overrides)}
+    plan = Plan(format=PLAN_FORMAT, division="closed", benchmark="bert", trainer="closed", preset="smoke",
+                overrides=req.overrides, config={}, config_sha256="", system_name="", system={}, system_sha256="",
+                data="", data_checksum="", inputs={}, demo=True, runs=1, seeds=(1,))
     cmd = runs.train_command(plan, 0, system=Path("s.json"), log=Path("r.txt"))
     assert cmd[cmd.index("--set") + 1] == "init_checkpoint=/d/model.ckpt-28252"
 

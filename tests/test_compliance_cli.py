@@ -9,6 +9,7 @@ import sys
 import pytest
 from fakes import LARS, fake_run
 
+from mlperf_submission.compliance import tools
 from mlperf_submission.compliance.__main__ import main
 from mlperf_submission.compliance.score import score_tree
 
@@ -127,3 +128,19 @@ def test_score_names_a_missing_system_description(tmp_path, capsys):
     assert main(["score", str(tmp_path)]) == 2
     assert "sys1.json is missing" in capsys.readouterr().err
 
+
+
+def test_the_checker_runs_once_per_log_content_and_each_copy_gets_its_own_verdict(tmp_path, monkeypatch):
+    log = fake_run(tmp_path / "result_0.txt")
+    copy = tmp_path / "package" / "result_0.txt"
+    copy.parent.mkdir()
+    copy.write_bytes(log.read_bytes())
+    checked, real = [], tools._check_log
+    monkeypatch.setattr(tools, "_VERDICTS", {})
+    monkeypatch.setattr(tools, "_check_log", lambda path: checked.append(path) or real(path))
+    first, again = tools.check_log(log), tools.check_log(copy)
+    assert checked == [log] and first.passed and again.passed and (first.path, again.path) == (str(log), str(copy))
+    again.errors.append("a caller's own edit")
+    assert tools.check_log(log).errors == []  # the kept verdict is handed out as a copy
+    copy.write_text(copy.read_text().replace('"value": 0.76', '"value": 0.5'))  # below the target: fails
+    assert not tools.check_log(copy).passed and checked == [log, copy]

@@ -15,10 +15,12 @@ import pytest
 from fakes import REPO
 from test_imagenet_data import make_samples, write_jpeg_tree
 
+from mlperf_submission.common.cli import UserError
 from mlperf_submission.common.data import bert_wiki
 from mlperf_submission.common.data.imagenet import archives
 from mlperf_submission.compliance import package, runs
 from mlperf_submission.compliance.__main__ import main as compliance_main
+from mlperf_submission.compliance.plan import Request, settle_plan
 from mlperf_submission.compliance.tools import PACKAGE_SUCCESS
 
 # A writer run in a fresh process, with `target` (module attribute) wrapped so that its `nth` call first sends
@@ -138,14 +140,14 @@ def fake_trained(tmp_path, monkeypatch):
     """A submission folder whose 5 runs were trained through `train_run` by a fake trainer (a whole passing log
     in a second, through the real Run and MLLog): -> (OUT, plan)."""
     def command(plan, i, *, system, log, nproc=1, launcher=""):
-        return [sys.executable, "-c", FAKE_TRAINER, str(REPO / "tests"), str(log), str(plan["seeds"][i])]
+        return [sys.executable, "-c", FAKE_TRAINER, str(REPO / "tests"), str(log), str(plan.seeds[i])]
 
     monkeypatch.setattr(runs, "train_command", command)
     _, system = package.load_system("1xH200")
-    req = runs.Request(division="closed", benchmark="resnet", preset="smoke", overrides=(), system_name="1xH200",
-                       system=system, data="", runs=5, seeds=(1, 2, 3, 4, 5), demo=True)
+    req = Request(division="closed", benchmark="resnet", preset="smoke", overrides=(), system_name="1xH200",
+                  system=system, data="", runs=5, seeds=(1, 2, 3, 4, 5), demo=True)
     out = tmp_path / "sub"
-    plan = runs.settle_plan(out, req)
+    plan = settle_plan(out, req)
     signals = runs.Signals()
     for i in range(5):
         runs.train_run(out, plan, i, signals)
@@ -172,16 +174,42 @@ def test_full_disk_while_packaging_writes_nothing_and_package_works_once_there_i
     assert PACKAGE_SUCCESS in capsys.readouterr().out
     logs = sorted(out.glob("closed/*/results/1xH200/resnet/result_*.txt"))
     assert len(logs) == 5
-    assert [p.read_bytes() for p in logs] == [runs.run_paths(out, i)["log"].read_bytes() for i in range(5)]
+    assert [p.read_bytes() for p in logs] == [runs.run_paths(out, i).log.read_bytes() for i in range(5)]
 
 
 def test_package_refuses_a_plan_with_runs_missing_or_edited(fake_trained, capsys):
     out, plan = fake_trained
-    log = runs.run_paths(out, 3)["log"]
+    log = runs.run_paths(out, 3).log
     log.write_text(log.read_text().replace('"time_ms": 17', '"time_ms": 16', 1))  # an earlier init_start
-    runs.run_paths(out, 4)["record"].unlink()
+    runs.run_paths(out, 4).record.unlink()
     assert compliance_main(["package", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "run 4 (result_3.txt): result_3.txt was changed after it passed" in err
     assert "run 5 (result_4.txt): its log has no record of passing" in err
     assert not (out / "closed").exists()
+
+
+# A trainer that holds ~200 MiB, prints a warning as its last line, and is then killed as the OOM killer would.
+KILLED_TRAINER = """
+import os, signal
+held = bytearray(200 * 2**20)
+print("UserWarning: This DataLoader will create 14 worker processes in total.", flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_run_killed_by_sigkill_is_reported_as_killed_with_its_cause_and_peak_memory(tmp_path, monkeypatch):
+    def command(plan, i, *, system, log, nproc=1, launcher=""):
+        return [sys.executable, "-c", KILLED_TRAINER]
+
+    monkeypatch.setattr(runs, "train_command", command)
+    _, system = package.load_system("1xH200")
+    req = Request(division="closed", benchmark="resnet", preset="smoke", overrides=(), system_name="1xH200",
+                  system=system, data="", runs=5, seeds=(1, 2, 3, 4, 5), demo=True)
+    out = tmp_path / "sub"
+    plan = settle_plan(out, req)
+    with pytest.raises(UserError, match=r"run 1 \(result_0.txt, seed 1\) was killed \(SIGKILL\): most likely the "
+                                        r"out-of-memory killer .*; its peak resident memory was 0\.[2-9] GiB") as e:
+        runs.train_run(out, plan, 0, runs.Signals())
+    assert "DataLoader" not in str(e.value) and "exit status" not in str(e.value)
+    assert runs.run_state(out, plan, 0) == (None, "not trained yet")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 import pytest
@@ -13,6 +14,7 @@ from mlperf_submission.common import rehearsal
 from mlperf_submission.common.cli import UserError
 from mlperf_submission.common.data.generate import imagenet as imagenet_generator
 from mlperf_submission.common.data.imagenet.__main__ import main as imagenet_main
+from mlperf_submission.compliance import plan as planning
 from mlperf_submission.compliance import rehearse, runs, submit
 from mlperf_submission.compliance.__main__ import main as compliance_main
 
@@ -56,9 +58,9 @@ def test_the_command_is_submits_run_0_command_but_for_the_switch(tmp_path, tiny_
     args = arguments(data=str(tiny_imagenet))
     cmd, plan, log = rehearse.command(args, tmp_path, str(tiny_imagenet), "", {})
     assert cmd[-2:] == [rehearsal.SWITCH, "2,300,256"]
-    wanted = runs.wanted_plan(submit.request(rehearse.request_args(args, str(tiny_imagenet), ""))) | {
-        "seeds": plan["seeds"]}
-    system = tmp_path / runs.SYSTEM_DIR / f"{plan['system_name']}.json"
+    wanted = dataclasses.replace(planning.wanted_plan(submit.request(rehearse.request_args(args, str(tiny_imagenet),
+                                                                                         ""))), seeds=plan.seeds)
+    system = tmp_path / planning.SYSTEM_DIR / f"{plan.system_name}.json"
     assert cmd[:-2] == runs.train_command(wanted, 0, system=system, log=log)
     labelled = json.loads(system.read_text())
     assert labelled["system_name"].startswith("REHEARSAL") and labelled["status"] == "research"

@@ -42,8 +42,8 @@ def test_reference_hyperparameters_map_onto_the_matching_preset():
 def test_graphcore_results_map_onto_our_presets(graphcore, system, bench, preset, overrides):
     source, _ = reproduce.find_benchmark(graphcore, system, bench)
     first = source.runs[0]
-    plan = reproduce.plan(bench, source.division, source.hyperparameters, first_eval=first.first_eval,
-                          eval_interval=first.eval_interval)
+    plan = reproduce.plan(bench, source.score.division, source.hyperparameters, first_eval=first.facts.first_eval,
+                          eval_interval=first.facts.eval_interval)
     assert (plan.preset, plan.overrides, plan.unmapped, plan.problem) == (preset, overrides, (), "")
     if system == "ipu-pod128-TF1":   # Graphcore logged both; the one the rules check wins
         assert any("lars_opt_weight_decay is used" in n for n in plan.notes)
@@ -92,8 +92,8 @@ def test_reproduce_end_to_end_with_a_stand_in_trainer(tmp_path, monkeypatch):
 def stand_in_trainer(calls: list, fail_seed: int | None = None):
     """A runs.train_command that writes a converged fake log, or exits 1 for `fail_seed`."""
     def train_command(plan, i, *, system, log, nproc=1, launcher=""):
-        seed = plan["seeds"][i]
-        calls.append((plan["trainer"], plan["benchmark"], plan["preset"], seed))
+        seed = plan.seeds[i]
+        calls.append((plan.trainer, plan.benchmark, plan.preset, seed))
         if seed == fail_seed:
             return [sys.executable, "-c", "raise SystemExit(1)"]
         code = (f"import sys; sys.path.insert(0, {str(REPO / 'tests')!r}); from pathlib import Path; "

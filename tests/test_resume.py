@@ -19,6 +19,7 @@ import pytest
 from fakes import REPO, one_line_error
 
 from mlperf_submission.common.cli import UserError
+from mlperf_submission.compliance import plan as planning
 from mlperf_submission.compliance import runs
 from mlperf_submission.compliance.tools import PACKAGE_SUCCESS, check_log
 from mlperf_submission.systems import load as load_system
@@ -47,11 +48,11 @@ def children(pid: int) -> list[int]:
     return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
-def request(**changes) -> runs.Request:
+def request(**changes) -> planning.Request:
     _, system = load_system("1xH200")
     fields = dict(division="closed", benchmark="resnet", preset="smoke", overrides=(), system_name="1xH200",
                   system=system, data="", runs=5, seeds=None, demo=True)
-    return runs.Request(**(fields | changes))
+    return planning.Request(**(fields | changes))
 
 
 # --- the plan: fast, no training --------------------------------------------------------------------------
@@ -59,9 +60,9 @@ def request(**changes) -> runs.Request:
 
 def test_a_different_request_for_an_existing_out_is_refused_naming_the_difference(tmp_path):
     out = tmp_path / "sub"
-    plan = runs.settle_plan(out, request())
-    assert len(set(plan["seeds"])) == 5 and plan["config"]["global_batch_size"] == 128
-    assert runs.settle_plan(out, request()) == plan  # the same request: the same plan, seeds and all
+    plan = planning.settle_plan(out, request())
+    assert len(set(plan.seeds)) == 5 and plan.config["global_batch_size"] == 128
+    assert planning.settle_plan(out, request()) == plan  # the same request: the same plan, seeds and all
     cases = [
         (request(preset="1xH200"), "preset '1xH200' (the plan has 'smoke')"),
         (request(overrides=("opt_base_learning_rate=1.5",)), "config opt_base_learning_rate=1.5 (the plan has"),
@@ -75,16 +76,16 @@ def test_a_different_request_for_an_existing_out_is_refused_naming_the_differenc
     cases.append((request(data=str(data)), f"DATA '{data}' (the plan has '')"))
     for req, message in cases:
         with pytest.raises(UserError, match="planned differently") as e:
-            runs.settle_plan(out, req)
+            planning.settle_plan(out, req)
         assert message in str(e.value) and "FORCE=1" in str(e.value)
-    assert runs.load_plan(out) == plan
-    fresh = runs.settle_plan(out, request(preset="1xH200"), force=True)  # FORCE=1 starts over
-    assert fresh["preset"] == "1xH200" and fresh["id"] != plan["id"]
+    assert planning.load_plan(out) == plan
+    fresh = planning.settle_plan(out, request(preset="1xH200"), force=True)  # FORCE=1 starts over
+    assert fresh.preset == "1xH200" and fresh.id != plan.id
     # A folder that is not a submission folder is never cleared.
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(UserError, match="holds no plan.json"):
-        runs.settle_plan(tmp_path / "other", request(), force=True)
+        planning.settle_plan(tmp_path / "other", request(), force=True)
 
 
 def test_a_changed_checkpoint_is_a_changed_plan(tmp_path):
@@ -93,15 +94,15 @@ def test_a_changed_checkpoint_is_a_changed_plan(tmp_path):
     _, system = load_system("1xH200")
     req = request(benchmark="bert", overrides=(f"init_checkpoint={ckpt}",), runs=10)
     out = tmp_path / "sub"
-    plan = runs.settle_plan(out, req)
-    assert plan["inputs"]["init_checkpoint"].endswith("sha256:" + hashlib.sha256(b"weights v1").hexdigest())
+    plan = planning.settle_plan(out, req)
+    assert plan.inputs["init_checkpoint"].endswith("sha256:" + hashlib.sha256(b"weights v1").hexdigest())
     ckpt.write_bytes(b"weights v2")
     with pytest.raises(UserError, match="init_checkpoint .* \\(the plan has .*sha256"):
-        runs.settle_plan(out, req)
+        planning.settle_plan(out, req)
 
 
 def settle(out: str, queue) -> None:
-    queue.put(runs.settle_plan(Path(out), request())["seeds"])
+    queue.put(planning.settle_plan(Path(out), request()).seeds)
 
 
 def test_the_tasks_of_an_array_job_agree_on_the_seeds(tmp_path):
@@ -200,7 +201,7 @@ def test_sigterm_to_make_run_stops_the_run_aborted_and_exits_143(tmp_path):
     assert "Traceback" not in printed and "interrupted by SIGTERM during run 1 (result_0.txt)" in printed
     log = out / "runs" / "result_0.txt"
     assert '"status": "aborted"' in log.read_text().splitlines()[-1]
-    record, why = runs.run_state(out, runs.load_plan(out), 0)
+    record, why = runs.run_state(out, planning.load_plan(out), 0)
     assert record is None and "no record of passing" in why  # an aborted log never counts, checker or not
 
 
@@ -218,9 +219,10 @@ def test_kill_9_of_the_trainer_mid_run_then_resume_redoes_that_run_only(tmp_path
         os.kill(trainer, signal.SIGKILL)
         assert proc.wait(timeout=60) == 2
     printed = (tmp_path / "out.txt").read_text()
-    assert f"error: run 2 (result_1.txt, seed {runs.load_plan(out)['seeds'][1]}) failed with exit status -9; its " \
-           f"output: {out / 'runs' / 'result_1.log'}" in printed
-    plan = runs.load_plan(out)
+    seed = planning.load_plan(out).seeds[1]
+    assert f"error: run 2 (result_1.txt, seed {seed}) was killed (SIGKILL): most likely the out-of-memory killer" \
+           in printed and f"its output: {out / 'runs' / 'result_1.log'}." in printed and "(last line:" not in printed
+    plan = planning.load_plan(out)
     assert [runs.run_state(out, plan, i)[1] for i in range(3)] == [
         "", "it was interrupted (only a .partial log)", "not trained yet"]
     again = compliance("run", *SUBMIT, "--index", "1", "--out", str(out))
@@ -277,7 +279,7 @@ def test_a_log_edited_by_hand_is_detected_and_redone(tmp_path):
     assert again.returncode == 0, again.stderr
     assert "result_0.txt was changed after it passed (its sha256 is not the one recorded)" in again.stdout
     assert "moved to runs/discarded/" in again.stdout
-    record, _ = runs.run_state(out, runs.load_plan(out), 0)
+    record, _ = runs.run_state(out, planning.load_plan(out), 0)
     assert record is not None and json.loads(log.read_text().splitlines()[-1].split(":::MLLOG ", 1)[1]) != stop
 
 
@@ -296,7 +298,7 @@ def test_a_full_disk_while_the_log_is_written_is_a_clear_error_and_resume_works_
     assert not (out / "runs" / "result_0.txt").exists() and not (out / "runs" / "result_0.json").exists()
     again = compliance("run", *SUBMIT, "--index", "0", "--out", str(out))
     assert again.returncode == 0 and "it was interrupted (only a .partial log)" in again.stdout, again.stderr
-    assert runs.run_state(out, runs.load_plan(out), 0)[0] is not None
+    assert runs.run_state(out, planning.load_plan(out), 0)[0] is not None
 
 
 def free_port() -> int:
@@ -318,5 +320,5 @@ def test_two_torchrun_nodes_on_one_machine_train_one_run_of_the_plan(tmp_path):
     outputs = [n.communicate(timeout=600)[0] for n in nodes]
     assert [n.returncode for n in nodes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
     log = out / "runs" / "result_0.txt"
-    assert check_log(log).passed and runs.run_state(out, runs.load_plan(out), 0)[0] is not None
+    assert check_log(log).passed and runs.run_state(out, planning.load_plan(out), 0)[0] is not None
     assert '"key": "global_batch_size"' in log.read_text() and list((out / "runs").glob("result_*.txt")) == [log]

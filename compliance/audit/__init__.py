@@ -26,7 +26,6 @@ wall on the shared machine at load average 7 (README, Auditing).
 
 from mlperf_submission.compliance.audit.cli import add_arguments, main
 from mlperf_submission.compliance.audit.core import audit, audit_benchmark, audit_tree, olympic_convergence
-from mlperf_submission.compliance.audit.differences import DIFFERENCES, TOOLS
 from mlperf_submission.compliance.audit.ids import REGISTRY, get, locate, lookup, registry
 from mlperf_submission.compliance.audit.logs import log_division, read_log
 from mlperf_submission.compliance.audit.manifest import MANIFEST, opened
@@ -41,6 +40,7 @@ from mlperf_submission.compliance.audit.model import (
     RunAudit,
 )
 from mlperf_submission.compliance.audit.render import markdown, write_report
+from mlperf_submission.compliance.differences import DIFFERENCES, TOOLS
 
 __all__ = [
     "DIFFERENCES", "MANIFEST", "REGISTRY", "TOOLS", "UNITS", "BenchmarkAudit", "ClockStep", "Finding", "LogFacts",

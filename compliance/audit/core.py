@@ -13,16 +13,16 @@ from mlperf_submission.compliance import score as scoring
 from mlperf_submission.compliance import tools
 from mlperf_submission.compliance.audit import findings as fam
 from mlperf_submission.compliance.audit import ids
-from mlperf_submission.compliance.audit.differences import DIFFERENCES
 from mlperf_submission.compliance.audit.logs import log_division, read_log
 from mlperf_submission.compliance.audit.manifest import manifest_findings, opened
 from mlperf_submission.compliance.audit.model import UNITS, BenchmarkAudit, Finding, Report, RunAudit
+from mlperf_submission.compliance.differences import DIFFERENCES
 from mlperf_submission.systems import DEMO_NOTE
 
 SEVERITY_ORDER = {"error": 0, "warning": 1, "note": 2}
 
 
-def olympic_convergence(runs: list) -> float | None:
+def olympic_convergence(runs: list[scoring.RunScore]) -> float | None:
     """The RCP checker's olympic mean of convergence points: a run that did not succeed counts as infinite;
     more than one such run leaves no mean."""
     points = sorted(r.convergence_point if r.status == "success" and r.convergence_point is not None else math.inf
@@ -72,12 +72,10 @@ def audit_benchmark(bench_dir: Path, system: dict, root: Path, *, verdict: str) 
                 + fam.convergence_findings(where, bench, runs)
                 + fam.rcp_findings(where, rcp, published_as(bench_dir.parents[2].name, score.system, bench), demo))
     audit = BenchmarkAudit(
-        path=where, submitter=score.submitter, division=score.division, system=score.system,
-        system_name=score.system_name, benchmark=bench, minutes=score.minutes, valid=score.valid,
-        problem=score.problem, dropped=score.dropped, rcp=rcp, seeds=seeds,
-        convergence={"unit": UNITS[bench], "points": [r.convergence_point for r in runs],
-                     "sources": sorted({r.convergence_source for r in runs if r.convergence_source}),
-                     "olympic_mean": olympic_convergence(runs)},
+        path=where, score=score, rcp=rcp, seeds=seeds,
+        convergence={"unit": UNITS[bench], "points": [r.score.convergence_point for r in runs],
+                     "sources": sorted({r.score.convergence_source for r in runs if r.score.convergence_source}),
+                     "olympic_mean": olympic_convergence([r.score for r in runs])},
         hyperparameters=common, hyperparameter_diff=diff, runs=runs)
     return audit, findings
 

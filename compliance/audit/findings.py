@@ -17,9 +17,9 @@ from mlperf_logging.package_checker import seed_checker
 
 from mlperf_submission.compliance import score as scoring
 from mlperf_submission.compliance import tools
-from mlperf_submission.compliance.audit.differences import DIFFERENCES
 from mlperf_submission.compliance.audit.logs import PARSER_CRASHES
 from mlperf_submission.compliance.audit.model import Finding, RunAudit
+from mlperf_submission.compliance.differences import DIFFERENCES, round_note
 
 INIT_RULE_MINUTES = 20.0    # untimed initialisation the v1.1 rules allow; the 1.1 checker accepts < 30
 TTT_SLACK_MINUTES = 1 / 60  # Graphcore's run_stop TTT agrees with its timestamps within 0.07 s on all 60 logs
@@ -27,14 +27,14 @@ TIMED_KEYS = ("run_start", "run_stop")   # the only two times the score reads
 
 
 def _files(runs: list[RunAudit]) -> str:
-    return ", ".join(r.file for r in runs)
+    return ", ".join(r.score.file for r in runs)
 
 
 def parse_findings(where: str, runs: list[RunAudit]) -> list[Finding]:
     """A log the official parser cannot read fails compliance under both tools and is dropped."""
-    return [Finding("error", "unparseable-log", f"{where}/{r.file}",
-                    f"mlp_parser cannot read it ({r.unparseable}): the official checkers fail or crash on it; "
-                    "scored as a failed run") for r in runs if r.unparseable]
+    return [Finding("error", "unparseable-log", f"{where}/{r.score.file}",
+                    f"mlp_parser cannot read it ({r.facts.unparseable}): the official checkers fail or crash on it; "
+                    "scored as a failed run") for r in runs if r.facts.unparseable]
 
 
 def count_findings(where: str, benchmark: str, files: list[Path]) -> list[Finding]:
@@ -55,35 +55,36 @@ def count_findings(where: str, benchmark: str, files: list[Path]) -> list[Findin
 def compliance_findings(where: str, runs: list[RunAudit], division: str) -> list[Finding]:
     """Runs that fail compliance under the verdict they were scored with, and where the two tools differ."""
     found = []
-    failed = [r for r in runs if not r.counted]
+    failed = [r for r in runs if not r.score.counted]
     if len(failed) > 1:
         found.append(Finding("error", "too-many-failed-runs", where,
                              f"{len(failed)} runs fail compliance ({_files(failed)}; status "
-                             f"{', '.join(r.status or '-' for r in failed)}); at most one may be dropped: "
+                             f"{', '.join(r.score.status or '-' for r in failed)}); at most one may be dropped: "
                              "the result is invalid"))
     elif failed:
         r = failed[0]
-        aborted = r.status != "success"
-        what = ("an unparseable log (unparseable-log), " if r.unparseable else
-                f"a non-converged run (status {r.status or '(none)'}), " if aborted else "fails compliance, ")
-        reasons = [e[:200] for e in r.errors if r.used == "current" or not tools._is_weights_initialization(e)]
-        found.append(Finding("note" if aborted else "warning", "dropped-run", f"{where}/{r.file}",
+        aborted = r.score.status != "success"
+        what = ("an unparseable log (unparseable-log), " if r.facts.unparseable else
+                f"a non-converged run (status {r.score.status or '(none)'}), " if aborted else "fails compliance, ")
+        reasons = [e[:200] for e in r.score.errors
+                   if r.score.used == "current" or not tools._is_weights_initialization(e)]
+        found.append(Finding("note" if aborted else "warning", "dropped-run", f"{where}/{r.score.file}",
                              what + "dropped as the slowest under olympic scoring: " + "; ".join(reasons[:2])))
     for r in runs:
-        if r.counted and r.status != "success":
-            found.append(Finding("warning", "aborted-run-scored", f"{where}/{r.file}",
-                                 f"run_stop status {r.status or '(none)'!s}, yet the run passes compliance"
+        if r.score.counted and r.score.status != "success":
+            found.append(Finding("warning", "aborted-run-scored", f"{where}/{r.score.file}",
+                                 f"run_stop status {r.score.status or '(none)'!s}, yet the run passes compliance"
                                  + (" (the open rules check little more than eval_accuracy < 1.0)"
                                     if division == "open" else "")
-                                 + f", so its {scoring.fmt(r.minutes)} min count in the score as the official "
+                                 + f", so its {scoring.fmt(r.score.minutes)} min count in the score as the official "
                                  "summarizer counts them (CHECKERS.md §10): a run that did not converge "
                                  "stands in the result"))
-    differ = [r for r in runs if r.passed != r.round_passed]
+    differ = [r for r in runs if r.score.passed != r.score.round_passed]
     if differ:
         found.append(Finding("note", "verdict-difference", where,
                              f"{len(differ)} of {len(runs)} runs fail mlperf-logging 4.1.68 and pass the v1.1 "
-                             f"round's tool: {differ[0].note or tools.ROUND_DIFFERENCES['weights_initialization']} "
-                             f"(4.1.68 says: {differ[0].errors[0][:160] if differ[0].errors else '-'})"))
+                             f"round's tool: {differ[0].score.note or round_note('weights_initialization')} "
+                             f"(4.1.68 says: {differ[0].score.errors[0][:160] if differ[0].score.errors else '-'})"))
     return found
 
 
@@ -124,7 +125,7 @@ def seed_verdicts(files: list[Path], runs: list[RunAudit], division: str, root: 
 def seed_findings(where: str, runs: list[RunAudit], seeds: dict) -> list[Finding]:
     """Missing and repeated seeds, with the round's severity, and the official seed checker's verdict."""
     found = []
-    missing = [r for r in runs if not r.facts.seeds and not r.unparseable]
+    missing = [r for r in runs if not r.facts.seeds and not r.facts.unparseable]
     if missing:
         # Its severity is the round's verdict (DIFFERENCES "seed"): closed trees of that era without seeds
         # passed the round's checker; outside the closed division no checker looks at seeds.
@@ -153,9 +154,9 @@ def seed_findings(where: str, runs: list[RunAudit], seeds: dict) -> list[Finding
 
 def hyperparameters(runs: list[RunAudit]) -> tuple[dict, dict]:
     """(the values every parsed run logged alike, key -> {file: value} where they differ)."""
-    parsed = [r for r in runs if not r.unparseable]
+    parsed = [r for r in runs if not r.facts.unparseable]
     keys = sorted({k for r in parsed for k in r.facts.hyperparameters})
-    diff = {k: {r.file: r.facts.hyperparameters.get(k) for r in parsed} for k in keys
+    diff = {k: {r.score.file: r.facts.hyperparameters.get(k) for r in parsed} for k in keys
             if len({json.dumps(r.facts.hyperparameters.get(k)) for r in parsed}) > 1}
     common = {k: parsed[0].facts.hyperparameters[k] for k in keys if k not in diff}
     return common, diff
@@ -193,7 +194,7 @@ def clock_findings(where: str, runs: list[RunAudit]) -> list[Finding]:
     change the score, which reads only run_start and run_stop: warnings."""
     found, untimed, timed = [], [], []
     for r in runs:
-        here = f"{where}/{r.file}"
+        here = f"{where}/{r.score.file}"
         if r.facts.stop_before_start:
             found.append(Finding("error", "run-stop-before-start", here,
                                  "run_stop's time_ms is before run_start's: the time to train is negative, the log "
@@ -210,28 +211,29 @@ def clock_findings(where: str, runs: list[RunAudit]) -> list[Finding]:
             untimed.append((r, next(s for s in rest if s.region == "untimed")))
         if any(s.region != "untimed" for s in rest):
             timed.append((r, next(s for s in rest if s.region != "untimed"), any(_at_eval(r, s) for s in rest)))
-        if r.ttt_minutes is not None and r.minutes is not None and abs(r.ttt_minutes - r.minutes) > TTT_SLACK_MINUTES:
+        ttt, minutes = r.facts.ttt_minutes, r.score.minutes
+        if ttt is not None and minutes is not None and abs(ttt - minutes) > TTT_SLACK_MINUTES:
             found.append(Finding("error", "ttt-mismatch", here,
-                                 f"run_stop says TTT {r.ttt_minutes * 60:.1f} s, the timestamps say "
-                                 f"{r.minutes * 60:.1f} s: a time was edited"))
-        if r.init_minutes is not None and r.init_minutes > INIT_RULE_MINUTES:
+                                 f"run_stop says TTT {r.facts.ttt_minutes * 60:.1f} s, the timestamps say "
+                                 f"{r.score.minutes * 60:.1f} s: a time was edited"))
+        if r.score.init_minutes is not None and r.score.init_minutes > INIT_RULE_MINUTES:
             found.append(Finding("warning", "init-time", here,
-                                 f"init_start to init_stop is {r.init_minutes:.1f} min; the rules allow "
+                                 f"init_start to init_stop is {r.score.init_minutes:.1f} min; the rules allow "
                                  f"{INIT_RULE_MINUTES:.0f} min untimed (the 1.1 checker accepts < 30)"))
     if untimed:
         r, s = untimed[0]
         found.append(Finding("warning", "clock-step-untimed", where,
                              f"{len(untimed)} of {len(runs)} runs step back before run_start "
-                             f"({', '.join(r.file for r, _ in untimed)}; e.g. {r.file}: {s.text()}): a header "
-                             "written earlier or ranks interleaved; the round accepted it and the score reads only "
-                             "run_start and run_stop"))
+                             f"({', '.join(r.score.file for r, _ in untimed)}; e.g. {r.score.file}: {s.text()}): "
+                             "a header written earlier or ranks interleaved; the round accepted it and the score reads "
+                             "only run_start and run_stop"))
     if timed:
         r, s, _ = timed[0]
         async_stop = sum(a for _, _, a in timed)
         found.append(Finding("warning", "clock-step-timed", where,
                              f"{len(timed)} of {len(runs)} runs step back between run_start and run_stop "
-                             f"({', '.join(r.file for r, _, _ in timed)}; e.g. {r.file}: {s.text()}): results "
-                             "logged after the training blocks, with the time they were measured"
+                             f"({', '.join(r.score.file for r, _, _ in timed)}; e.g. {r.score.file}: {s.text()}): "
+                             "results logged after the training blocks, with the time they were measured"
                              + (f"; in {async_stop} of them run_stop carries the time of the converging eval, "
                                 "so the score ends there" if async_stop else "")
                              + "; the round accepted it"))
@@ -243,14 +245,14 @@ def convergence_findings(where: str, benchmark: str, runs: list[RunAudit]) -> li
     if benchmark != "bert":
         return []
     found = []
-    sources = sorted({r.convergence_source for r in runs if r.convergence_source})
+    sources = sorted({r.score.convergence_source for r in runs if r.score.convergence_source})
     counted = [s for s in sources if s != "epoch_num" and not s.startswith("epoch_num (")]
     if counted:
         found.append(Finding("note", "convergence-source", where,
                              f"epoch_num stays constant at every eval, so the samples are read from "
                              f"{' and '.join(counted)} (the RCP checker run with --bert_train_samples where it is "
                              "train_samples)"))
-    bad = [r for r in runs if r.convergence_source.startswith("epoch_num (")]
+    bad = [r for r in runs if r.score.convergence_source.startswith("epoch_num (")]
     if bad:
         found.append(Finding("warning", "convergence-not-samples", where,
                              f"{len(bad)} runs log a constant epoch_num and no sample count ({_files(bad)}): the "

@@ -85,11 +85,11 @@ def compare(benchmarks: list, entry: dict) -> dict:
     """The audited scores of the entry's system against its published minutes, per benchmark it has."""
     rows = []
     for bench, published in entry["benchmarks"].items():
-        found = [b for b in benchmarks if b.system == entry["system"] and b.benchmark == bench]
+        found = [b for b in benchmarks if b.score.system == entry["system"] and b.score.benchmark == bench]
         if not found:
             raise UserError(f"{entry['id']} is {bench} on {entry['system']} ({entry['mapping']} mapping); "
                             f"the audited tree has no results/{entry['system']}/{bench}")
-        minutes = found[0].minutes
+        minutes = found[0].score.minutes
         want = published["minutes"]
         rows.append({"benchmark": bench, "published_minutes": want, "audited_minutes": minutes,
                      "match": None if want is None else minutes is not None and f"{minutes:.3f}" == f"{want:.3f}"})

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from mlperf_submission.compliance.audit.differences import TOOLS, as_list
-from mlperf_submission.compliance.score import RunScore
+from mlperf_submission.compliance.differences import TOOLS, as_list
+from mlperf_submission.compliance.score import BenchmarkScore, RunScore
 
 UNITS = {"resnet": "epochs", "bert": "samples"}
 SEVERITIES = ("error", "warning", "note")
@@ -63,15 +63,6 @@ class RunAudit:
     score: RunScore
     facts: LogFacts
 
-    def __getattr__(self, name):
-        # run.minutes, run.seed, run.first_eval ...: the score's fields first, then the log's facts.
-        if name in ("score", "facts"):
-            raise AttributeError(name)
-        try:
-            return getattr(self.score, name)
-        except AttributeError:
-            return getattr(self.facts, name)
-
     def to_dict(self) -> dict:
         """The flat record audit.json has always had, plus the convergence source and the clock steps."""
         facts = asdict(self.facts)
@@ -83,16 +74,10 @@ class RunAudit:
 
 @dataclass
 class BenchmarkAudit:
+    """One results/<system>/<benchmark> folder: its score (score.BenchmarkScore, whose RCP verdict is 4.1.68's
+    alone) and what only the audit reads: both tools' RCP verdicts, seeds, convergence, hyperparameters, runs."""
     path: str
-    submitter: str
-    division: str
-    system: str
-    system_name: str
-    benchmark: str
-    minutes: float | None
-    valid: bool
-    problem: str
-    dropped: int
+    score: BenchmarkScore
     rcp: dict | None                 # 4.1.68's verdict and the round's, side by side (closed only)
     seeds: dict
     convergence: dict
@@ -101,7 +86,13 @@ class BenchmarkAudit:
     runs: list[RunAudit]
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "runs"} | {"runs": [r.to_dict() for r in self.runs]}
+        """The record audit.json has always had: the score's fields, then the audit's."""
+        s = self.score
+        return {"path": self.path, "submitter": s.submitter, "division": s.division, "system": s.system,
+                "system_name": s.system_name, "benchmark": s.benchmark, "minutes": s.minutes, "valid": s.valid,
+                "problem": s.problem, "dropped": s.dropped, "rcp": self.rcp, "seeds": self.seeds,
+                "convergence": self.convergence, "hyperparameters": self.hyperparameters,
+                "hyperparameter_diff": self.hyperparameter_diff, "runs": [r.to_dict() for r in self.runs]}
 
 
 @dataclass

@@ -18,7 +18,7 @@ def verdict_text(passed: bool | None) -> str:
 def compliance_counts(b: BenchmarkAudit) -> str:
     """Runs passing 4.1.68 / the round's tool, both counted: e.g. "0/10 / 10/10"."""
     n = len(b.runs)
-    return f"{sum(r.passed for r in b.runs)}/{n} / {sum(r.round_passed for r in b.runs)}/{n}"
+    return f"{sum(r.score.passed for r in b.runs)}/{n} / {sum(r.score.round_passed for r in b.runs)}/{n}"
 
 
 def rcp_text(b: BenchmarkAudit, *, full: bool = True) -> str:
@@ -59,47 +59,59 @@ def markdown(report: Report) -> str:
         lines.append("")
     lines += ["## Findings", ""]
     lines += [f"- **{f.severity}** `{f.code}` {f.where}: {f.message}" for f in report.findings] or ["- none"]
-    lines += ["", "## Scores", "",
-              "| system | division | benchmark | minutes | runs | dropped | compliance 4.1.68 / round | seeds "
-              "| RCP 4.1.68 / round | convergence (olympic mean) |", "|" + "---|" * 10]
-    for b in report.benchmarks:
-        minutes = scoring.fmt(b.minutes) + ("" if b.valid else " (INVALID)")
-        seeds = "some missing" if None in b.seeds["values"] else "distinct" if b.seeds["distinct"] else "NOT distinct"
-        if b.seeds["passed"] is not None:
-            seeds += f", checker {verdict_text(b.seeds['passed'])}/{verdict_text(b.seeds['round_passed'])}"
-        lines.append(f"| {b.system} | {b.division} | {b.benchmark} | {minutes} | {len(b.runs)} | {b.dropped} | "
-                     f"{compliance_counts(b)} | {seeds} | {rcp_text(b)} | {convergence_text(b)} |")
-    if any(b.rcp for b in report.benchmarks):
-        lines += ["", "RCP \"round\": the official checker over every RCP (no pruning); the round also took the "
-                      "reference stdev over the olympic subset, which its options cannot set (differences below)."]
+    lines += scores_section(report)
     lines += ["", "## Systems", ""]
     lines += [f"- {s['file']}: {verdict_text(s['passed'])}" + (f" ({'; '.join(s['reasons'])})" if s["reasons"] else "")
               for s in report.systems]
     for b in report.benchmarks:
-        lines += ["", f"## {b.system} / {b.benchmark} ({b.path})", "",
-                  "Hyperparameters (alike in every run): "
-                  + (", ".join(f"{k}={v}" for k, v in b.hyperparameters.items()) or "none logged")]
-        for key, values in b.hyperparameter_diff.items():
-            lines.append(f"DIFFERS `{key}`: " + ", ".join(f"{name}={v}" for name, v in values.items()))
-        lines += ["", f"| run | minutes | init min | status | seed | converged at ({b.convergence['unit']}) | from "
-                      "| accuracy | 4.1.68 | round | scored with |", "|" + "---|" * 11]
-        for r in b.runs:
-            point = "-" if r.convergence_point is None else f"{r.convergence_point:,}"
-            lines.append(f"| {r.file} | {scoring.fmt(r.minutes)} | {scoring.fmt(r.init_minutes, 2)} | {r.status} | "
-                         f"{r.seed} | {point} | {r.convergence_source or '-'} | {scoring.fmt(r.last_accuracy, 4)} | "
-                         f"{verdict_text(r.passed)} | {verdict_text(r.round_passed)} | "
-                         f"{r.used}{'' if r.counted else ' (dropped)'} |")
-        grouped: dict[str, list[str]] = {}
-        for r in b.runs:
-            if r.errors:
-                grouped.setdefault("; ".join(e[:160] for e in r.errors[:3]), []).append(r.file)
-        if grouped:
-            lines.append("")
-            lines += [f"- {', '.join(files)}: {text}" for text, files in grouped.items()]
+        lines += benchmark_section(b)
     lines += ["", "## Known differences between the v1.1 round's tools and 4.1.68", ""]
     lines += [f"- **{d['topic']}**: 4.1.68: {d['current']}; round: {d['round']}. Applied: {d['applied']} "
               f"(source: {d['source']})" for d in report.differences]
     return "\n".join(lines) + "\n"
+
+
+def scores_section(report: Report) -> list[str]:
+    """One row per system and benchmark: minutes, both tools' compliance and RCP verdicts, seeds, convergence."""
+    lines = ["", "## Scores", "",
+             "| system | division | benchmark | minutes | runs | dropped | compliance 4.1.68 / round | seeds "
+             "| RCP 4.1.68 / round | convergence (olympic mean) |", "|" + "---|" * 10]
+    for b in report.benchmarks:
+        s = b.score
+        minutes = scoring.fmt(s.minutes) + ("" if s.valid else " (INVALID)")
+        seeds = "some missing" if None in b.seeds["values"] else "distinct" if b.seeds["distinct"] else "NOT distinct"
+        if b.seeds["passed"] is not None:
+            seeds += f", checker {verdict_text(b.seeds['passed'])}/{verdict_text(b.seeds['round_passed'])}"
+        lines.append(f"| {s.system} | {s.division} | {s.benchmark} | {minutes} | {len(b.runs)} | {s.dropped} | "
+                     f"{compliance_counts(b)} | {seeds} | {rcp_text(b)} | {convergence_text(b)} |")
+    if any(b.rcp for b in report.benchmarks):
+        lines += ["", "RCP \"round\": the official checker over every RCP (no pruning); the round also took the "
+                      "reference stdev over the olympic subset, which its options cannot set (differences below)."]
+    return lines
+
+
+def benchmark_section(b: BenchmarkAudit) -> list[str]:
+    """One system and benchmark: hyperparameters, one row per run, and the runs' errors grouped."""
+    lines = ["", f"## {b.score.system} / {b.score.benchmark} ({b.path})", "",
+             "Hyperparameters (alike in every run): "
+             + (", ".join(f"{k}={v}" for k, v in b.hyperparameters.items()) or "none logged")]
+    for key, values in b.hyperparameter_diff.items():
+        lines.append(f"DIFFERS `{key}`: " + ", ".join(f"{name}={v}" for name, v in values.items()))
+    lines += ["", f"| run | minutes | init min | status | seed | converged at ({b.convergence['unit']}) | from "
+                  "| accuracy | 4.1.68 | round | scored with |", "|" + "---|" * 11]
+    grouped: dict[str, list[str]] = {}
+    for r in (run.score for run in b.runs):
+        point = "-" if r.convergence_point is None else f"{r.convergence_point:,}"
+        lines.append(f"| {r.file} | {scoring.fmt(r.minutes)} | {scoring.fmt(r.init_minutes, 2)} | {r.status} | "
+                     f"{r.seed} | {point} | {r.convergence_source or '-'} | {scoring.fmt(r.last_accuracy, 4)} | "
+                     f"{verdict_text(r.passed)} | {verdict_text(r.round_passed)} | "
+                     f"{r.used}{'' if r.counted else ' (dropped)'} |")
+        if r.errors:
+            grouped.setdefault("; ".join(e[:160] for e in r.errors[:3]), []).append(r.file)
+    if grouped:
+        lines.append("")
+        lines += [f"- {', '.join(files)}: {text}" for text, files in grouped.items()]
+    return lines
 
 
 def to_json(report: Report) -> str:
@@ -121,8 +133,9 @@ def summary_rows(reports: dict[str, Report]) -> list[dict]:
     for name, report in reports.items():
         for b in report.benchmarks:
             at = Counter(f.severity for f in report.findings_at(b.path))
-            rows.append({"submitter": name, "system": b.system, "benchmark": b.benchmark, "division": b.division,
-                         "minutes": b.minutes, "valid": b.valid, "compliance": compliance_counts(b),
+            rows.append({"submitter": name, "system": b.score.system, "benchmark": b.score.benchmark,
+                         "division": b.score.division, "minutes": b.score.minutes, "valid": b.score.valid,
+                         "compliance": compliance_counts(b),
                          "rcp": rcp_text(b, full=False), "rcp_passed": None if b.rcp is None else b.rcp["passed"],
                          "rcp_round_passed": None if b.rcp is None else b.rcp["round_passed"],
                          "convergence": convergence_text(b), **{s: at[s] for s in SEVERITIES}})

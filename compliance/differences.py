@@ -1,4 +1,5 @@
-"""How the v1.1 round's tools judged a v1.1 submission where mlperf-logging 4.1.68 judges it otherwise.
+"""How the v1.1 round's tools judged a v1.1 submission where mlperf-logging 4.1.68 judges it otherwise: the one
+table of round differences, read by the checker's verdicts (tools.py) and the audit (audit/).
 
 Data, keyed by topic: what 4.1.68 does, what the round did, how this audit applies it, and the source.
 Sources: ../shared/CHECKERS.md (both tools built and run on the same logs), mlcommons/logging's history
@@ -65,3 +66,9 @@ DIFFERENCES: dict[str, dict[str, str]] = {
 def as_list() -> list[dict[str, str]]:
     """The differences as report rows, each with its topic."""
     return [{"topic": topic, **entry} for topic, entry in DIFFERENCES.items()]
+
+
+def round_note(topic: str) -> str:
+    """Why a verdict differs between the two tools, in one line."""
+    entry = DIFFERENCES[topic]
+    return f"{topic} in the v1.1 round's checker (1.1.0-rc4): {entry['round']}; in 4.1.68: {entry['current']}"
