@@ -67,7 +67,7 @@ def test_the_smoke_demonstration_may_change_sizes_but_not_the_recipe():
     presets.validate_closed(config.override(presets.smoke(), ["hidden_size=64", "max_seq_length=64",
                                                               "synthetic_eval_samples=100"]))
     for fixed in ("max_grad_norm=0.5", "num_hidden_layers=2", "target_accuracy=0.5"):
-        with pytest.raises(UserError):
+        with pytest.raises(UserError, match=f"not allowed in the closed division: {fixed.split('=')[0]} is "):
             presets.validate_closed(config.override(presets.smoke(), [fixed]))
 
 

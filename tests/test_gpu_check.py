@@ -75,7 +75,7 @@ def test_a_crash_while_writing_leaves_nothing(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(gpu_check, "write", broken_write)
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="disk full"):
         gpu_check.main(["--out", str(tmp_path / "check")])
     assert list(tmp_path.iterdir()) == []
 

@@ -141,7 +141,7 @@ def test_warm_up_runs_under_compile_and_on_cuda_only():
     assert needs_warm_up("inductor", torch.device("cpu")) and needs_warm_up("aot_eager", torch.device("cpu"))
     assert needs_warm_up("off", torch.device("cuda", 0))
     assert not needs_warm_up("off", torch.device("cpu"))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="torch_compile must be one of off, inductor, aot_eager, not 'eager'"):
         needs_warm_up("eager", torch.device("cpu"))
 
 

@@ -355,7 +355,11 @@ def test_index_command_writes_counts_and_hashes(layout, jpeg_root, tf_root, tmp_
     with pytest.raises(ImageNetError, match="sha256 differs"):
         verify_manifest(root, out / "imagenet_manifest.json", full=True)
     victim.unlink()
-    with pytest.raises(ImageNetError):
+    missing = {
+        "jpeg": r"1 file\(s\) missing and 0 unexpected",
+        "tfrecord": "1 of the 2 imagenet2012-train shards are missing",
+    }
+    with pytest.raises(ImageNetError, match=missing[layout]):
         verify_manifest(root, out / "imagenet_manifest.json")
 
 

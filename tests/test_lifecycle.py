@@ -105,11 +105,11 @@ def test_existing_log_file_is_refused(tmp_path):
 def test_exception_after_start_logs_aborted(tmp_path):
     path = tmp_path / "r.txt"
     sub = Submission(org="a", platform="p", division="open", status="onprem", benchmark="resnet")
-    with pytest.raises(ZeroDivisionError):
+    with pytest.raises(ZeroDivisionError, match="in the timed loop"):
         with Run(MLLog(path, clock=FakeClock()), sub, seed=1, hyperparameters={}, train_samples=1,
                  eval_samples=1) as run:
             run.start()
-            raise ZeroDivisionError
+            raise ZeroDivisionError("in the timed loop")
     stops = [ln for ln in lines(path) if ln["key"] == "run_stop"]
     assert [s["metadata"]["status"] for s in stops] == ["aborted"]
 

@@ -107,7 +107,7 @@ def test_plan_json_round_trip_and_rejects_bad_plans():
     with pytest.raises(ValueError, match="packs"):
         Plan.from_json(json.dumps(dict(data, packs=data["packs"] + 1)))
     for bad in ([[[6, 5], 1]], [[[1, 6], 1]], [[[6], 0]], [[[6], 1], [[6], 2]]):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="bad strategy|strategies must be distinct"):
             Plan.from_dict(dict(data, strategies=bad))
     with pytest.raises(ValueError, match="JSON"):
         Plan.from_json("{")
@@ -118,7 +118,7 @@ def test_plan_json_round_trip_and_rejects_bad_plans():
 def test_histogram_rejects_lengths_out_of_range():
     assert histogram(np.array([1, 3, 3]), 4).tolist() == [1, 0, 2, 0]
     for bad in ([0, 1], [5], [1.5]):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="sequence lengths must be "):
             histogram(np.array(bad), 4)
 
 

@@ -98,7 +98,7 @@ def test_synthetic_images_are_deterministic_and_balanced():
 
 
 def test_data_and_preset_must_agree(tmp_path):
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match="^2$"):  # argparse's usage error
         train_main(["--seed", "1", "--system", "1xH200"])  # --result-log missing: argparse exits
     assert train_main(["--preset", "1xH200", "--seed", "1", "--system", "1xH200", "--result-log",
                        str(tmp_path / "r.txt")]) == 2
