@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import eval_accuracies
 
 from mlperf_submission.closed.bert import phase1, presets
 from mlperf_submission.closed.bert.checkpoint import convert_checkpoint, read_index
@@ -81,11 +82,6 @@ def test_smoke_phase1_checkpoint_is_a_tf_checkpoint_at_the_phase1_accuracy(smoke
     written = index.stat().st_mtime_ns
     assert phase1.smoke_checkpoint(presets.smoke()) == smoke_phase1
     assert index.stat().st_mtime_ns == written  # cached: made once, not trained again
-
-
-def eval_accuracies(log: Path) -> list[tuple[int, float]]:
-    events = [json.loads(ln.split(":::MLLOG ", 1)[1]) for ln in log.read_text().splitlines()]
-    return [(e["metadata"]["epoch_num"], e["value"]) for e in events if e["key"] == "eval_accuracy"]
 
 
 @pytest.mark.slow

@@ -4,13 +4,13 @@ one-run smoke training whose log passes."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 import subprocess
 import sys
 
 import pytest
 from fakes import reference_tensors
+from helpers import log_events
 
 from mlperf_submission.closed.bert import presets
 from mlperf_submission.closed.bert.train import main as train_main
@@ -121,15 +121,11 @@ def test_one_smoke_run_reaches_the_target_and_passes_the_checker(tmp_path):
     assert "run_stop: success" in proc.stdout, proc.stdout[-2000:]
     verdict = check_log(log)
     assert verdict.passed, verdict.errors
-    events = [json.loads(ln.split(":::MLLOG ", 1)[1]) for ln in log.read_text().splitlines()]
+    events = log_events(log)
     evals = [e for e in events if e["key"] == "eval_accuracy"]
     interval = presets.eval_interval(presets.smoke())
     assert [e["metadata"]["epoch_num"] for e in evals] == [interval * (i + 1) for i in range(len(evals))]
     assert evals[-1]["value"] >= presets.TARGET
-
-
-def events(log):
-    return [json.loads(ln.split(":::MLLOG ", 1)[1]) for ln in log.read_text().splitlines()]
 
 
 @pytest.mark.slow
@@ -138,7 +134,7 @@ def test_an_unconverged_run_evaluates_on_the_cadence_only_and_stops_aborted_at_i
     log = tmp_path / "result_0.txt"
     assert train_main(["--preset", "smoke", "--seed", "1", "--system", "1xH200", "--result-log", str(log),
                        "--set", "max_samples=2000"]) == 0
-    logged = events(log)
+    logged = log_events(log)
     assert [e["metadata"]["epoch_num"] for e in logged if e["key"] == "eval_accuracy"] == [1600]
     assert logged[-1]["key"] == "run_stop" and logged[-1]["metadata"]["status"] == "aborted"
     blocks = [e["key"] for e in logged if e["key"] in ("block_start", "block_stop")]

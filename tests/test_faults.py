@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from fakes import REPO
+from helpers import run_module
 from test_imagenet_data import make_samples, write_jpeg_tree
 
 from mlperf_submission.common.data import bert_wiki
@@ -46,7 +47,7 @@ def interrupted(module: str, target: str, nth: int, sig: int, entry: str, argv: 
 
 
 def cli(module: str, argv: list[str]) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", module, *argv], capture_output=True, text=True, timeout=300)
+    proc = run_module(module, *argv, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from helpers import log_events
 
 from mlperf_submission.compliance.tools import PACKAGE_SUCCESS, check_log
 
@@ -34,7 +35,7 @@ def test_open_demo_submission_end_to_end(tmp_path, bench, runs, extra):
     assert len(logs) == runs
     for log in logs:
         assert check_log(log).passed
-        lines = [json.loads(ln.split(":::MLLOG ", 1)[1]) for ln in log.read_text().splitlines()]
+        lines = log_events(log)
         assert {"key": "submission_division", "value": "open"}.items() <= next(
             e for e in lines if e["key"] == "submission_division").items()
         assert lines[-1]["key"] == "run_stop" and lines[-1]["metadata"]["status"] == "success"

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import eval_accuracies
 
 from mlperf_submission.common.run import QUALITY_TARGETS
 
@@ -24,12 +25,6 @@ SEED = 1
 def command(seed: int, log: Path) -> list[str]:
     return [sys.executable, "-m", "mlperf_submission.closed.resnet.train", "--preset", "smoke", "--seed", str(seed),
             "--system", "1xH200", "--result-log", str(log)]
-
-
-def eval_accuracies(log: Path) -> list[tuple[int, float]]:
-    """(epoch, top-1) of every eval_accuracy in a result log."""
-    events = [json.loads(ln.split(":::MLLOG ", 1)[1]) for ln in log.read_text().splitlines()]
-    return [(e["metadata"]["epoch_num"], e["value"]) for e in events if e["key"] == "eval_accuracy"]
 
 
 def epoch_losses(stdout: str) -> list[tuple[int, float]]:

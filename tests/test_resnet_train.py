@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import subprocess
 import sys
 
 import pytest
 import torch
+from helpers import log_events
 
 from mlperf_submission.closed.resnet import presets
 from mlperf_submission.closed.resnet.train import main as train_main
@@ -117,7 +117,7 @@ def test_one_smoke_run_reaches_the_target_and_passes_the_checker(tmp_path):
     assert "run_stop: success" in proc.stdout
     verdict = check_log(log)
     assert verdict.passed, verdict.errors
-    events = [json.loads(ln.split(":::MLLOG ", 1)[1]) for ln in log.read_text().splitlines()]
+    events = log_events(log)
     evals = [e for e in events if e["key"] == "eval_accuracy"]
     assert evals[-1]["value"] >= presets.TARGET
     assert [e["metadata"]["epoch_num"] for e in evals] == list(range(4, 4 * len(evals) + 1, 4))
@@ -152,7 +152,7 @@ def test_training_on_a_tiny_imagenet_folder(tmp_path):
                               device="cpu", eval_offset=1, max_epochs=1)
     args = argparse.Namespace(preset="1xH200", seed=3, system="1xH200", result_log=log, data=data, overrides=[])
     assert train_run(cfg, args, division="closed") == 0
-    events = [json.loads(ln.split(":::MLLOG ", 1)[1]) for ln in log.read_text().splitlines()]
+    events = log_events(log)
     by_key = {e["key"]: e for e in events}
     assert (by_key["train_samples"]["value"], by_key["eval_samples"]["value"]) == (18, 6)  # counted, not typed
     assert by_key["eval_accuracy"]["metadata"]["epoch_num"] == 1

@@ -9,7 +9,6 @@ import multiprocessing
 import os
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from fakes import REPO, one_line_error
+from helpers import free_port
 
 from mlperf_submission.common.cli import UserError
 from mlperf_submission.compliance import runs
@@ -297,12 +297,6 @@ def test_a_full_disk_while_the_log_is_written_is_a_clear_error_and_resume_works_
     again = compliance("run", *SUBMIT, "--index", "0", "--out", str(out))
     assert again.returncode == 0 and "it was interrupted (only a .partial log)" in again.stdout, again.stderr
     assert runs.run_state(out, runs.load_plan(out), 0)[0] is not None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
