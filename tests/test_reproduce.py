@@ -7,7 +7,7 @@ import json
 import sys
 
 import pytest
-from fakes import BERT, FIXTURES, LARS, REPO, one_line_error
+from fakes import BERT, FIXTURES, LARS, fake_train_command, one_line_error
 from helpers import run_cli
 from test_audit import fake_tree
 
@@ -104,10 +104,8 @@ def stand_in_trainer(calls: list, fail_seed: int | None = None):
         calls.append((plan["trainer"], plan["benchmark"], plan["preset"], seed))
         if seed == fail_seed:
             return [sys.executable, "-c", "raise SystemExit(1)"]
-        code = (f"import sys; sys.path.insert(0, {str(REPO / 'tests')!r}); from pathlib import Path; "
-                f"from fakes import LARS, fake_run; fake_run(Path({str(log)!r}), seed={seed}, run_minutes=0.5, "
-                "hyperparameters=LARS | {'global_batch_size': 128}, evals=[(4, 0.77)])")
-        return [sys.executable, "-c", code]
+        return fake_train_command(plan, i, system=system, log=log, run_minutes=0.5,
+                                  hyperparameters=LARS | {"global_batch_size": 128}, evals=[(4, 0.77)])
 
     return train_command
 
