@@ -41,9 +41,16 @@ def smoke_run(seed: int, log: Path) -> tuple[list[tuple[int, float]], list[tuple
 
 
 @pytest.mark.slow
-def test_seeded_smoke_run_follows_the_golden_accuracies(tmp_path):
+def test_seeded_smoke_run_follows_the_golden_accuracies(smoke_submission):
+    """The run of the golden seed in the shared closed smoke submission (conftest.py): the same command as
+    `command`, but for the system description, which only names the log's submission fields."""
     golden = json.loads(GOLDEN.read_text())
-    got, losses = smoke_run(golden["seed"], tmp_path / "result_0.txt")
+    submitted = smoke_submission("closed", "resnet")
+    assert submitted.proc.returncode == 0, submitted.proc.stderr[-2000:]
+    log, console = submitted.run(golden["seed"])
+    printed = console.read_text()
+    assert "run_stop: success" in printed, printed[-2000:]
+    got, losses = eval_accuracies(log), epoch_losses(printed)
     assert [epoch for epoch, _ in got] == [epoch for epoch, _ in golden["evals"]]
     for (epoch, ours), (_, expected) in zip(got, golden["evals"], strict=True):
         assert ours == pytest.approx(expected, abs=golden["tolerance"]), epoch
