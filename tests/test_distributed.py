@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import free_port, log_events
+from helpers import eval_accuracies, free_port, log_events, run_module
 from torch import nn
 
 from mlperf_submission.closed.resnet.train import main as resnet_main
@@ -52,7 +52,7 @@ def assert_logged_once(log: Path) -> None:
     repeated = {"weights_initialization", "block_start", "block_stop", "eval_start", "eval_stop", "eval_accuracy"}
     counts = Counter(e["key"] for e in evs if e["key"] not in repeated)
     assert all(n == 1 for n in counts.values()), counts
-    evals = [e["metadata"]["epoch_num"] for e in evs if e["key"] == "eval_accuracy"]
+    evals = [point for point, _ in eval_accuracies(log)]
     assert len(evals) == len(set(evals)) > 0
 
 
@@ -232,10 +232,9 @@ def test_horovod_batch_norm_over_process_sets(tmp_path):
 def two_rank_smoke_run(bench: str, seed: int, log, *overrides: str) -> subprocess.CompletedProcess:
     """A closed smoke run as a 2-process torchrun job; asserts that it exits 0."""
     sets = [arg for o in overrides for arg in ("--set", o)]
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-         f"mlperf_submission.closed.{bench}.train", "--preset", "smoke", "--seed", str(seed), "--system", "1xH200",
-         "--result-log", str(log), *sets], capture_output=True, text=True, env=clean_env())
+    proc = run_module("torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+                      f"mlperf_submission.closed.{bench}.train", "--preset", "smoke", "--seed", seed, "--system",
+                      "1xH200", "--result-log", log, *sets, env=clean_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -263,10 +262,9 @@ def test_two_process_bert_smoke_run_clipping_before_the_all_reduce_passes(tmp_pa
     verdict = check_log(log)
     assert verdict.passed and not verdict.warnings, verdict.errors + verdict.warnings
     assert_logged_once(log)
-    evs = log_events(log)
-    evals = [e["metadata"]["epoch_num"] for e in evs if e["key"] == "eval_accuracy"]
+    evals = [samples for samples, _ in eval_accuracies(log)]
     assert evals == [1600 * (i + 1) for i in range(len(evals))]
-    assert sum(e["key"] == "weights_initialization" for e in evs) == 398
+    assert sum(e["key"] == "weights_initialization" for e in log_events(log)) == 398
 
 
 @pytest.mark.slow

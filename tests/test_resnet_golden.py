@@ -9,22 +9,16 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from helpers import eval_accuracies
+from helpers import eval_accuracies, run_module
 
 from mlperf_submission.common.run import QUALITY_TARGETS
 
 GOLDEN = Path(__file__).with_name("golden") / "resnet_smoke.json"
 SEED = 1
-
-
-def command(seed: int, log: Path) -> list[str]:
-    return [sys.executable, "-m", "mlperf_submission.closed.resnet.train", "--preset", "smoke", "--seed", str(seed),
-            "--system", "1xH200", "--result-log", str(log)]
 
 
 def epoch_losses(stdout: str) -> list[tuple[int, float]]:
@@ -34,7 +28,8 @@ def epoch_losses(stdout: str) -> list[tuple[int, float]]:
 
 def smoke_run(seed: int, log: Path) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
     """-> (evals, losses) of one smoke run."""
-    proc = subprocess.run(command(seed, log), capture_output=True, text=True)
+    proc = run_module("mlperf_submission.closed.resnet.train", "--preset", "smoke", "--seed", seed,
+                      "--system", "1xH200", "--result-log", log)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "run_stop: success" in proc.stdout, proc.stdout[-2000:]
     return eval_accuracies(log), epoch_losses(proc.stdout)
@@ -43,7 +38,7 @@ def smoke_run(seed: int, log: Path) -> tuple[list[tuple[int, float]], list[tuple
 @pytest.mark.slow
 def test_seeded_smoke_run_follows_the_golden_accuracies(smoke_submission):
     """The run of the golden seed in the shared closed smoke submission (conftest.py): the same command as
-    `command`, but for the system description, which only names the log's submission fields."""
+    `smoke_run`'s, but for the system description, which only names the log's submission fields."""
     golden = json.loads(GOLDEN.read_text())
     submitted = smoke_submission("closed", "resnet")
     assert submitted.proc.returncode == 0, submitted.proc.stderr[-2000:]
