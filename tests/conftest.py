@@ -1,12 +1,25 @@
-"""Shared fixtures."""
+"""Shared fixtures, among them the end-to-end smoke runs that several files read: each is trained once a
+session, the first time a test asks for it."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 from fakes import FIXTURES
+from helpers import run_module
+
+GOLDEN = Path(__file__).with_name("golden")
+# The seeds of each shared demo submission. Closed ResNet's hold the golden run's seed (1,
+# tests/golden/resnet_smoke.json) and 7, the seed test_end_to_end's single-run check reads.
+SUBMISSION_SEEDS = {("closed", "resnet"): (1, 7, 11, 12, 13), ("open", "resnet"): (1, 2, 3, 4, 5),
+                    ("open", "bert"): tuple(range(1, 11))}
+# Two layers instead of 24 keep ten open BERT runs short; the open division may change the model.
+SUBMISSION_OPTIONS = {("open", "bert"): ("--set", "num_hidden_layers=2")}
 
 
 @pytest.fixture
@@ -24,3 +37,46 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@dataclasses.dataclass(frozen=True)
+class Submitted:
+    """One `make submit` of the smoke preset: its OUT, the finished process and the plan's seeds."""
+
+    out: Path
+    proc: subprocess.CompletedProcess
+    seeds: tuple[int, ...]
+
+    def run(self, seed: int) -> tuple[Path, Path]:
+        """(result log, console output) of the run with this seed, as OUT/runs keeps them."""
+        i = self.seeds.index(seed)
+        return self.out / "runs" / f"result_{i}.txt", self.out / "runs" / f"result_{i}.log"
+
+
+@pytest.fixture(scope="session")
+def smoke_submission(tmp_path_factory):
+    """(division, bench) -> Submitted: `make submit` on the smoke preset, once a session for each pair."""
+    made: dict[tuple[str, str], Submitted] = {}
+
+    def submission(division: str, bench: str) -> Submitted:
+        key = (division, bench)
+        if key not in made:
+            out = tmp_path_factory.mktemp(f"submit-{division}-{bench}") / "sub"
+            seeds = SUBMISSION_SEEDS[key]
+            proc = run_module("mlperf_submission.compliance", "submit", "--division", division, "--bench", bench,
+                              "--seeds", ",".join(map(str, seeds)), "--out", out, *SUBMISSION_OPTIONS.get(key, ()))
+            made[key] = Submitted(out, proc, seeds)
+        return made[key]
+
+    return submission
+
+
+@pytest.fixture(scope="session")
+def closed_bert_smoke_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+    """(process, result log) of one closed BERT smoke run with the golden seed (tests/golden/bert_smoke.json),
+    from the cached smoke phase-1 checkpoint, as `make submit` trains each run."""
+    seed = json.loads((GOLDEN / "bert_smoke.json").read_text())["seed"]
+    log = tmp_path_factory.mktemp("closed-bert-smoke") / "result_0.txt"
+    proc = run_module("mlperf_submission.closed.bert.train", "--preset", "smoke", "--seed", seed, "--system", "1xH200",
+                      "--result-log", log)
+    return proc, log

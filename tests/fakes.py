@@ -1,8 +1,13 @@
-"""Test helpers: a fake trainer that writes MLPerf logs through the lifecycle API, and fixture paths."""
+"""Test helpers: a fake trainer that writes MLPerf logs through the lifecycle API (in this process, or as the
+command that trains a run of a plan), and fixture paths."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -55,8 +60,8 @@ class FakeClock:
 
 def fake_run(path: Path, *, benchmark="resnet", division="closed", hyperparameters=None, seed=1,
              accuracy=0.76, status="onprem", clock=None, init_seconds=5.0, run_minutes=1.0,
-             tensors=None, minutes_per_eval=None, evals=None) -> Path:
-    """Write a whole run's log as a trainer would, with a fake clock."""
+             tensors=None, minutes_per_eval=None, evals=None, after_start: Callable[[], None] | None = None) -> Path:
+    """Write a whole run's log as a trainer would, with a fake clock; `after_start` runs in the timed region."""
     clock = clock or FakeClock()
     hp = hyperparameters if hyperparameters is not None else (
         {} if division == "open" else (BERT if benchmark == "bert" else LARS))
@@ -69,6 +74,8 @@ def fake_run(path: Path, *, benchmark="resnet", division="closed", hyperparamete
         run.weights_initialization(tensors or [])
         clock.now += init_seconds
         run.start()
+        if after_start is not None:
+            after_start()
         points = evals or ([(36, accuracy)] if benchmark == "resnet" else [(2_800_000, accuracy)])
         run.block_start(first_epoch_num=1, epoch_count=4)
         for epoch_num, acc in points:
@@ -78,3 +85,37 @@ def fake_run(path: Path, *, benchmark="resnet", division="closed", hyperparamete
         run.block_stop(first_epoch_num=1)
         run.stop("success" if points[-1][1] >= QUALITY_TARGETS[benchmark] else "aborted")
     return path
+
+
+FAKE_TRAINER = Path(__file__).with_name("fake_trainer.py")
+
+
+def fake_train_command(plan, i: int, *, system: Path, log: Path, nproc: int = 1, launcher: str = "",
+                       **fake_run_kwargs) -> list[str]:
+    """runs.train_command's stand-in: the fake trainer writes run i's log (keyword arguments: fake_run's)."""
+    return [sys.executable, str(FAKE_TRAINER), "--seed", str(plan.seeds[i]), "--result-log", str(log),
+            "--fake-run", json.dumps(fake_run_kwargs)]
+
+
+# Imported first by every Python process that has its folder on PYTHONPATH: the process that asked for the hook
+# (and no child, since it takes the variable away) trains its runs with the fake trainer.
+SITECUSTOMIZE = """
+import os
+tests = os.environ.pop("FAKE_TRAINER_HOOK", "")
+if tests:
+    import sys
+    sys.path.append(tests)
+    from fakes import fake_train_command
+    from mlperf_submission.compliance import runs
+    runs.train_command = fake_train_command
+"""
+
+
+def fake_trainer_env(folder: Path, **variables: str) -> dict[str, str]:
+    """The environment in which `python -m mlperf_submission.compliance ...` (or `make submit`) trains with the
+    fake trainer; `variables` adds the fake trainer's faults (FAKE_TRAINER_PAUSE, FAKE_TRAINER_RAISE)."""
+    hooks = folder / "fake-trainer-hook"
+    hooks.mkdir(exist_ok=True)
+    (hooks / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    path = os.pathsep.join(p for p in (str(hooks), os.environ.get("PYTHONPATH", "")) if p)
+    return os.environ | {"PYTHONPATH": path, "FAKE_TRAINER_HOOK": str(FAKE_TRAINER.parent)} | variables

@@ -4,7 +4,6 @@ clean (folder and archive), and planted faults, each found and named."""
 from __future__ import annotations
 
 import configparser
-import contextlib
 import io
 import json
 import shutil
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from fakes import FIXTURES, LARS, REPO, fake_run, one_line_error
+from helpers import MLLOG, mllog_line, run_cli
 from test_compliance_cli import PUBLISHED
 
 from mlperf_submission.common.cli import UserError
@@ -22,13 +22,6 @@ from mlperf_submission.compliance.__main__ import main
 from mlperf_submission.systems import load as load_system
 
 RESNET_SYSTEMS = ("ipu-pod16-TF1", "ipu-pod64-TF1", "ipu-pod128-TF1", "ipu-pod256-TF1")
-
-
-def run_cli(argv: list[str]) -> tuple[int, str]:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        rc = main(argv)
-    return rc, out.getvalue()
 
 
 def codes(report: audit.Report) -> dict[str, list[audit.Finding]]:
@@ -61,9 +54,9 @@ def shift_run_stop(log: Path, ms: int) -> None:
     """Edit a log as a forger would: move run_stop's time_ms by `ms`."""
     lines = log.read_text().splitlines(keepends=True)
     i = next(i for i, ln in enumerate(lines) if '"key": "run_stop"' in ln)
-    record = json.loads(lines[i].split(":::MLLOG ", 1)[1])
+    record = json.loads(lines[i].split(MLLOG, 1)[1])
     record["time_ms"] += ms
-    lines[i] = ":::MLLOG " + json.dumps(record) + "\n"
+    lines[i] = mllog_line(record)
     log.write_text("".join(lines))
 
 
@@ -73,7 +66,7 @@ def graphcore_audit(tmp_path_factory):
     if not folder.is_dir():
         pytest.skip(f"the shared fixtures are not beside this checkout ({folder})")
     out = tmp_path_factory.mktemp("graphcore-audit")
-    rc, printed = run_cli(["audit", str(folder), "--result-id", "1.1-2040", "--out", str(out)])
+    rc, printed, _ = run_cli(main, "audit", folder, "--result-id", "1.1-2040", "--out", out)
     return rc, json.loads((out / "audit.json").read_text()), (out / "audit.md").read_text(), printed
 
 
@@ -217,7 +210,7 @@ def test_our_package_audits_clean_as_a_folder_and_as_an_archive(our_package, tmp
     assert reports[0].benchmarks[0].score.minutes == reports[2].benchmarks[0].score.minutes
     # The archive was read without unpacking into the working tree; its temporary folder is gone.
     assert list(tmp_path.iterdir()) == [] and set(scratch.glob("mlperf-audit.*")) == before
-    rc, printed = run_cli(["audit", str(archive), "--out", str(tmp_path / "report")])
+    rc, printed, _ = run_cli(main, "audit", archive, "--out", tmp_path / "report")
     assert rc == 0 and "**CLEAN**" in printed
     assert json.loads((tmp_path / "report" / "audit.json").read_text())["kind"] == "archive"
 
@@ -318,10 +311,9 @@ def test_a_missing_seed_is_named_with_the_rounds_severity(tmp_path):
 def test_an_unparseable_log_is_named_and_the_others_are_audited(tmp_path):
     """An MLLOG line without metadata makes the official parser raise KeyError: one finding, not a traceback."""
     sub = fake_tree(tmp_path)
-    line = ":::MLLOG " + json.dumps({"namespace": "", "time_ms": 1.7e12, "event_type": "POINT_IN_TIME", "key": "x",
-                                     "value": 1}) + "\n"
+    line = mllog_line({"namespace": "", "time_ms": 1.7e12, "event_type": "POINT_IN_TIME", "key": "x", "value": 1})
     edit_lines(sub / "results/sys1/resnet/result_2.txt", lambda lines: [*lines[:5], line, *lines[5:]])
-    rc, printed = run_cli(["audit", str(sub), "--out", str(tmp_path / "report")])
+    rc, printed, _ = run_cli(main, "audit", sub, "--out", tmp_path / "report")
     assert rc == 1
     report = json.loads((tmp_path / "report" / "audit.json").read_text())
     findings = {(f["code"], f["where"]): f for f in report["findings"]}

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 from fakes import BERT, fake_run
-from test_audit import codes, fake_tree, run_cli
+from helpers import MLLOG, mllog_line, run_cli
+from test_audit import codes, fake_tree
 
 from mlperf_submission.common.cli import UserError
 from mlperf_submission.compliance import audit, score, tools
+from mlperf_submission.compliance.__main__ import main
 from mlperf_submission.systems import load as load_system
 
 DAY_MS = 86_400_000
@@ -21,12 +23,12 @@ DAY_MS = 86_400_000
 
 def records(log: Path) -> list:
     """The log's lines, MLLOG ones as dicts, others as text."""
-    return [json.loads(ln.split(":::MLLOG ", 1)[1]) if ":::MLLOG " in ln else ln
+    return [json.loads(ln.split(MLLOG, 1)[1]) if MLLOG in ln else ln
             for ln in log.read_text().splitlines(keepends=True)]
 
 
 def write_records(log: Path, recs: list) -> None:
-    log.write_text("".join(r if isinstance(r, str) else ":::MLLOG " + json.dumps(r) + "\n" for r in recs))
+    log.write_text("".join(r if isinstance(r, str) else mllog_line(r) for r in recs))
 
 
 def index(recs: list, key: str) -> int:
@@ -188,7 +190,7 @@ def test_run_stop_before_run_start_is_an_error(tmp_path):
     assert found["run-stop-before-start"][0].severity == "error" and report.findings[0].severity == "error"
 
 
-def test_a_whole_checkout_gets_one_summary_and_a_report_per_submitter(tmp_path, capsys):
+def test_a_whole_checkout_gets_one_summary_and_a_report_per_submitter(tmp_path):
     root = tmp_path / "checkout"
     fake_tree(root / "one")
     shutil.move(root / "one" / "acme", root / "acme")
@@ -197,7 +199,7 @@ def test_a_whole_checkout_gets_one_summary_and_a_report_per_submitter(tmp_path, 
     bad = root / "beta" / "results/sys1/bert/result_2.txt"
     shift(bad, "run_stop", -90_000)
     out = tmp_path / "out"
-    rc, printed = run_cli(["audit", "--results-root", str(root), "--out", str(out), "--jobs", "2"])
+    rc, printed, _ = run_cli(main, "audit", "--results-root", root, "--out", out, "--jobs", "2")
     assert rc == 1
     assert "| acme | sys1 | resnet | closed | 32.000 | 5/5 / 5/5 | PASS / PASS |" in printed
     assert "| beta | sys1 | bert | closed |" in printed and "samples (train_samples)" in printed
@@ -211,7 +213,7 @@ def test_a_whole_checkout_gets_one_summary_and_a_report_per_submitter(tmp_path, 
         assert json.loads((out / name / "audit.json").read_text())["benchmarks"][0]["minutes"] is not None
         assert (out / name / "audit.md").is_file()
     # One process gives the same table.
-    rc1, printed1 = run_cli(["audit", "--results-root", str(root), "--out", str(tmp_path / "out1"), "--jobs", "1"])
+    rc1, printed1, _ = run_cli(main, "audit", "--results-root", root, "--out", tmp_path / "out1", "--jobs", "1")
     table = [ln for ln in printed.splitlines() if ln.startswith("| ")]
     assert rc1 == 1 and table == [ln for ln in printed1.splitlines() if ln.startswith("| ")]
 
@@ -219,7 +221,7 @@ def test_a_whole_checkout_gets_one_summary_and_a_report_per_submitter(tmp_path, 
 def test_audit_json_keeps_its_fields_and_runs_compose_the_score(tmp_path):
     sub = fake_tree(tmp_path, run4={"evals": [(36, 0.70)]})         # one aborted run: a dropped-run note
     out = tmp_path / "r"
-    run_cli(["audit", str(sub), "--out", str(out)])
+    run_cli(main, "audit", sub, "--out", out)
     report = json.loads((out / "audit.json").read_text())
     (bench,) = report["benchmarks"]
     assert bench["minutes"] == pytest.approx(32.0) and {"severity", "code", "where"} <= set(report["findings"][0])
@@ -245,12 +247,11 @@ def nvidia_checkout(root: Path) -> Path:
     return root / "checkout"
 
 
-def test_any_result_id_resolves_in_a_checkout_and_says_what_it_was_taken_to_mean(tmp_path, capsys):
+def test_any_result_id_resolves_in_a_checkout_and_says_what_it_was_taken_to_mean(tmp_path):
     entries = audit.registry()
     (rid,) = [i for i, e in entries.items() if e["system"] == "dgxa100_ngc21.09_mxnet"]
     root = nvidia_checkout(tmp_path)
-    rc = run_cli(["audit", "--result-id", rid, "--results-root", str(root), "--out", str(tmp_path / "r")])[0]
-    err = capsys.readouterr().err
+    rc, _, err = run_cli(main, "audit", "--result-id", rid, "--results-root", root, "--out", tmp_path / "r")
     assert f"result ID: {rid} taken to mean NVIDIA closed dgxa100_ngc21.09_mxnet" in err
     assert "the mapping is inferred: numbering" in err
     # The fake logs score 32 min where NVIDIA's published ones score 29.147: a mismatch, an error.

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
+from helpers import run_cli, run_module
 
 from mlperf_submission.closed.bert.presets import TARGET
 from mlperf_submission.common.data import bert_wiki
@@ -49,20 +48,15 @@ def records(tmp_path):
     return src, made
 
 
-def run_cli(capsys, *args) -> tuple[int, str]:
-    code = main([str(a) for a in args])
-    return code, capsys.readouterr().err
-
-
 def convert_args(src, out, train="part-*"):
     return ["convert", "--train", str(src / train), "--eval", str(src / "eval"), "--out", str(out),
             "--seq-len", "32", "--max-pred", "6"]  # fmt: skip
 
 
-def test_tfrecords_convert_to_memmaps_round_trip(records, tmp_path, capsys):
+def test_tfrecords_convert_to_memmaps_round_trip(records, tmp_path):
     src, made = records
     out = tmp_path / "deep" / "memmap"
-    code, err = run_cli(capsys, *convert_args(src, out))
+    code, _, err = run_cli(main, *convert_args(src, out))
     assert code == 0, err
     manifest = verify(out)
     assert manifest["splits"]["train"]["count"] == 12 and manifest["splits"]["eval"]["count"] == 4
@@ -101,34 +95,34 @@ def assert_nothing_written(tmp_path, before):
     ],
     ids=["corrupt-crc", "truncated", "missing-eval"],
 )
-def test_bad_input_exits_2_with_one_line_and_writes_nothing(records, tmp_path, capsys, damage, message):
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(records, tmp_path, damage, message):
     src, _ = records
     damage(src)
     before = sorted(p.name for p in tmp_path.iterdir())
-    code, err = run_cli(capsys, *convert_args(src, tmp_path / "out" / "memmap"))
+    code, _, err = run_cli(main, *convert_args(src, tmp_path / "out" / "memmap"))
     assert code == 2
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err
     assert_nothing_written(tmp_path, before)
 
 
-def test_no_matching_training_files(records, tmp_path, capsys):
+def test_no_matching_training_files(records, tmp_path):
     src, _ = records
-    code, err = run_cli(capsys, *convert_args(src, tmp_path / "memmap", train="nothing-*"))
+    code, _, err = run_cli(main, *convert_args(src, tmp_path / "memmap", train="nothing-*"))
     assert code == 2 and "no training file matches" in err and not (tmp_path / "memmap").exists()
 
 
-def test_eval_file_inside_the_training_glob(records, tmp_path, capsys):
+def test_eval_file_inside_the_training_glob(records, tmp_path):
     src, _ = records
-    code, err = run_cli(capsys, *convert_args(src, tmp_path / "memmap", train="*"))
+    code, _, err = run_cli(main, *convert_args(src, tmp_path / "memmap", train="*"))
     assert code == 2 and "both a training and an eval file" in err and not (tmp_path / "memmap").exists()
 
 
-def test_wrong_feature_shapes_name_the_file_and_record(records, tmp_path, capsys):
+def test_wrong_feature_shapes_name_the_file_and_record(records, tmp_path):
     src, _ = records
     args = convert_args(src, tmp_path / "memmap")
     args[args.index("--seq-len") + 1] = "64"
     before = sorted(p.name for p in tmp_path.iterdir())
-    code, err = run_cli(capsys, *args)
+    code, _, err = run_cli(main, *args)
     assert code == 2 and "part-0: record 0: feature 'input_ids' has 32 values, expected 64" in err
     assert_nothing_written(tmp_path, before)
 
@@ -146,20 +140,17 @@ def test_missing_and_extra_features_are_reported(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_existing_output_is_never_overwritten(records, tmp_path, capsys):
+def test_existing_output_is_never_overwritten(records, tmp_path):
     src, _ = records
     out = tmp_path / "memmap"
     out.mkdir()
-    code, err = run_cli(capsys, *convert_args(src, out))
+    code, _, err = run_cli(main, *convert_args(src, out))
     assert code == 2 and "already exists" in err and list(out.iterdir()) == []
 
 
 def test_cli_module_entry_point(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "mlperf_submission.common.data.bert_wiki", "convert", "--train",
-         str(tmp_path / "none-*"), "--eval", str(tmp_path / "eval"), "--out", str(tmp_path / "out")],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    result = run_module("mlperf_submission.common.data.bert_wiki", "convert", "--train", tmp_path / "none-*",
+                        "--eval", tmp_path / "eval", "--out", tmp_path / "out", timeout=60)  # fmt: skip
     assert result.returncode == 2 and result.stderr.startswith("error: no training file matches")
 
 

@@ -151,9 +151,9 @@ def test_decoder_is_tied_to_the_word_embeddings():
 
 
 def test_config_is_frozen_keyword_only_and_checked():
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="takes 1 positional argument but 2 were given"):
         BertConfig(30522)  # type: ignore[misc]
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(dataclasses.FrozenInstanceError, match="cannot assign to field 'hidden_size'"):
         TINY.hidden_size = 8  # type: ignore[misc]
     with pytest.raises(ValueError, match="multiple of num_attention_heads"):
         BertConfig(hidden_size=100, num_attention_heads=16)

@@ -7,12 +7,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import eval_accuracies
 
 from mlperf_submission.closed.bert import checkpoint, identity, phase1, presets
 from mlperf_submission.closed.bert.checkpoint import convert_checkpoint
@@ -86,11 +85,6 @@ def test_smoke_phase1_checkpoint_is_a_tf_checkpoint_at_the_phase1_accuracy(smoke
     assert index.stat().st_mtime_ns == written  # cached: made once, not trained again
 
 
-def eval_accuracies(log: Path) -> list[tuple[int, float]]:
-    events = [json.loads(ln.split(":::MLLOG ", 1)[1]) for ln in log.read_text().splitlines()]
-    return [(e["metadata"]["epoch_num"], e["value"]) for e in events if e["key"] == "eval_accuracy"]
-
-
 def test_eval_measures_the_smoke_checkpoints_starting_accuracy_and_records_its_sha256(smoke_phase1, capsys):
     """`checkpoint --eval synthetic CKPT`: the smoke checkpoint's accuracy before training (0.39 as made) against
     the one phase1.py recorded making it, which stands in for ckpt-28252's 0.34085; sha256 recorded beside it."""
@@ -103,15 +97,15 @@ def test_eval_measures_the_smoke_checkpoints_starting_accuracy_and_records_its_s
 
 
 @pytest.mark.slow
-def test_seeded_smoke_run_from_phase1_follows_the_golden_accuracies(smoke_phase1, tmp_path):
+def test_seeded_smoke_run_from_phase1_follows_the_golden_accuracies(closed_bert_smoke_run, smoke_phase1):
+    """The shared closed BERT smoke run (conftest.py: the golden seed, from the cached checkpoint that
+    smoke_phase1 is)."""
     golden = json.loads(GOLDEN.read_text())
+    proc, log = closed_bert_smoke_run
+    assert proc.returncode == 0, proc.stderr[-2000:]
     made = json.loads((smoke_phase1.parent / "phase1.json").read_text())
     assert made["masked_lm_accuracy"] == pytest.approx(golden["phase1"]["masked_lm_accuracy"], abs=golden["tolerance"])
-    log = tmp_path / "result_0.txt"
-    proc = subprocess.run([sys.executable, "-m", "mlperf_submission.closed.bert.train", "--preset", "smoke",
-                           "--seed", str(golden["seed"]), "--system", "1xH200", "--result-log", str(log),
-                           "--ckpt", str(smoke_phase1)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"init checkpoint {smoke_phase1}" in proc.stdout  # phase 2 from that very checkpoint
     got = eval_accuracies(log)
     assert [samples for samples, _ in got] == [samples for samples, _ in golden["evals"]]
     for (samples, ours), (_, expected) in zip(got, golden["evals"], strict=True):

@@ -3,12 +3,12 @@ and a run that cannot flush fails before it writes anything."""
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import types
 
 import pytest
+from helpers import log_events
 
 from mlperf_submission.closed.resnet import presets as resnet_presets
 from mlperf_submission.common import run as run_module
@@ -50,10 +50,6 @@ def test_posix_fadvise_evicts_a_file_read_into_the_cache(tmp_path, no_root):
 def test_without_posix_fadvise_or_root_it_says_what_to_do(tmp_path, no_root, monkeypatch):
     monkeypatch.delattr(os, "posix_fadvise", raising=False)
     assert "run as root, or restart the machine" in drop_page_cache([cached_file(tmp_path)])
-
-
-def log_events(path):
-    return [json.loads(ln.split(":::MLLOG ", 1)[1]) for ln in path.read_text().splitlines()]
 
 
 def test_cache_clear_is_true_only_when_the_dataset_was_flushed(tmp_path, monkeypatch, capsys):

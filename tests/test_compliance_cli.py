@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 from fakes import LARS, fake_run
+from helpers import run_module
 
 from mlperf_submission.compliance import tools
 from mlperf_submission.compliance.__main__ import main
@@ -34,8 +33,7 @@ def test_check_pass_and_fail_exit_codes(tmp_path, capsys):
 
 
 def test_check_as_a_subprocess_prints_one_line_error_for_a_missing_log(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "mlperf_submission.compliance", "check", str(tmp_path / "no.txt")],
-                          capture_output=True, text=True)
+    proc = run_module("mlperf_submission.compliance", "check", tmp_path / "no.txt")
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error: no result log")
     assert "Traceback" not in proc.stderr

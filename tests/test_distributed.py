@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import eval_accuracies, free_port, log_events, run_module
 from torch import nn
 
 from mlperf_submission.closed.resnet.train import main as resnet_main
@@ -42,27 +42,17 @@ needs_horovod = pytest.mark.skipif(importlib.util.find_spec("horovod") is None,
 CURVE_TOLERANCE = 1e-5
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def clean_env(**extra: str) -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS} | ONE_THREAD | extra
 
 
-def events(log: Path) -> list[dict]:
-    return [json.loads(ln.split(":::MLLOG ", 1)[1]) for ln in log.read_text().splitlines()]
-
-
 def assert_logged_once(log: Path) -> None:
     """Rank 0 alone wrote the log: every key that a run logs once appears once, each eval once."""
-    evs = events(log)
+    evs = log_events(log)
     repeated = {"weights_initialization", "block_start", "block_stop", "eval_start", "eval_stop", "eval_accuracy"}
     counts = Counter(e["key"] for e in evs if e["key"] not in repeated)
     assert all(n == 1 for n in counts.values()), counts
-    evals = [e["metadata"]["epoch_num"] for e in evs if e["key"] == "eval_accuracy"]
+    evals = [point for point, _ in eval_accuracies(log)]
     assert len(evals) == len(set(evals)) > 0
 
 
@@ -242,10 +232,9 @@ def test_horovod_batch_norm_over_process_sets(tmp_path):
 def two_rank_smoke_run(bench: str, seed: int, log, *overrides: str) -> subprocess.CompletedProcess:
     """A closed smoke run as a 2-process torchrun job; asserts that it exits 0."""
     sets = [arg for o in overrides for arg in ("--set", o)]
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-         f"mlperf_submission.closed.{bench}.train", "--preset", "smoke", "--seed", str(seed), "--system", "1xH200",
-         "--result-log", str(log), *sets], capture_output=True, text=True, env=clean_env())
+    proc = run_module("torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+                      f"mlperf_submission.closed.{bench}.train", "--preset", "smoke", "--seed", seed, "--system",
+                      "1xH200", "--result-log", log, *sets, env=clean_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -259,7 +248,7 @@ def test_two_process_resnet_smoke_run_logs_once_and_passes(tmp_path):
     verdict = check_log(log)
     assert verdict.passed and not verdict.warnings, verdict.errors + verdict.warnings
     assert_logged_once(log)
-    keys = [e["key"] for e in events(log)]
+    keys = [e["key"] for e in log_events(log)]
     assert keys.count("weights_initialization") == 161
     assert not list(tmp_path.glob("*.partial"))
 
@@ -273,10 +262,9 @@ def test_two_process_bert_smoke_run_clipping_before_the_all_reduce_passes(tmp_pa
     verdict = check_log(log)
     assert verdict.passed and not verdict.warnings, verdict.errors + verdict.warnings
     assert_logged_once(log)
-    evs = events(log)
-    evals = [e["metadata"]["epoch_num"] for e in evs if e["key"] == "eval_accuracy"]
+    evals = [samples for samples, _ in eval_accuracies(log)]
     assert evals == [1600 * (i + 1) for i in range(len(evals))]
-    assert sum(e["key"] == "weights_initialization" for e in evs) == 398
+    assert sum(e["key"] == "weights_initialization" for e in log_events(log)) == 398
 
 
 @pytest.mark.slow
@@ -301,7 +289,7 @@ def test_killing_one_rank_ends_the_other_with_aborted_logged(tmp_path):
     procs[1].wait()
     assert time.time() - killed < timeout_s + 10
     assert procs[0].returncode != 0 and "remote worker" in err  # gloo's word for a lost peer
-    stop = [e for e in events(log) if e["key"] == "run_stop"]
+    stop = [e for e in log_events(log) if e["key"] == "run_stop"]
     assert [e["metadata"]["status"] for e in stop] == ["aborted"]
 
 

@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from fakes import REPO
+from fakes import fake_train_command
+from helpers import run_module
 from test_imagenet_data import make_samples, write_jpeg_tree
 
 from mlperf_submission.common.cli import UserError
@@ -49,7 +50,7 @@ def interrupted(module: str, target: str, nth: int, sig: int, entry: str, argv: 
 
 
 def cli(module: str, argv: list[str]) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", module, *argv], capture_output=True, text=True, timeout=300)
+    proc = run_module(module, *argv, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc
 
@@ -126,23 +127,11 @@ def test_packing_interrupted_leaves_no_output_and_reruns(tmp_path, sig):
     cli("mlperf_submission.common.data.packing", ["--verify", str(out)])
 
 
-FAKE_TRAINER = """
-import sys
-from pathlib import Path
-sys.path.insert(0, sys.argv[1])
-from fakes import fake_run
-fake_run(Path(sys.argv[2]), seed=int(sys.argv[3]))
-"""
-
-
 @pytest.fixture
 def fake_trained(tmp_path, monkeypatch):
     """A submission folder whose 5 runs were trained through `train_run` by a fake trainer (a whole passing log
     in a second, through the real Run and MLLog): -> (OUT, plan)."""
-    def command(plan, i, *, system, log, nproc=1, launcher=""):
-        return [sys.executable, "-c", FAKE_TRAINER, str(REPO / "tests"), str(log), str(plan.seeds[i])]
-
-    monkeypatch.setattr(runs, "train_command", command)
+    monkeypatch.setattr(runs, "train_command", fake_train_command)
     _, system = package.load_system("1xH200")
     req = Request(division="closed", benchmark="resnet", preset="smoke", overrides=(), system_name="1xH200",
                   system=system, data="", runs=5, seeds=(1, 2, 3, 4, 5), demo=True)

@@ -9,13 +9,13 @@ import argparse
 import copy
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import free_port
 
 from mlperf_submission.closed.resnet import presets as resnet_presets
 from mlperf_submission.closed.resnet import steps as resnet_steps
@@ -56,12 +56,6 @@ def test_rank_seed_keeps_rank_0_and_separates_the_others():
     assert training.rank_seed(5, 0) == 5
     seeds = {training.rank_seed(s, r) for s in range(4) for r in range(8)}
     assert len(seeds) == 32 and max(seeds) < 2**32  # no two (seed, rank) pairs share a stream
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +150,7 @@ def test_warm_up_runs_under_compile_and_on_cuda_only():
     assert needs_warm_up("inductor", torch.device("cpu")) and needs_warm_up("aot_eager", torch.device("cpu"))
     assert needs_warm_up("off", torch.device("cuda", 0))
     assert not needs_warm_up("off", torch.device("cpu"))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="torch_compile must be one of off, inductor, aot_eager, not 'eager'"):
         needs_warm_up("eager", torch.device("cpu"))
 
 

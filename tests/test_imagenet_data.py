@@ -9,6 +9,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from helpers import run_cli
 from PIL import Image
 
 from mlperf_submission.common.data import imagenet
@@ -99,12 +100,6 @@ def jpeg_root(tmp_path, samples):
 @pytest.fixture
 def tf_root(tmp_path, samples):
     return write_tfds(tmp_path / "tfds", samples)
-
-
-def run_main(capsys, *argv):
-    rc = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return rc, captured.out, captured.err
 
 
 # ---------------------------------------------------------------------------------------------- readers
@@ -335,10 +330,10 @@ def test_crop_box_bounds():
 
 
 @pytest.mark.parametrize("layout", ["jpeg", "tfrecord"])
-def test_index_command_writes_counts_and_hashes(layout, jpeg_root, tf_root, tmp_path, capsys):
+def test_index_command_writes_counts_and_hashes(layout, jpeg_root, tf_root, tmp_path):
     root = jpeg_root if layout == "jpeg" else tf_root
     out = tmp_path / "out"
-    rc, stdout, err = run_main(capsys, root, "--out", out, "--workers", "1")
+    rc, stdout, err = run_cli(main, root, "--out", out, "--workers", "1")
     assert rc == 0, err
     manifest = json.loads((out / "imagenet_manifest.json").read_text())
     assert manifest["layout"] == layout
@@ -362,10 +357,14 @@ def test_index_command_writes_counts_and_hashes(layout, jpeg_root, tf_root, tmp_
     verify_manifest(root, out / "imagenet_manifest.json")  # same size and time: only full=True sees it
     with pytest.raises(ImageNetError, match="sha256 differs"):
         verify_manifest(root, out / "imagenet_manifest.json", full=True)
-    rc, _, err = run_main(capsys, root, "--out", out, "--verify", "--workers", "1")
+    rc, _, err = run_cli(main, root, "--out", out, "--verify", "--workers", "1")
     assert rc == 2 and err.startswith("error: ") and "sha256 differs" in err
     victim.unlink()
-    with pytest.raises(ImageNetError):
+    missing = {
+        "jpeg": r"1 file\(s\) missing and 0 unexpected",
+        "tfrecord": "1 of the 2 imagenet2012-train shards are missing",
+    }
+    with pytest.raises(ImageNetError, match=missing[layout]):
         verify_manifest(root, out / "imagenet_manifest.json")
 
 
@@ -421,24 +420,24 @@ def no_layout(root, samples):
     ids=["missing", "empty-class", "corrupt-jpeg", "corrupt-crc", "no-layout"],
 )
 def test_bad_input_is_one_line_exit_2_nothing_written(
-    layout, damage, jpeg_root, tf_root, samples, tmp_path, capsys
+    layout, damage, jpeg_root, tf_root, samples, tmp_path
 ):
     src, message = damage(jpeg_root if layout == "jpeg" else tf_root, samples)
     out = tmp_path / "out"
-    rc, stdout, err = run_main(capsys, src, "--out", out, "--workers", "1")
+    rc, stdout, err = run_cli(main, src, "--out", out, "--workers", "1")
     assert rc == 2
     assert err.startswith(f"error: {message}") and err.count("\n") == 1 and stdout == ""
     assert not out.exists()
 
 
-def test_corrupt_jpeg_is_skipped_with_a_count(jpeg_root, samples, tmp_path, capsys):
+def test_corrupt_jpeg_is_skipped_with_a_count(jpeg_root, samples, tmp_path):
     path = corrupt_jpeg(jpeg_root, samples)
     key = path.relative_to(jpeg_root).as_posix()
     with pytest.raises(ImageNetError, match=rf"{path.name}: not a decodable JPEG \(.*truncated"):
         ImageNet(jpeg_root, "train", eval_transform(32))[4]
 
-    rc, stdout, err = run_main(
-        capsys, jpeg_root, "--out", tmp_path / "out", "--skip-corrupt", "--workers", "1"
+    rc, stdout, err = run_cli(
+        main, jpeg_root, "--out", tmp_path / "out", "--skip-corrupt", "--workers", "1"
     )
     assert rc == 0, err
     assert "train: 8 images, 3 classes, 1 skipped" in stdout

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
 import sys
 
 import fake_poptorch
 import pytest
 import torch
+from helpers import log_events, run_module
 
 from mlperf_submission.closed.bert import ipu as bert_ipu
 from mlperf_submission.closed.bert import presets
@@ -31,9 +31,8 @@ PIPELINE = presets.GRAPHCORE_POD16_PIPELINE
 def test_without_poptorch_one_line_exit_2_and_no_log(tmp_path):
     """The issue's acceptance command, in a fresh interpreter where `import poptorch` fails."""
     log = tmp_path / "x.txt"
-    proc = subprocess.run([sys.executable, "-m", "mlperf_submission.closed.bert.train", "--preset", "smoke", "--set",
-                           "device=ipu", "--seed", "1", "--system", "systems/ipu-pod16.json", "--result-log", str(log)],
-                          capture_output=True, text=True)
+    proc = run_module("mlperf_submission.closed.bert.train", "--preset", "smoke", "--set", "device=ipu", "--seed", "1",
+                      "--system", "systems/ipu-pod16.json", "--result-log", log)
     assert proc.returncode == 2
     assert proc.stdout == "" and len(proc.stderr.splitlines()) == 1, proc.stderr
     assert "Poplar SDK" in proc.stderr and "enable.sh" in proc.stderr and "poptorch" in proc.stderr
@@ -84,8 +83,7 @@ def built(monkeypatch, cfg):
 
 def graphcore_log_value(graphcore, system, key):
     log = graphcore / "results" / system / "bert" / "result_0.txt"
-    for line in log.read_text().splitlines():
-        event = json.loads(line.split(":::MLLOG ", 1)[1])
+    for event in log_events(log):
         if event["key"] == key:
             return event["value"]
     raise KeyError(key)
@@ -206,7 +204,7 @@ def test_a_smoke_run_through_the_fake_passes_the_checker(monkeypatch, tmp_path, 
                  "--set", f"ipu_pipeline={PIPELINE}", "--set", f"ipu_executable_cache={tmp_path / 'cache'}"]) == 0
     verdict = check_log(log)
     assert verdict.passed, verdict.errors
-    events = [json.loads(ln.split(":::MLLOG ", 1)[1]) for ln in log.read_text().splitlines()]
+    events = log_events(log)
     keys = [e["key"] for e in events]
     assert keys.index("init_stop") < keys.index("run_start") < keys.index("eval_accuracy")
     assert events[-1]["metadata"]["status"] == "success"
@@ -234,7 +232,7 @@ def test_open_packed_bert_runs_through_the_fake(monkeypatch, tmp_path, one_threa
                       "--set", "max_samples=1700", "--set", f"ipu_executable_cache={tmp_path / 'cache'}"]) == 0
     verdict = check_log(log)
     assert verdict.passed, verdict.errors
-    events = [json.loads(ln.split(":::MLLOG ", 1)[1]) for ln in log.read_text().splitlines()]
+    events = log_events(log)
     assert sum(e["key"] == "eval_accuracy" for e in events) == 1 and events[-1]["metadata"]["status"] == "aborted"
 
 

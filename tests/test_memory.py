@@ -55,7 +55,7 @@ def test_8xa100_bert_at_64_per_gpu_is_over_an_a100_40gb_and_refused_before_the_l
     assert "\n" not in str(e.value)
     # Through the trainers' own path: refused in announce, which both call before the log is opened.
     args = argparse.Namespace(system=str(a100_40gb), preset="8xA100", seed=1, result_log=tmp_path / "r.txt")
-    with pytest.raises(UserError):
+    with pytest.raises(UserError, match="gradient_accumulation_steps=12"):
         training.announce("bert", "closed", args, old, distributed.Dist(world_size=8, device=CUDA), 64)
     assert not (tmp_path / "r.txt").exists()
     # On the CPU the same run is checked against the host's memory instead, which here is plenty.

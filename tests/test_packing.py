@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 import torch
 from fakes import FIXTURES, REPO, one_line_error
+from helpers import run_cli, run_module
 
 from mlperf_submission.common.cli import sha256_file
 from mlperf_submission.common.data import bert_wiki, packing
@@ -108,7 +108,7 @@ def test_plan_json_round_trip_and_rejects_bad_plans():
     with pytest.raises(ValueError, match="packs"):
         Plan.from_json(json.dumps(dict(data, packs=data["packs"] + 1)))
     for bad in ([[[6, 5], 1]], [[[1, 6], 1]], [[[6], 0]], [[[6], 1], [[6], 2]]):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="bad strategy|strategies must be distinct"):
             Plan.from_dict(dict(data, strategies=bad))
     with pytest.raises(ValueError, match="JSON"):
         Plan.from_json("{")
@@ -119,7 +119,7 @@ def test_plan_json_round_trip_and_rejects_bad_plans():
 def test_histogram_rejects_lengths_out_of_range():
     assert histogram(np.array([1, 3, 3]), 4).tolist() == [1, 0, 2, 0]
     for bad in ([0, 1], [5], [1.5]):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="sequence lengths must be "):
             histogram(np.array(bad), 4)
 
 
@@ -289,19 +289,10 @@ def source(tmp_path):
     return tmp_path / "src"
 
 
-def run_cli(capsys, *args) -> tuple[int, str, str]:
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as e:  # usage mistakes exit from the argument parser
-        code = e.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 @pytest.mark.parametrize("algorithm", ["spfhp", "nnlshp"])
-def test_cli_packs_both_splits_into_a_verified_folder(source, tmp_path, capsys, algorithm):
+def test_cli_packs_both_splits_into_a_verified_folder(source, tmp_path, algorithm):
     out = tmp_path / "packed"
-    code, stdout, err = run_cli(capsys, "--algorithm", algorithm, "--max-per-pack", "3", source, out)
+    code, stdout, err = run_cli(main, "--algorithm", algorithm, "--max-per-pack", "3", source, out)
     assert code == 0, err
     manifest = verify(out)
     plans = json.loads((out / "plan.json").read_text())
@@ -322,39 +313,39 @@ def test_cli_packs_both_splits_into_a_verified_folder(source, tmp_path, capsys, 
         assert item["masked_lm_ids"].shape == (manifest["max_predictions_per_pack"],)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["packed", "src"]  # no temporary folder left
     again = tmp_path / "again"
-    assert run_cli(capsys, "--algorithm", algorithm, source, again)[0] == 0  # deterministic in its seed
+    assert run_cli(main, "--algorithm", algorithm, source, again)[0] == 0  # deterministic in its seed
     assert (again / "plan.json").read_bytes() == (out / "plan.json").read_bytes()
     for split, entry in json.loads((again / "manifest.json").read_text())["splits"].items():
         assert entry["arrays"] == manifest["splits"][split]["arrays"]  # same sha256s
-    code, stdout, _ = run_cli(capsys, "--verify", out)
+    code, stdout, _ = run_cli(main, "--verify", out)
     assert code == 0 and stdout.startswith(f"verify: {out}: train 240 sequences")
 
 
-def test_cli_bad_input_is_one_line_and_writes_nothing(source, tmp_path, capsys):
+def test_cli_bad_input_is_one_line_and_writes_nothing(source, tmp_path):
     out = tmp_path / "packed"
-    one_line_error(*run_cli(capsys, tmp_path / "nothing", out)[::2], "manifest.json is missing")
-    one_line_error(*run_cli(capsys, source)[::2], "give SRC and OUT")
-    one_line_error(*run_cli(capsys, "--max-pred-per-pack", "1", source, out)[::2], "more than --max-pred-per-pack 1")
-    one_line_error(*run_cli(capsys, "--algorithm", "lpfhp", source, out)[::2], "invalid choice")
+    one_line_error(*run_cli(main, tmp_path / "nothing", out)[::2], "manifest.json is missing")
+    one_line_error(*run_cli(main, source)[::2], "give SRC and OUT")
+    one_line_error(*run_cli(main, "--max-pred-per-pack", "1", source, out)[::2], "more than --max-pred-per-pack 1")
+    one_line_error(*run_cli(main, "--algorithm", "lpfhp", source, out)[::2], "invalid choice")
     out.mkdir()
-    one_line_error(*run_cli(capsys, source, out)[::2], "already exists")
+    one_line_error(*run_cli(main, source, out)[::2], "already exists")
     out.rmdir()
     path = source / "train" / "input_ids.npy"
     data = bytearray(path.read_bytes())
     data[-3] ^= 0xFF
     path.write_bytes(bytes(data))
-    one_line_error(*run_cli(capsys, source, out)[::2], "sha256 differs")
+    one_line_error(*run_cli(main, source, out)[::2], "sha256 differs")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
 
 
-def test_verify_detects_changed_packed_files(source, tmp_path, capsys):
+def test_verify_detects_changed_packed_files(source, tmp_path):
     out = tmp_path / "packed"
-    assert run_cli(capsys, "--algorithm", "spfhp", source, out)[0] == 0
+    assert run_cli(main, "--algorithm", "spfhp", source, out)[0] == 0
     path = out / "eval" / "input_ids.npy"
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))
-    one_line_error(*run_cli(capsys, "--verify", out)[::2], "eval/input_ids.npy: sha256 differs")
+    one_line_error(*run_cli(main, "--verify", out)[::2], "eval/input_ids.npy: sha256 differs")
     plan = out / "plan.json"
     plan.write_text(plan.read_text().replace('"algorithm": "spfhp"', '"algorithm": "nnlshp"'))
     with pytest.raises(DataError, match="plan.json is missing or its sha256 differs"):
@@ -363,9 +354,9 @@ def test_verify_detects_changed_packed_files(source, tmp_path, capsys):
         PackedDataset(out, "test")
 
 
-def test_fixed_max_predictions_per_pack(source, tmp_path, capsys):
+def test_fixed_max_predictions_per_pack(source, tmp_path):
     out = tmp_path / "packed"
-    code, stdout, err = run_cli(capsys, "--algorithm", "spfhp", "--max-pred-per-pack", "40", source, out)
+    code, stdout, err = run_cli(main, "--algorithm", "spfhp", "--max-pred-per-pack", "40", source, out)
     assert code == 0 and "max 40 predictions per pack" in stdout, err
     manifest = verify(out)
     assert manifest["max_predictions_per_pack"] == 40
@@ -379,7 +370,7 @@ def test_fixed_max_predictions_per_pack(source, tmp_path, capsys):
         assert torch.equal(wide["input_ids"], narrow["input_ids"])
     with pytest.raises(DataError, match="up to 40 masked-LM predictions, more than the 39 asked for"):
         PackedDataset(out, "train", max_predictions_per_pack=39)
-    one_line_error(*run_cli(capsys, "--max-pred-per-pack", "0", source, tmp_path / "zero")[::2],
+    one_line_error(*run_cli(main, "--max-pred-per-pack", "0", source, tmp_path / "zero")[::2],
                    "--max-pred-per-pack must be an integer >= 1")
 
 
@@ -405,20 +396,20 @@ def edit_manifest(folder, change) -> None:
     (lambda m: m.update(max_sequences_per_pack=300), "'max_sequences_per_pack' must be an integer in 1..255"),
     (lambda m: m.update(seq_len=True), "'seq_len' must be an integer >= 1"),
 ])  # fmt: skip
-def test_malformed_manifest_is_one_data_error(source, tmp_path, capsys, change, message):
+def test_malformed_manifest_is_one_data_error(source, tmp_path, change, message):
     out = tmp_path / "packed"
-    assert run_cli(capsys, "--algorithm", "spfhp", source, out)[0] == 0
+    assert run_cli(main, "--algorithm", "spfhp", source, out)[0] == 0
     edit_manifest(out, change)
     for read in (verify, PackedDataset):
         with pytest.raises(DataError, match=message) as caught:
             read(out)
         assert str(caught.value).startswith(str(out / "manifest.json")) and "\n" not in str(caught.value)
-    one_line_error(*run_cli(capsys, "--verify", out)[::2], message)
+    one_line_error(*run_cli(main, "--verify", out)[::2], message)
 
 
-def test_verify_and_dataset_reject_a_listed_file_that_is_not_an_array(source, tmp_path, capsys):
+def test_verify_and_dataset_reject_a_listed_file_that_is_not_an_array(source, tmp_path):
     out = tmp_path / "packed"
-    assert run_cli(capsys, "--algorithm", "spfhp", source, out)[0] == 0
+    assert run_cli(main, "--algorithm", "spfhp", source, out)[0] == 0
     edit_manifest(out, lambda m: m["splits"]["train"]["arrays"].pop("segment_ids"))
     with pytest.raises(DataError, match="split 'train' lists no array 'segment_ids'"):
         PackedDataset(out, "train")
@@ -432,10 +423,7 @@ def test_verify_and_dataset_reject_a_listed_file_that_is_not_an_array(source, tm
 
 
 def test_cli_module_entry_point(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "mlperf_submission.common.data.packing", "--verify", str(tmp_path / "none")],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    result = run_module("mlperf_submission.common.data.packing", "--verify", tmp_path / "none", timeout=120)
     one_line_error(result.returncode, result.stderr, "manifest.json is missing")
 
 

@@ -7,10 +7,12 @@ import json
 import sys
 
 import pytest
-from fakes import BERT, FIXTURES, LARS, REPO, one_line_error
-from test_audit import fake_tree, run_cli
+from fakes import BERT, FIXTURES, LARS, fake_train_command, one_line_error
+from helpers import run_cli
+from test_audit import fake_tree
 
 from mlperf_submission.compliance import audit, reproduce
+from mlperf_submission.compliance.__main__ import main as compliance_main
 from mlperf_submission.compliance.tools import check_log
 
 
@@ -72,7 +74,7 @@ def test_reproduce_end_to_end_with_a_stand_in_trainer(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(reproduce.runs, "train_command", stand_in_trainer(calls))
     out = tmp_path / "repro"
-    rc, printed = run_cli(["reproduce", "--sub", str(sub), "--out", str(out)])
+    rc, printed, _ = run_cli(compliance_main, "reproduce", "--sub", sub, "--out", out)
     assert rc == 0, printed
     assert calls == [("closed", "resnet", "smoke", s) for s in (100, 101, 102, 103, 104)]
     assert "SMOKE SCALE, DEMONSTRATION" in printed and "NOTHING about the published result" in printed
@@ -96,10 +98,8 @@ def stand_in_trainer(calls: list, fail_seed: int | None = None):
         calls.append((plan.trainer, plan.benchmark, plan.preset, seed))
         if seed == fail_seed:
             return [sys.executable, "-c", "raise SystemExit(1)"]
-        code = (f"import sys; sys.path.insert(0, {str(REPO / 'tests')!r}); from pathlib import Path; "
-                f"from fakes import LARS, fake_run; fake_run(Path({str(log)!r}), seed={seed}, run_minutes=0.5, "
-                "hyperparameters=LARS | {'global_batch_size': 128}, evals=[(4, 0.77)])")
-        return [sys.executable, "-c", code]
+        return fake_train_command(plan, i, system=system, log=log, run_minutes=0.5,
+                                  hyperparameters=LARS | {"global_batch_size": 128}, evals=[(4, 0.77)])
 
     return train_command
 
@@ -165,8 +165,8 @@ def test_reproduce_a_published_result_at_smoke_scale_with_the_real_trainer(graph
     # the 2 cores are shared (conftest's one_thread, for a subprocess).
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     out = tmp_path / "repro"
-    rc, printed = run_cli(["reproduce", "--result-id", "1.1-2040", "--results-root", str(FIXTURES), "--runs", "1",
-                           "--out", str(out)])
+    rc, printed, _ = run_cli(compliance_main, "reproduce", "--result-id", "1.1-2040", "--results-root", FIXTURES,
+                             "--runs", "1", "--out", out)
     assert rc == 0, printed
     assert "!!! SMOKE SCALE, DEMONSTRATION" in printed and "28.335 published" in printed
     assert "runs/ only: 1 run(s), the rules need 5 to package" in printed

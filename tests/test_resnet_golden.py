@@ -9,27 +9,16 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import eval_accuracies, run_module
 
 from mlperf_submission.common.run import QUALITY_TARGETS
 
 GOLDEN = Path(__file__).with_name("golden") / "resnet_smoke.json"
 SEED = 1
-
-
-def command(seed: int, log: Path) -> list[str]:
-    return [sys.executable, "-m", "mlperf_submission.closed.resnet.train", "--preset", "smoke", "--seed", str(seed),
-            "--system", "1xH200", "--result-log", str(log)]
-
-
-def eval_accuracies(log: Path) -> list[tuple[int, float]]:
-    """(epoch, top-1) of every eval_accuracy in a result log."""
-    events = [json.loads(ln.split(":::MLLOG ", 1)[1]) for ln in log.read_text().splitlines()]
-    return [(e["metadata"]["epoch_num"], e["value"]) for e in events if e["key"] == "eval_accuracy"]
 
 
 def epoch_losses(stdout: str) -> list[tuple[int, float]]:
@@ -39,16 +28,24 @@ def epoch_losses(stdout: str) -> list[tuple[int, float]]:
 
 def smoke_run(seed: int, log: Path) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
     """-> (evals, losses) of one smoke run."""
-    proc = subprocess.run(command(seed, log), capture_output=True, text=True)
+    proc = run_module("mlperf_submission.closed.resnet.train", "--preset", "smoke", "--seed", seed,
+                      "--system", "1xH200", "--result-log", log)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "run_stop: success" in proc.stdout, proc.stdout[-2000:]
     return eval_accuracies(log), epoch_losses(proc.stdout)
 
 
 @pytest.mark.slow
-def test_seeded_smoke_run_follows_the_golden_accuracies(tmp_path):
+def test_seeded_smoke_run_follows_the_golden_accuracies(smoke_submission):
+    """The run of the golden seed in the shared closed smoke submission (conftest.py): the same command as
+    `smoke_run`'s, but for the system description, which only names the log's submission fields."""
     golden = json.loads(GOLDEN.read_text())
-    got, losses = smoke_run(golden["seed"], tmp_path / "result_0.txt")
+    submitted = smoke_submission("closed", "resnet")
+    assert submitted.proc.returncode == 0, submitted.proc.stderr[-2000:]
+    log, console = submitted.run(golden["seed"])
+    printed = console.read_text()
+    assert "run_stop: success" in printed, printed[-2000:]
+    got, losses = eval_accuracies(log), epoch_losses(printed)
     assert [epoch for epoch, _ in got] == [epoch for epoch, _ in golden["evals"]]
     for (epoch, ours), (_, expected) in zip(got, golden["evals"], strict=True):
         assert ours == pytest.approx(expected, abs=golden["tolerance"]), epoch

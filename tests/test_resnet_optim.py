@@ -116,7 +116,7 @@ def test_lars_steps_a_model_in_float32():
 
 
 def test_lars_rejects_bad_hyperparameters():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="invalid LARS hyperparameters: lr=-1.0 "):
         LARS([nn.Parameter(t(1.0))], lr=-1.0)
 
 
@@ -149,7 +149,7 @@ def test_poly_schedule_power_and_no_warmup():
 
 @pytest.mark.parametrize("step, warmup_steps, decay_steps", [(-1, 10, 10), (0, -1, 10), (0, 10, 0)])
 def test_poly_schedule_rejects_bad_arguments(step, warmup_steps, decay_steps):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="invalid schedule: "):
         poly_schedule(step, base_lr=1.0, end_lr=0.0, warmup_steps=warmup_steps, decay_steps=decay_steps)
 
 

@@ -1,22 +1,23 @@
 """A submission survives interruption: the plan in OUT, runs kept as they pass, resume, one run per job, and the
-faults of issue 13 (a signal, kill -9 of the trainer, a run that raises, a full disk, a log edited by hand)."""
+faults of issue 13 (a signal, kill -9 of the trainer, a run that raises, a full disk, a log edited by hand).
+The fault tests exercise the machinery around runs, so the fake trainer (tests/fake_trainer.py: a whole passing
+log through the real Run and MLLog in a second) trains them; two torchrun nodes run the real smoke trainer."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import multiprocessing
 import os
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from fakes import REPO, one_line_error
+from fakes import REPO, fake_trainer_env, one_line_error
+from helpers import free_port, log_events, mllog_line, run_module
 
 from mlperf_submission.common.cli import UserError
 from mlperf_submission.compliance import plan as planning
@@ -27,9 +28,13 @@ from mlperf_submission.systems import load as load_system
 SUBMIT = ["--division", "closed", "--bench", "resnet"]
 
 
-def compliance(*args, env=None, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mlperf_submission.compliance", *args], capture_output=True,
-                          text=True, timeout=900, env=env, **kw)
+def compliance(*args, **kw) -> subprocess.CompletedProcess:
+    return run_module("mlperf_submission.compliance", *args, timeout=900, **kw)
+
+
+def fake_compliance(folder: Path, *args, **kw) -> subprocess.CompletedProcess:
+    """`compliance` with the fake trainer training the runs."""
+    return compliance(*args, env=fake_trainer_env(folder), **kw)
 
 
 def digests(folder: Path, names) -> dict:
@@ -142,19 +147,19 @@ def test_a_signal_inside_a_run_logs_aborted_and_exits_quietly_with_the_shells_st
     proc = subprocess.run([sys.executable, "-c", RUN_SIGNALLED, str(log), str(int(sig))], capture_output=True,
                           text=True, timeout=60)
     assert (proc.returncode, proc.stderr) == (status, "")
-    assert json.loads(log.read_text().splitlines()[-1].split(":::MLLOG ", 1)[1])["metadata"]["status"] == "aborted"
+    assert log_events(log)[-1]["metadata"]["status"] == "aborted"
 
 
-# --- interruption and resume: real smoke runs ---------------------------------------------------------------
+# --- interruption and resume: the fake trainer -------------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_sigint_to_the_process_group_after_two_runs_then_the_same_command_resumes(tmp_path):
     """The acceptance test of issue 13, through make, as a user types it."""
     out = tmp_path / "X"
     make = ["make", "-s", "submit", "DIVISION=closed", "BENCH=resnet", f"OUT={out}", f"PY={sys.executable}"]
     with open(tmp_path / "first.txt", "w") as first:
-        proc = subprocess.Popen(make, cwd=REPO, stdout=first, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(make, cwd=REPO, stdout=first, stderr=subprocess.STDOUT, start_new_session=True,
+                                env=fake_trainer_env(tmp_path, FAKE_TRAINER_PAUSE="result_2.txt"))
         wait_for(lambda: (out / "runs" / "result_1.json").is_file() and (out / "runs" / "result_2.txt.partial")
                  .is_file() and "run_start" in (out / "runs" / "result_2.txt.partial").read_text(), proc,
                  "third run started")
@@ -169,11 +174,11 @@ def test_sigint_to_the_process_group_after_two_runs_then_the_same_command_resume
             f" (a stopped run does not count). Resume with: make submit DIVISION=closed BENCH=resnet OUT={out}"
             in printed)
     aborted = out / "runs" / "result_2.txt"
-    assert json.loads(aborted.read_text().splitlines()[-1].split(":::MLLOG ", 1)[1])["metadata"]["status"] == "aborted"
+    assert log_events(aborted)[-1]["metadata"]["status"] == "aborted"
     assert not (out / "runs" / "result_2.json").exists()
 
     started = time.time()
-    again = subprocess.run(make, cwd=REPO, capture_output=True, text=True, timeout=900)
+    again = subprocess.run(make, cwd=REPO, capture_output=True, text=True, timeout=900, env=fake_trainer_env(tmp_path))
     resumed_in = time.time() - started
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert again.stdout.rstrip().endswith(PACKAGE_SUCCESS)
@@ -187,12 +192,12 @@ def test_sigint_to_the_process_group_after_two_runs_then_the_same_command_resume
     print(f"stopped {stopped_in:.1f} s after SIGINT; resume (3 runs + package) {resumed_in:.1f} s")
 
 
-@pytest.mark.slow
 def test_sigterm_to_make_run_stops_the_run_aborted_and_exits_143(tmp_path):
     out = tmp_path / "sub"
     with open(tmp_path / "out.txt", "w") as f:
         proc = subprocess.Popen([sys.executable, "-m", "mlperf_submission.compliance", "run", *SUBMIT, "--index", "0",
-                                 "--out", str(out)], stdout=f, stderr=subprocess.STDOUT)
+                                 "--out", str(out)], stdout=f, stderr=subprocess.STDOUT,
+                                env=fake_trainer_env(tmp_path, FAKE_TRAINER_PAUSE="result_0.txt"))
         partial = out / "runs" / "result_0.txt.partial"
         wait_for(lambda: partial.is_file() and "run_start" in partial.read_text(), proc, "run_start")
         proc.send_signal(signal.SIGTERM)  # to run alone: it passes the signal on to the trainer
@@ -205,14 +210,14 @@ def test_sigterm_to_make_run_stops_the_run_aborted_and_exits_143(tmp_path):
     assert record is None and "no record of passing" in why  # an aborted log never counts, checker or not
 
 
-@pytest.mark.slow
 def test_kill_9_of_the_trainer_mid_run_then_resume_redoes_that_run_only(tmp_path):
     out = tmp_path / "sub"
-    assert compliance("run", *SUBMIT, "--index", "0", "--out", str(out)).returncode == 0
+    assert fake_compliance(tmp_path, "run", *SUBMIT, "--index", "0", "--out", out).returncode == 0
     kept = digests(out / "runs", ["result_0.txt", "result_0.json"])
     with open(tmp_path / "out.txt", "w") as f:
         proc = subprocess.Popen([sys.executable, "-m", "mlperf_submission.compliance", "run", *SUBMIT, "--index", "1",
-                                 "--out", str(out)], stdout=f, stderr=subprocess.STDOUT, text=True)
+                                 "--out", str(out)], stdout=f, stderr=subprocess.STDOUT, text=True,
+                                env=fake_trainer_env(tmp_path, FAKE_TRAINER_PAUSE="result_1.txt"))
         partial = out / "runs" / "result_1.txt.partial"
         wait_for(lambda: partial.is_file() and "run_start" in partial.read_text(), proc, "run_start")
         (trainer,) = children(proc.pid)
@@ -225,86 +230,60 @@ def test_kill_9_of_the_trainer_mid_run_then_resume_redoes_that_run_only(tmp_path
     plan = planning.load_plan(out)
     assert [runs.run_state(out, plan, i)[1] for i in range(3)] == [
         "", "it was interrupted (only a .partial log)", "not trained yet"]
-    again = compliance("run", *SUBMIT, "--index", "1", "--out", str(out))
+    again = fake_compliance(tmp_path, "run", *SUBMIT, "--index", "1", "--out", out)
     assert again.returncode == 0 and "run 2/5 (result_1.txt)" in again.stdout and "run 1/5" not in again.stdout
     assert digests(out / "runs", kept) == kept and runs.run_state(out, plan, 1)[0] is not None
     assert sorted(p.name.split("-", 2)[2] for p in (out / "runs" / "discarded").iterdir()) == [
         "result_1.log", "result_1.txt.partial"]
 
 
-# Raises inside the run of the seed INJECT_FAULT_SEED names, after run_start: a crash in the timed loop.
-SITECUSTOMIZE = """
-import os
-if os.environ.get("INJECT_FAULT_SEED"):
-    from mlperf_submission.common import run as _run
-    _start = _run.Run.start
-    def start(self):
-        _start(self)
-        if str(self.seed) == os.environ["INJECT_FAULT_SEED"]:
-            raise RuntimeError("injected fault in the training loop")
-    _run.Run.start = start
-"""
-
-
-@pytest.mark.slow
 def test_a_run_that_raises_mid_submit_stops_naming_it_and_the_same_command_redoes_it(tmp_path):
-    hooks = tmp_path / "hooks"
-    hooks.mkdir()
-    (hooks / "sitecustomize.py").write_text(SITECUSTOMIZE)
     out = tmp_path / "sub"
-    env = os.environ | {"PYTHONPATH": str(hooks), "INJECT_FAULT_SEED": "12"}
-    proc = compliance("submit", *SUBMIT, "--seeds", "11,12,13,14,15", "--out", str(out), env=env)
+    env = fake_trainer_env(tmp_path, FAKE_TRAINER_RAISE="12")  # raises after run_start: a crash in the timed loop
+    proc = compliance("submit", *SUBMIT, "--seeds", "11,12,13,14,15", "--out", out, env=env)
     one_line_error(proc.returncode, proc.stderr, f"run 2 (result_1.txt, seed 12) failed with exit status 1; its "
                    f"output: {out / 'runs' / 'result_1.log'} (last line: RuntimeError: injected fault")
     assert "The runs that passed are kept: resume with `make submit DIVISION=closed BENCH=resnet SEEDS=" \
-           in proc.stderr
+        in proc.stderr
     assert "injected fault" in (out / "runs" / "result_1.log").read_text()
     assert not (out / "runs" / "result_2.txt.partial").exists()  # submit stopped at the failed run
     kept = digests(out / "runs", ["result_0.txt"])
-    again = compliance("submit", *SUBMIT, "--seeds", "11,12,13,14,15", "--out", str(out))
+    again = fake_compliance(tmp_path, "submit", *SUBMIT, "--seeds", "11,12,13,14,15", "--out", out)
     assert again.returncode == 0 and again.stdout.rstrip().endswith(PACKAGE_SUCCESS), again.stderr[-2000:]
     assert "run 1/5 kept" in again.stdout and digests(out / "runs", kept) == kept
 
 
-@pytest.mark.slow
 def test_a_log_edited_by_hand_is_detected_and_redone(tmp_path):
     out = tmp_path / "sub"
-    assert compliance("run", *SUBMIT, "--index", "0", "--out", str(out)).returncode == 0
+    assert fake_compliance(tmp_path, "run", *SUBMIT, "--index", "0", "--out", out).returncode == 0
     log = out / "runs" / "result_0.txt"
     lines = log.read_text().splitlines(keepends=True)
-    stop = json.loads(lines[-1].split(":::MLLOG ", 1)[1])
+    stop = log_events(log)[-1]
     stop["time_ms"] -= 60_000  # a minute off the time to train
-    log.write_text("".join(lines[:-1]) + ":::MLLOG " + json.dumps(stop) + "\n")
-    again = compliance("run", *SUBMIT, "--index", "0", "--out", str(out))
+    log.write_text("".join(lines[:-1]) + mllog_line(stop))
+    again = fake_compliance(tmp_path, "run", *SUBMIT, "--index", "0", "--out", out)
     assert again.returncode == 0, again.stderr
     assert "result_0.txt was changed after it passed (its sha256 is not the one recorded)" in again.stdout
     assert "moved to runs/discarded/" in again.stdout
     record, _ = runs.run_state(out, planning.load_plan(out), 0)
-    assert record is not None and json.loads(log.read_text().splitlines()[-1].split(":::MLLOG ", 1)[1]) != stop
+    assert record is not None and log_events(log)[-1] != stop
 
 
 def small_files(limit: int):
     return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
 
-@pytest.mark.slow
 def test_a_full_disk_while_the_log_is_written_is_a_clear_error_and_resume_works_once_there_is_room(tmp_path):
     """Files above 16 KiB cannot be written (RLIMIT_FSIZE: write() fails as on a full disk): the plan and the
-    console output fit, the result log (about 43 KB) does not."""
+    console output fit, the result log (the fake trainer's, about 40 KB, as the smoke trainer's 43 KB) does not."""
     out = tmp_path / "sub"
-    proc = compliance("run", *SUBMIT, "--index", "0", "--out", str(out), preexec_fn=small_files(16 << 10))
+    proc = fake_compliance(tmp_path, "run", *SUBMIT, "--index", "0", "--out", out, preexec_fn=small_files(16 << 10))
     one_line_error(proc.returncode, proc.stderr, "run 1 (result_0.txt, seed ")
     assert "(last line: OSError: [Errno 27] File too large" in proc.stderr
     assert not (out / "runs" / "result_0.txt").exists() and not (out / "runs" / "result_0.json").exists()
-    again = compliance("run", *SUBMIT, "--index", "0", "--out", str(out))
+    again = fake_compliance(tmp_path, "run", *SUBMIT, "--index", "0", "--out", out)
     assert again.returncode == 0 and "it was interrupted (only a .partial log)" in again.stdout, again.stderr
     assert runs.run_state(out, planning.load_plan(out), 0)[0] is not None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow

@@ -105,7 +105,7 @@ def test_both_trainers_take_the_shared_options_and_bert_its_checkpoint(tmp_path)
         args = module.parse_args(common)
         assert (args.preset, args.seed, args.data, args.overrides) == ("smoke", 3, None, ["a=1"])
     assert bert_train.parse_args([*common, "--ckpt", "x.pt"]).ckpt == "x.pt"
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match="^2$"):  # argparse's usage error
         resnet_train.parse_args([*common, "--ckpt", "x.pt"])
     run_args = training.Invocation.from_args(bert_train.parse_args(common))
     assert run_args == training.Invocation(preset="smoke", seed=3, system="1xH200", result_log=tmp_path / "r.txt")
