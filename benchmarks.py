@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from mlperf_submission.closed.bert import presets as closed_bert
-from mlperf_submission.closed.resnet import presets as closed_resnet
-from mlperf_submission.common import config
-from mlperf_submission.common.cli import UserError
-from mlperf_submission.open.bert import presets as open_bert
-from mlperf_submission.open.resnet import presets as open_resnet
+from .closed.bert import presets as closed_bert
+from .closed.resnet import presets as closed_resnet
+from .common import config
+from .common.cli import UserError
+from .open.bert import presets as open_bert
+from .open.resnet import presets as open_resnet
 
 # The accelerators (GPUs, or IPUs for pod16) whose ranks each preset's global batch is divided over: the
 # 8 of 8xA100. Every preset of every benchmark is listed (a test checks it).

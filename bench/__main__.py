@@ -37,10 +37,10 @@ from pathlib import Path
 
 import torch
 
-from mlperf_submission.bench import cases, scales, timing
-from mlperf_submission.common.cli import ArgumentParser, atomic_write_text, entry_point
-from mlperf_submission.common.evidence import git_commit, ratio_text
-from mlperf_submission.systems import describe_local
+from ..common.cli import ArgumentParser, atomic_write_text, entry_point
+from ..common.evidence import git_commit, ratio_text
+from ..systems import describe_local
+from . import cases, scales, timing
 
 FORMAT = "mlperf_submission.bench/1"
 # Goals of issue 6 on the 2-core CPU, and packing's of issue 5: (numerator, denominator, goal) per group;

@@ -23,22 +23,22 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from mlperf_submission.bench import peers
-from mlperf_submission.bench.scales import Scale
-from mlperf_submission.bench.timing import measure_alternating, peak_memory_mib, pick_device, scaled, sync, tf32
-from mlperf_submission.closed.bert import data as bert_data
-from mlperf_submission.closed.bert import optim as bert_optim
-from mlperf_submission.closed.bert import presets as bert_presets
-from mlperf_submission.closed.bert import steps as bert_steps
-from mlperf_submission.closed.bert.model import BertForPretraining
-from mlperf_submission.closed.resnet import presets as resnet_presets
-from mlperf_submission.closed.resnet import steps as resnet_steps
-from mlperf_submission.common.data import bert_wiki, imagenet, packing
-from mlperf_submission.common.data.imagenet.bench import benchmark
-from mlperf_submission.common.runtime import distributed
-from mlperf_submission.common.runtime.compile import compiled, undone
-from mlperf_submission.common.runtime.precision import notation
-from mlperf_submission.open.bert import presets as open_bert_presets
+from ..closed.bert import data as bert_data
+from ..closed.bert import optim as bert_optim
+from ..closed.bert import presets as bert_presets
+from ..closed.bert import steps as bert_steps
+from ..closed.bert.model import BertForPretraining
+from ..closed.resnet import presets as resnet_presets
+from ..closed.resnet import steps as resnet_steps
+from ..common.data import bert_wiki, imagenet, packing
+from ..common.data.imagenet.bench import benchmark
+from ..common.runtime import distributed
+from ..common.runtime.compile import compiled, undone
+from ..common.runtime.precision import notation
+from ..open.bert import presets as open_bert_presets
+from . import peers
+from .scales import Scale
+from .timing import measure_alternating, peak_memory_mib, pick_device, scaled, sync, tf32
 
 MAX_PREDICTIONS = 76  # masked positions per sequence of the MLPerf data at 512
 MASKED_FRACTION = 0.15

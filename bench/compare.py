@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from mlperf_submission.common.cli import ArgumentParser, UserError, atomic_write_text, entry_point
+from ..common.cli import ArgumentParser, UserError, atomic_write_text, entry_point
 
 AGREE = 0.10  # two medians agree when the larger is at most 10 % above the smaller
 

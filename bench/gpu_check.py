@@ -39,9 +39,9 @@ from pathlib import Path
 
 import torch
 
-from mlperf_submission import benchmarks
-from mlperf_submission.common.cli import ArgumentParser, UserError, atomic_write_text, entry_point
-from mlperf_submission.common.evidence import git_commit, ratio_text
+from .. import benchmarks
+from ..common.cli import ArgumentParser, UserError, atomic_write_text, entry_point
+from ..common.evidence import git_commit, ratio_text
 
 FORMAT = "mlperf_submission.gpu_check/1"
 # The most seconds each part may take. The parts run in this order, the most telling first, and each gets
@@ -150,7 +150,7 @@ def smoke_run(bench: str, compile_backend: str, folder: Path) -> Callable[[float
     """A part: the closed smoke run of `bench` on CUDA, its log checked by the official checker."""
 
     def part(limit: float) -> dict:
-        from mlperf_submission.compliance.tools import check_log
+        from ..compliance.tools import check_log
 
         log = folder / f"{bench}_{compile_backend}.txt"
         cmd = [sys.executable, "-m", benchmarks.get("closed", bench).trainer, "--preset", "smoke", "--seed", "1",

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import sys
 
-from mlperf_submission import benchmarks
-from mlperf_submission.common.cli import ArgumentParser, UserError, entry_point
-from mlperf_submission.common.runtime import memory
-from mlperf_submission.common.system import load as load_system
+from .. import benchmarks
+from ..common.cli import ArgumentParser, UserError, entry_point
+from ..common.runtime import memory
+from ..common.system import load as load_system
 
 
 def fit_text(estimate: memory.Estimate, system_name: str) -> str:

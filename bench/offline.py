@@ -29,7 +29,7 @@ from pathlib import Path
 
 from packaging.requirements import Requirement
 
-from mlperf_submission.common.cli import ArgumentParser, UserError, atomic_dir, entry_point
+from ..common.cli import ArgumentParser, UserError, atomic_dir, entry_point
 
 ROOT = Path(__file__).resolve().parents[1]
 DISTRIBUTION = "mlperf-submission"

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from mlperf_submission.common.data import imagenet
+from ..common.data import imagenet
 
 
 class _Bottleneck(nn.Module):

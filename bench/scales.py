@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mlperf_submission.closed.bert.model import BertConfig
+from ..closed.bert.model import BertConfig
 
 BERT = BertConfig()  # BERT-Large
 FULL_LAYERS = BERT.num_hidden_layers  # 24

@@ -17,11 +17,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from mlperf_submission import benchmarks
-from mlperf_submission.common.cli import ArgumentParser, UserError, atomic_write_text, entry_point
-from mlperf_submission.common.run import BENCHMARKS
-from mlperf_submission.compliance import score as scoring
-from mlperf_submission.systems import DEMO_NOTE, describe_local
+from .. import benchmarks
+from ..common.cli import ArgumentParser, UserError, atomic_write_text, entry_point
+from ..common.run import BENCHMARKS
+from ..compliance import score as scoring
+from ..systems import DEMO_NOTE, describe_local
 
 # The closed BERT smoke preset on the open smoke preset's corpus (open/bert/presets.py `smoke`).
 CLOSED_ON_OPEN_DATA = {"bert": ["synthetic_lengths=wikipedia", "max_seq_length=64", "max_predictions_per_seq=10",

@@ -15,8 +15,8 @@ from collections.abc import Callable
 import torch
 from torch.utils import flop_counter
 
-from mlperf_submission.bench.scales import FULL_LAYERS, Scale
-from mlperf_submission.common.runtime import distributed
+from ..common.runtime import distributed
+from .scales import FULL_LAYERS, Scale
 
 
 def _sdpa_cpu(query, key, value, *args, out_val=None, **kwargs) -> int:

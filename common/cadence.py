@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mlperf_submission.common.run import Run
+from .run import Run
 
 
 @dataclass

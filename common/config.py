@@ -13,7 +13,7 @@ import typing
 from collections.abc import Callable, Container, Mapping, Sequence
 from typing import Any, TypeVar
 
-from mlperf_submission.common.cli import UserError
+from .cli import UserError
 
 C = TypeVar("C")
 

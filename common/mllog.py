@@ -17,7 +17,7 @@ from typing import Any
 
 from mlperf_logging.mllog import constants, mllog
 
-from mlperf_submission.common.cli import UserError
+from .cli import UserError
 
 # Keys whose timestamps define the score or the untimed-init budget: all ranks agree on them first.
 TIMED_KEYS = frozenset({constants.INIT_STOP, constants.RUN_START, constants.RUN_STOP})

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from mlperf_submission.common.cli import UserError, atomic_write_text
+from .cli import UserError, atomic_write_text
 
 SWITCH = "--rehearse"
 EVAL_SAMPLES = 256  # default eval slice: a bounded eval pass whose seconds per 1,000 samples are extrapolated

@@ -42,8 +42,8 @@ from typing import Any
 import numpy as np
 from mlperf_logging.mllog import constants
 
-from mlperf_submission.common.cli import UserError
-from mlperf_submission.common.mllog import MLLog
+from .cli import UserError
+from .mllog import MLLog
 
 BENCHMARKS = ("resnet", "bert")
 DROP_CACHES = Path("/proc/sys/vm/drop_caches")  # root only: every clean page of the OS cache

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from mlperf_submission.common.cli import UserError
+from .cli import UserError
 
 FOLDER = Path(__file__).resolve().parents[1] / "systems"
 

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import torch
 
-from mlperf_submission.common import config, rehearsal
-from mlperf_submission.common.cli import ArgumentParser, UserError
-from mlperf_submission.common.mllog import MLLog
-from mlperf_submission.common.run import Run, Submission, dataset_files
-from mlperf_submission.common.runtime import distributed, ipu, memory
-from mlperf_submission.common.runtime.precision import notation
-from mlperf_submission.common.system import load as load_system
+from . import config, rehearsal
+from .cli import ArgumentParser, UserError
+from .mllog import MLLog
+from .run import Run, Submission, dataset_files
+from .runtime import distributed, ipu, memory
+from .runtime.precision import notation
+from .system import load as load_system
 
 IPU_FIELDS = frozenset(f.name for f in dataclasses.fields(ipu.IpuConfig))
 

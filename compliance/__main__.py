@@ -21,9 +21,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from mlperf_submission.common.cli import ArgumentParser, atomic_write_text, entry_point
-from mlperf_submission.compliance import audit, package, rehearse, report, reproduce, submit, tools
-from mlperf_submission.compliance import score as scoring
+from ..common.cli import ArgumentParser, atomic_write_text, entry_point
+from . import audit, package, rehearse, report, reproduce, submit, tools
+from . import score as scoring
 
 
 def cmd_check(args) -> int:

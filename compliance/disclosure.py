@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from mlperf_submission.common.cli import ArgumentParser, UserError, atomic_write_text, entry_point
+from ..common.cli import ArgumentParser, UserError, atomic_write_text, entry_point
 
 COMPLIANCE_MD = Path(__file__).resolve().parents[1] / "COMPLIANCE.md"
 

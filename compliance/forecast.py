@@ -20,7 +20,7 @@ import math
 
 from mlperf_logging.rcp_checker import rcp_checker
 
-from mlperf_submission.compliance import tools
+from . import tools
 
 RCP_PASS = "pruned_rcps"  # as the package checker runs the RCP checker (compliance/tools.check_rcp)
 # RCP table key -> the logged hyperparameter keys that hold it, first found wins.

@@ -23,15 +23,15 @@ import subprocess
 import tarfile
 from pathlib import Path
 
-from mlperf_submission import benchmarks
-from mlperf_submission.common.cli import UserError, atomic_dir, sha256_file
-from mlperf_submission.common.evidence import git_commit
-from mlperf_submission.common.run import BENCHMARKS, DIVISIONS, QUALITY_TARGETS
-from mlperf_submission.compliance import disclosure, runs, tools
-from mlperf_submission.compliance import score as scoring
-from mlperf_submission.compliance.plan import DEMO_RCP_REASON, NOT_PACKAGE, Plan, load_plan, system_file
-from mlperf_submission.systems import DEMO_NOTE
-from mlperf_submission.systems import load as load_system
+from .. import benchmarks
+from ..common.cli import UserError, atomic_dir, sha256_file
+from ..common.evidence import git_commit
+from ..common.run import BENCHMARKS, DIVISIONS, QUALITY_TARGETS
+from ..systems import DEMO_NOTE
+from ..systems import load as load_system
+from . import disclosure, runs, tools
+from . import score as scoring
+from .plan import DEMO_RCP_REASON, NOT_PACKAGE, Plan, load_plan, system_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SKIP_PARTS = {".git", ".venv", "out", "__pycache__", ".pytest_cache", ".ruff_cache", "build"}

@@ -22,12 +22,12 @@ import shutil
 import time
 from pathlib import Path
 
-from mlperf_submission import benchmarks
-from mlperf_submission.closed.bert import phase1
-from mlperf_submission.closed.bert.checkpoint import checkpoint_prefix
-from mlperf_submission.common.cli import UserError, atomic_write_text, sha256_file
-from mlperf_submission.systems import DEMO_NOTE, describe_local
-from mlperf_submission.systems import load as load_system
+from .. import benchmarks
+from ..closed.bert import phase1
+from ..closed.bert.checkpoint import checkpoint_prefix
+from ..common.cli import UserError, atomic_write_text, sha256_file
+from ..systems import DEMO_NOTE, describe_local
+from ..systems import load as load_system
 
 PLAN_NAME = "plan.json"
 PLAN_FORMAT = "mlperf_submission.plan/1"

@@ -35,17 +35,17 @@ from pathlib import Path
 
 import torch
 
-from mlperf_submission import benchmarks
-from mlperf_submission.closed.bert import checkpoint, rehearsal_data
-from mlperf_submission.closed.bert import presets as bert_presets
-from mlperf_submission.common import rehearsal as switch
-from mlperf_submission.common.cli import UserError, atomic_write_text
-from mlperf_submission.common.data.generate import imagenet as imagenet_generator
-from mlperf_submission.common.run import BENCHMARKS, DIVISIONS
-from mlperf_submission.common.runtime import memory
-from mlperf_submission.compliance import plan as planning
-from mlperf_submission.compliance import rehearse_report, runs, submit, tools
-from mlperf_submission.systems import load as load_system
+from .. import benchmarks
+from ..closed.bert import checkpoint, rehearsal_data
+from ..closed.bert import presets as bert_presets
+from ..common import rehearsal as switch
+from ..common.cli import UserError, atomic_write_text
+from ..common.data.generate import imagenet as imagenet_generator
+from ..common.run import BENCHMARKS, DIVISIONS
+from ..common.runtime import memory
+from ..systems import load as load_system
+from . import plan as planning
+from . import rehearse_report, runs, submit, tools
 
 HOST_FRACTION = 0.6  # of MemAvailable a CPU rehearsal may plan for: the rest for the OS, page cache, workers
 EVAL_SAMPLES = {"resnet": 256, "bert": 64}  # the bounded eval slice (BERT-Large at 512 is slow on a CPU)

@@ -15,11 +15,11 @@ import math
 import os
 from pathlib import Path
 
-from mlperf_submission.closed.bert import presets as bert_presets
-from mlperf_submission.closed.resnet import presets as resnet_presets
-from mlperf_submission.common.cli import atomic_write_text
-from mlperf_submission.common.runtime import memory
-from mlperf_submission.compliance import forecast, tools
+from ..closed.bert import presets as bert_presets
+from ..closed.resnet import presets as resnet_presets
+from ..common.cli import atomic_write_text
+from ..common.runtime import memory
+from . import forecast, tools
 
 TARGET_CHECK = "Failed checks for eval_accuracy"  # the quality target: the one check no rehearsal can pass
 EVAL_SET = {"resnet": resnet_presets.IMAGENET_VAL, "bert": bert_presets.WIKI_EVAL_SAMPLES}

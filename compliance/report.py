@@ -32,11 +32,11 @@ from pathlib import Path
 
 from mlperf_logging.compliance_checker import mlp_parser
 
-from mlperf_submission.common.cli import UserError, atomic_dir
-from mlperf_submission.common.evidence import git_commit, ratio_text
-from mlperf_submission.common.run import QUALITY_TARGETS
-from mlperf_submission.compliance import score as scoring
-from mlperf_submission.compliance import tools
+from ..common.cli import UserError, atomic_dir
+from ..common.evidence import git_commit, ratio_text
+from ..common.run import QUALITY_TARGETS
+from . import score as scoring
+from . import tools
 
 DEFAULT_BENCH = Path("out/bench/bench.json")
 _NOTATION = re.compile(r"\b(32\.32|16\.32|16\.16|8\.16|8\.8)\b")
@@ -108,7 +108,7 @@ def run_precision(entry: dict) -> str:
     """X.Y precision of an entry: our plan's configured precision, else what its system description states."""
     plan = entry.get("plan")
     if plan is not None and plan.get("config", {}).get("precision"):
-        from mlperf_submission.common.runtime.precision import notation  # torch: only for our own runs
+        from ..common.runtime.precision import notation  # torch: only for our own runs
 
         return notation(plan["config"]["precision"])
     return stated_precision(entry["system"])

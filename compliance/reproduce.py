@@ -28,15 +28,15 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlperf_submission import benchmarks
-from mlperf_submission.common import config
-from mlperf_submission.common.cli import UserError, atomic_write_text
-from mlperf_submission.common.run import BENCHMARKS
-from mlperf_submission.compliance import audit, package, runs, tools
-from mlperf_submission.compliance import score as scoring
-from mlperf_submission.compliance.plan import Plan as RunPlan
-from mlperf_submission.compliance.plan import prepared_data
-from mlperf_submission.compliance.plan import request as build_request
+from .. import benchmarks
+from ..common import config
+from ..common.cli import UserError, atomic_write_text
+from ..common.run import BENCHMARKS
+from . import audit, package, runs, tools
+from . import score as scoring
+from .plan import Plan as RunPlan
+from .plan import prepared_data
+from .plan import request as build_request
 
 # Logged key -> preset field, for values that carry over as they are. The names follow the v1.1 rules
 # (CHECKERS.md §3-4): ResNet logs lars_* or sgd_* by optimizer, BERT the reference's LAMB names.
@@ -94,8 +94,8 @@ def map_hyperparameters(benchmark: str, logged: dict, *, first_eval: float | Non
                         eval_interval: float | None = None) -> tuple[dict, list[str], list[str]]:
     """Logged hyperparameters -> (preset field values, what no field expresses, notes)."""
     # Imported here: the BERT presets import the model, hence torch, which `audit` alone does not need.
-    from mlperf_submission.closed.bert.presets import reference_eval_interval
-    from mlperf_submission.closed.resnet.presets import IMAGENET_TRAIN
+    from ..closed.bert.presets import reference_eval_interval
+    from ..closed.resnet.presets import IMAGENET_TRAIN
 
     table = RESNET_FIELDS if benchmark == "resnet" else BERT_FIELDS
     mapped, unmapped, notes = {}, [], []

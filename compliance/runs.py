@@ -34,11 +34,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from mlperf_submission import benchmarks
-from mlperf_submission.common.cli import UserError, atomic_write_text, sha256_file
-from mlperf_submission.compliance import tools
-from mlperf_submission.compliance.plan import RUNS_DIR, Plan, Request, file_lock, settle_plan, system_file
-from mlperf_submission.compliance.score import parse_run
+from .. import benchmarks
+from ..common.cli import UserError, atomic_write_text, sha256_file
+from . import tools
+from .plan import RUNS_DIR, Plan, Request, file_lock, settle_plan, system_file
+from .score import parse_run
 
 # Seconds a run has, after the signal is passed on, to log run_stop aborted and exit before it is killed.
 STOP_GRACE_S = 30

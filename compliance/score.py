@@ -20,8 +20,8 @@ from pathlib import Path
 
 from mlperf_logging.result_summarizer.result_summarizer import _compute_olympic_average
 
-from mlperf_submission.common.cli import UserError
-from mlperf_submission.compliance import tools
+from ..common.cli import UserError
+from . import tools
 
 
 @dataclass

@@ -21,13 +21,13 @@ import shlex
 import time
 from pathlib import Path
 
-from mlperf_submission.closed.bert import presets as bert_presets
-from mlperf_submission.common.cli import UserError
-from mlperf_submission.common.run import BENCHMARKS, DIVISIONS
-from mlperf_submission.compliance import package, report, runs, tools
-from mlperf_submission.compliance.plan import PLAN_NAME, RUNS_DIR, Request, system_file
-from mlperf_submission.compliance.plan import request as build_request
-from mlperf_submission.systems import DEMO_NOTE
+from ..closed.bert import presets as bert_presets
+from ..common.cli import UserError
+from ..common.run import BENCHMARKS, DIVISIONS
+from ..systems import DEMO_NOTE
+from . import package, report, runs, tools
+from .plan import PLAN_NAME, RUNS_DIR, Request, system_file
+from .plan import request as build_request
 
 
 def add_arguments(p) -> None:

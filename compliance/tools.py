@@ -30,8 +30,8 @@ from mlperf_logging.compliance_checker import mlp_compliance, mlp_parser
 from mlperf_logging.rcp_checker import rcp_checker
 from mlperf_logging.system_desc_checker import system_desc_checker
 
-from mlperf_submission.common.cli import UserError
-from mlperf_submission.compliance.differences import round_note
+from ..common.cli import UserError
+from .differences import round_note
 
 USAGE = "training"
 RULESET = "1.1.0"

@@ -13,7 +13,7 @@ import platform
 import re
 from pathlib import Path
 
-from mlperf_submission.common.system import FIELDS, FOLDER, load
+from ..common.system import FIELDS, FOLDER, load
 
 HERE = FOLDER
 __all__ = ["DEMO_NOTE", "FIELDS", "HERE", "describe_local", "load"]  # FIELDS and load: common/system.py

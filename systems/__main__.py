@@ -7,8 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from mlperf_submission.common.cli import ArgumentParser, UserError, atomic_write_text, entry_point
-from mlperf_submission.systems import describe_local
+from ..common.cli import ArgumentParser, UserError, atomic_write_text, entry_point
+from . import describe_local
 
 
 @entry_point

@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mlperf_submission.closed.bert import identity
-from mlperf_submission.closed.bert.model import BertConfig, BertForPretraining, mlperf_tensor_names, tf_tensor_name
-from mlperf_submission.common.cli import ArgumentParser, UserError, atomic_path, entry_point
-from mlperf_submission.common.data.tensorbundle import TensorBundleError, read_index, read_tf_checkpoint
+from ...common.cli import ArgumentParser, UserError, atomic_path, entry_point
+from ...common.data.tensorbundle import TensorBundleError, read_index, read_tf_checkpoint
+from . import identity
+from .model import BertConfig, BertForPretraining, mlperf_tensor_names, tf_tensor_name
 
 # Non-model variables of a TF1 pretraining checkpoint: optimizer slots and step/bias-correction counters.
 _SKIPPED = re.compile(r"(^|/)(global_step|beta1_power|beta2_power|_CHECKPOINTABLE_OBJECT_GRAPH)$"

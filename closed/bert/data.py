@@ -16,9 +16,9 @@ from typing import Protocol, TypeAlias
 import numpy as np
 import torch
 
-from mlperf_submission.closed.bert import presets
-from mlperf_submission.common.cli import UserError
-from mlperf_submission.common.data import bert_wiki, packing
+from ...common.cli import UserError
+from ...common.data import bert_wiki, packing
+from . import presets
 
 Batch: TypeAlias = dict[str, torch.Tensor]
 

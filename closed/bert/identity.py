@@ -25,12 +25,12 @@ from pathlib import Path
 
 import torch
 
-from mlperf_submission.closed.bert import presets
-from mlperf_submission.closed.bert.model import BertForPretraining
-from mlperf_submission.closed.bert.optim import mlm_loss_and_accuracy
-from mlperf_submission.common import config
-from mlperf_submission.common.cli import ArgumentParser, UserError, atomic_write_text, entry_point, sha256_file
-from mlperf_submission.common.data import bert_wiki
+from ...common import config
+from ...common.cli import ArgumentParser, UserError, atomic_write_text, entry_point, sha256_file
+from ...common.data import bert_wiki
+from . import presets
+from .model import BertForPretraining
+from .optim import mlm_loss_and_accuracy
 
 # (checkpoint path, model config) -> state_dict: checkpoint.load_init_checkpoint, which hands itself to `main`
 # (checkpoint.py runs `--eval`), so that neither module imports the other.

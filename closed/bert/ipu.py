@@ -33,14 +33,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from mlperf_submission.closed.bert import presets, steps
-from mlperf_submission.closed.bert.data import Inputs, SequenceDataset
-from mlperf_submission.closed.bert.model import BertForPretraining, mlperf_tensor_names
-from mlperf_submission.closed.bert.optim import param_groups
-from mlperf_submission.common import training
-from mlperf_submission.common.cadence import Cadence
-from mlperf_submission.common.cli import UserError
-from mlperf_submission.common.runtime import distributed, ipu
+from ...common import training
+from ...common.cadence import Cadence
+from ...common.cli import UserError
+from ...common.runtime import distributed, ipu
+from . import presets, steps
+from .data import Inputs, SequenceDataset
+from .model import BertForPretraining, mlperf_tensor_names
+from .optim import param_groups
 
 
 def pipeline(spec: str, layers: int) -> tuple[list[tuple[str, int]], int]:

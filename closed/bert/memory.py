@@ -25,9 +25,9 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from mlperf_submission.closed.bert.model import BertForPretraining
-from mlperf_submission.common.data.bert_wiki import feature_specs
-from mlperf_submission.common.runtime import memory
+from ...common.data.bert_wiki import feature_specs
+from ...common.runtime import memory
+from .model import BertForPretraining
 
 
 def layer_bytes_per_token(hidden: int, intermediate: int, precision: str, dropout: float,

@@ -35,15 +35,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mlperf_submission.closed.bert import presets
-from mlperf_submission.closed.bert.checkpoint import _is_kernel, tf_from_state_dict
-from mlperf_submission.closed.bert.data import synthetic_arrays
-from mlperf_submission.closed.bert.model import BertForPretraining, tf_tensor_name
-from mlperf_submission.closed.bert.optim import Lamb, clip_grad_norm, lr_schedule, param_groups
-from mlperf_submission.closed.bert.steps import eval_totals, forward
-from mlperf_submission.common import config
-from mlperf_submission.common.cli import ArgumentParser, UserError, atomic_dir, atomic_write_text, entry_point
-from mlperf_submission.common.data.tensorbundle import write_tf_checkpoint
+from ...common import config
+from ...common.cli import ArgumentParser, UserError, atomic_dir, atomic_write_text, entry_point
+from ...common.data.tensorbundle import write_tf_checkpoint
+from . import presets
+from .checkpoint import _is_kernel, tf_from_state_dict
+from .data import synthetic_arrays
+from .model import BertForPretraining, tf_tensor_name
+from .optim import Lamb, clip_grad_norm, lr_schedule, param_groups
+from .steps import eval_totals, forward
 
 CPU = torch.device("cpu")
 DEFAULT_CACHE = Path("out/cache")

@@ -19,13 +19,13 @@ from typing import Literal
 
 from mlperf_logging.mllog import constants
 
-from mlperf_submission.closed.bert import memory
-from mlperf_submission.closed.bert.model import BertConfig, UnpaddedAttention
-from mlperf_submission.closed.bert.optim import LossAveraging
-from mlperf_submission.common.cli import UserError
-from mlperf_submission.common.run import QUALITY_TARGETS
-from mlperf_submission.common.runtime.ipu import IpuConfig
-from mlperf_submission.common.runtime.memory import Estimate
+from ...common.cli import UserError
+from ...common.run import QUALITY_TARGETS
+from ...common.runtime.ipu import IpuConfig
+from ...common.runtime.memory import Estimate
+from . import memory
+from .model import BertConfig, UnpaddedAttention
+from .optim import LossAveraging
 
 TARGET = QUALITY_TARGETS["bert"]
 WIKI_EVAL_SAMPLES = 10_000  # the closed rules' eval set (eval_10k), asserted from the data
@@ -308,7 +308,7 @@ def max_samples(cfg: BertRunConfig) -> int:
 
 def rcp_warning(preset: str, overrides: tuple[str, ...] | list[str]) -> str:
     """The line a closed submission prints before training when preset + overrides match no RCP, or ""."""
-    from mlperf_submission.common import config
+    from ...common import config
 
     differ = rcp_differences(config.override(config.select(PRESETS, preset), overrides))
     if not differ:

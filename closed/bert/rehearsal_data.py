@@ -24,13 +24,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mlperf_submission.closed.bert.checkpoint import _is_kernel
-from mlperf_submission.closed.bert.model import BertConfig, BertForPretraining, tf_tensor_name
-from mlperf_submission.common.cli import ArgumentParser, entry_point
-from mlperf_submission.common.data import bert_wiki
-from mlperf_submission.common.data.generate import DEFAULT_CACHE, cached
-from mlperf_submission.common.data.tensorbundle import write_tf_checkpoint
-from mlperf_submission.common.data.tfrecord import encode_example, write_records
+from ...common.cli import ArgumentParser, entry_point
+from ...common.data import bert_wiki
+from ...common.data.generate import DEFAULT_CACHE, cached
+from ...common.data.tensorbundle import write_tf_checkpoint
+from ...common.data.tfrecord import encode_example, write_records
+from .checkpoint import _is_kernel
+from .model import BertConfig, BertForPretraining, tf_tensor_name
 
 CHECKPOINT_STEP = 28252  # the MLPerf phase-1 checkpoint's global_step
 SLOTS = ("adam_m", "adam_v")

@@ -10,10 +10,13 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-from mlperf_submission.closed.bert import checkpoint, presets
-from mlperf_submission.closed.bert.data import Batch, synthetic_batch
-from mlperf_submission.closed.bert.model import forward_packed
-from mlperf_submission.closed.bert.optim import (
+from ...common import training
+from ...common.cli import UserError
+from ...common.runtime.precision import autocast
+from . import checkpoint, presets
+from .data import Batch, synthetic_batch
+from .model import forward_packed
+from .optim import (
     Lamb,
     lr_schedule,
     mlm_loss_and_accuracy,
@@ -22,9 +25,6 @@ from mlperf_submission.closed.bert.optim import (
     param_groups,
     per_sequence_losses,
 )
-from mlperf_submission.common import training
-from mlperf_submission.common.cli import UserError
-from mlperf_submission.common.runtime.precision import autocast
 
 
 def lamb(model, cfg: presets.BertRunConfig) -> Lamb:

@@ -29,17 +29,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mlperf_submission.closed.bert import checkpoint, data, identity, ipu, phase1, presets, steps
-from mlperf_submission.closed.bert.data import CLOSED_INPUTS, Inputs, SequenceDataset
-from mlperf_submission.closed.bert.model import BertForPretraining, mlperf_tensor_names
-from mlperf_submission.closed.bert.optim import clip_grad_norm
-from mlperf_submission.common import training
-from mlperf_submission.common.cadence import Cadence
-from mlperf_submission.common.cli import UserError, entry_point
-from mlperf_submission.common.data.loader import loader
-from mlperf_submission.common.rehearsal import Rehearsal
-from mlperf_submission.common.runtime import distributed
-from mlperf_submission.common.runtime.compile import batch_sizes, compiled, needs_warm_up, undone
+from ...common import training
+from ...common.cadence import Cadence
+from ...common.cli import UserError, entry_point
+from ...common.data.loader import loader
+from ...common.rehearsal import Rehearsal
+from ...common.runtime import distributed
+from ...common.runtime.compile import batch_sizes, compiled, needs_warm_up, undone
+from . import checkpoint, data, identity, ipu, phase1, presets, steps
+from .data import CLOSED_INPUTS, Inputs, SequenceDataset
+from .model import BertForPretraining, mlperf_tensor_names
+from .optim import clip_grad_norm
 
 DIVISION = "closed"
 

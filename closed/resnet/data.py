@@ -8,12 +8,12 @@ from pathlib import Path
 
 import torch
 
-from mlperf_submission.closed.resnet import presets
-from mlperf_submission.common.cli import UserError
-from mlperf_submission.common.data import imagenet
-from mlperf_submission.common.data.loader import loader
-from mlperf_submission.common.data.synthetic import synthetic_images
-from mlperf_submission.common.runtime import distributed
+from ...common.cli import UserError
+from ...common.data import imagenet
+from ...common.data.loader import loader
+from ...common.data.synthetic import synthetic_images
+from ...common.runtime import distributed
+from . import presets
 
 
 class SyntheticImages(torch.utils.data.Dataset):

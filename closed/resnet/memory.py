@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from mlperf_submission.closed.resnet.model import ResNet50
-from mlperf_submission.common.runtime import memory
+from ...common.runtime import memory
+from .model import ResNet50
 
 
 def _saved_bytes(model: torch.nn.Module, x: torch.Tensor) -> tuple[int, int]:

@@ -16,10 +16,10 @@ from typing import Literal
 
 from mlperf_logging.mllog import constants
 
-from mlperf_submission.closed.resnet import memory
-from mlperf_submission.common.cli import UserError
-from mlperf_submission.common.run import QUALITY_TARGETS
-from mlperf_submission.common.runtime.memory import Estimate
+from ...common.cli import UserError
+from ...common.run import QUALITY_TARGETS
+from ...common.runtime.memory import Estimate
+from . import memory
 
 IMAGENET_TRAIN = 1_281_167
 IMAGENET_VAL = 50_000

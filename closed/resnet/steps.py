@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import torch
 
-from mlperf_submission.closed.resnet import presets
-from mlperf_submission.closed.resnet.model import ResNet50
-from mlperf_submission.closed.resnet.optim import (
+from ...common import training
+from ...common.data import imagenet
+from ...common.runtime import distributed
+from ...common.runtime.precision import autocast
+from . import presets
+from .model import ResNet50
+from .optim import (
     LARS,
     param_groups,
     poly_schedule,
@@ -17,10 +21,6 @@ from mlperf_submission.closed.resnet.optim import (
     sgd,
     smoothed_cross_entropy,
 )
-from mlperf_submission.common import training
-from mlperf_submission.common.data import imagenet
-from mlperf_submission.common.runtime import distributed
-from mlperf_submission.common.runtime.precision import autocast
 
 
 def resnet50(cfg: presets.ResNetConfig, *, zero_init_residual: bool = False) -> ResNet50:

@@ -22,14 +22,14 @@ from typing import TypeAlias
 
 import torch
 
-from mlperf_submission.closed.resnet import data, presets, steps
-from mlperf_submission.closed.resnet.model import mlperf_tensor_names
-from mlperf_submission.common import training
-from mlperf_submission.common.cadence import Cadence
-from mlperf_submission.common.cli import entry_point
-from mlperf_submission.common.rehearsal import Rehearsal
-from mlperf_submission.common.runtime import distributed
-from mlperf_submission.common.runtime.compile import batch_sizes, compiled, needs_warm_up, undone
+from ...common import training
+from ...common.cadence import Cadence
+from ...common.cli import entry_point
+from ...common.rehearsal import Rehearsal
+from ...common.runtime import distributed
+from ...common.runtime.compile import batch_sizes, compiled, needs_warm_up, undone
+from . import data, presets, steps
+from .model import mlperf_tensor_names
 
 DIVISION = "closed"
 

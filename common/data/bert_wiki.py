@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mlperf_submission.common.cli import (
+from ..cli import (
     ArgumentParser,
     UserError,
     atomic_dir,
@@ -43,7 +43,7 @@ from mlperf_submission.common.cli import (
     json_checksum,
     sha256_file,
 )
-from mlperf_submission.common.data.tfrecord import (
+from .tfrecord import (
     TFRecordError,
     decode_example,
     encode_example,

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mlperf_submission.common.cli import atomic_path
-from mlperf_submission.common.data.tfrecord import masked_crc
+from ..cli import atomic_path
+from .tfrecord import masked_crc
 
 _MAGIC = 0xDB4775248B80FB57  # LevelDB's kTableMagicNumber, which TF's table format keeps
 _FOOTER_SIZE = 48  # two block handles padded to 40 bytes, then the 8-byte magic

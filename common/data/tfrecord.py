@@ -17,7 +17,7 @@ import crc32c
 import numpy as np
 from tfrecord import example_pb2
 
-from mlperf_submission.common.cli import atomic_path
+from ..cli import atomic_path
 
 _MASK_DELTA = 0xA282EAD8
 

@@ -37,7 +37,7 @@ import torch
 import torch.distributed as tdist
 from torch import nn
 
-from mlperf_submission.common.cli import UserError
+from ..cli import UserError
 
 BACKENDS = ("torch", "horovod")
 

@@ -27,7 +27,7 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from mlperf_submission.common.cli import ArgumentParser, UserError, entry_point
+from ..cli import ArgumentParser, UserError, entry_point
 
 VERSION = "0.28.1"
 

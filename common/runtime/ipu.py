@@ -32,8 +32,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mlperf_submission.common.cli import UserError
-from mlperf_submission.common.runtime import distributed
+from ..cli import UserError
+from . import distributed
 
 SDK_HINT = ("device=ipu needs PopTorch from Graphcore's Poplar SDK, which is not installed in this environment: "
             "source the SDK's enable.sh (`source <poplar_sdk>/enable.sh`) and `pip install <poplar_sdk>/poptorch-"

@@ -34,7 +34,7 @@ from typing import Protocol
 
 import torch
 
-from mlperf_submission.common.cli import UserError
+from ..cli import UserError
 
 GIB = 2**30
 CONTEXT_BYTES = GIB     # CUDA context, cuBLAS/cuDNN workspaces, NCCL buffers

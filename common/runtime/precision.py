@@ -10,7 +10,7 @@ import contextlib
 
 import torch
 
-from mlperf_submission.common.cli import UserError
+from ..cli import UserError
 
 
 def autocast(precision: str, device: torch.device):

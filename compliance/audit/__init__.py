@@ -24,12 +24,13 @@ all 76 ResNet and BERT results of training_results_v1.1 (560 logs) 28.9 s of CPU
 wall on the shared machine at load average 7 (README, Auditing).
 """
 
-from mlperf_submission.compliance.audit.cli import add_arguments, main
-from mlperf_submission.compliance.audit.core import audit, audit_benchmark, audit_tree, olympic_convergence
-from mlperf_submission.compliance.audit.ids import REGISTRY, get, locate, lookup, registry
-from mlperf_submission.compliance.audit.logs import log_division, read_log
-from mlperf_submission.compliance.audit.manifest import MANIFEST, opened
-from mlperf_submission.compliance.audit.model import (
+from ..differences import DIFFERENCES, TOOLS
+from .cli import add_arguments, main
+from .core import audit, audit_benchmark, audit_tree, olympic_convergence
+from .ids import REGISTRY, get, locate, lookup, registry
+from .logs import log_division, read_log
+from .manifest import MANIFEST, opened
+from .model import (
     UNITS,
     BenchmarkAudit,
     ClockStep,
@@ -39,8 +40,7 @@ from mlperf_submission.compliance.audit.model import (
     Report,
     RunAudit,
 )
-from mlperf_submission.compliance.audit.render import markdown, write_report
-from mlperf_submission.compliance.differences import DIFFERENCES, TOOLS
+from .render import markdown, write_report
 
 __all__ = [
     "DIFFERENCES", "MANIFEST", "REGISTRY", "TOOLS", "UNITS", "BenchmarkAudit", "ClockStep", "Finding", "LogFacts",

@@ -13,10 +13,10 @@ import json
 import sys
 from pathlib import Path
 
-from mlperf_submission.common.cli import atomic_write_text
-from mlperf_submission.compliance import score as scoring
-from mlperf_submission.compliance import tools
-from mlperf_submission.compliance.audit.ids import FIRST_ID, REGISTRY
+from ...common.cli import atomic_write_text
+from .. import score as scoring
+from .. import tools
+from .ids import FIRST_ID, REGISTRY
 
 AVAILABLE = ("available", "onprem", "cloud")   # the v1.1 status values of the Available category
 GRAPHCORE_OPEN = ("ipu-pod128-POPART-open", "ipu-pod16-POPART-open", "ipu-pod64-POPART-open")

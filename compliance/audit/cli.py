@@ -9,11 +9,11 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from mlperf_submission.common.cli import UserError
-from mlperf_submission.compliance import score as scoring
-from mlperf_submission.compliance.audit import ids
-from mlperf_submission.compliance.audit.core import audit
-from mlperf_submission.compliance.audit.render import markdown, summary_markdown, write_report, write_summary
+from ...common.cli import UserError
+from .. import score as scoring
+from . import ids
+from .core import audit
+from .render import markdown, summary_markdown, write_report, write_summary
 
 
 def add_arguments(p) -> None:

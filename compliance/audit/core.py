@@ -8,16 +8,16 @@ import time
 import warnings
 from pathlib import Path
 
-from mlperf_submission.common.cli import UserError
-from mlperf_submission.compliance import score as scoring
-from mlperf_submission.compliance import tools
-from mlperf_submission.compliance.audit import findings as fam
-from mlperf_submission.compliance.audit import ids
-from mlperf_submission.compliance.audit.logs import log_division, read_log
-from mlperf_submission.compliance.audit.manifest import manifest_findings, opened
-from mlperf_submission.compliance.audit.model import UNITS, BenchmarkAudit, Finding, Report, RunAudit
-from mlperf_submission.compliance.differences import DIFFERENCES
-from mlperf_submission.systems import DEMO_NOTE
+from ...common.cli import UserError
+from ...systems import DEMO_NOTE
+from .. import score as scoring
+from .. import tools
+from ..differences import DIFFERENCES
+from . import findings as fam
+from . import ids
+from .logs import log_division, read_log
+from .manifest import manifest_findings, opened
+from .model import UNITS, BenchmarkAudit, Finding, Report, RunAudit
 
 SEVERITY_ORDER = {"error": 0, "warning": 1, "note": 2}
 

@@ -15,11 +15,11 @@ from pathlib import Path
 
 from mlperf_logging.package_checker import seed_checker
 
-from mlperf_submission.compliance import score as scoring
-from mlperf_submission.compliance import tools
-from mlperf_submission.compliance.audit.logs import PARSER_CRASHES
-from mlperf_submission.compliance.audit.model import Finding, RunAudit
-from mlperf_submission.compliance.differences import DIFFERENCES, round_note
+from .. import score as scoring
+from .. import tools
+from ..differences import DIFFERENCES, round_note
+from .logs import PARSER_CRASHES
+from .model import Finding, RunAudit
 
 INIT_RULE_MINUTES = 20.0    # untimed initialisation the v1.1 rules allow; the 1.1 checker accepts < 30
 TTT_SLACK_MINUTES = 1 / 60  # Graphcore's run_stop TTT agrees with its timestamps within 0.07 s on all 60 logs

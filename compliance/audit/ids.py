@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from mlperf_submission.common.cli import UserError
+from ...common.cli import UserError
 
 REGISTRY = Path(__file__).parent.parent / "result_ids.json"
 FIRST_ID = 2000

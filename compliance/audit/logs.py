@@ -8,8 +8,8 @@ from pathlib import Path
 
 from mlperf_logging.compliance_checker import mlp_parser
 
-from mlperf_submission.compliance import tools
-from mlperf_submission.compliance.audit.model import ClockStep, LogFacts
+from .. import tools
+from .model import ClockStep, LogFacts
 
 # What mlp_parser raises (instead of listing a parse error) on an MLLOG line without time_ms, key, value or
 # metadata; the compliance, seed and RCP checkers crash on such a log the same way.

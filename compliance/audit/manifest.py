@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
-from mlperf_submission.common.cli import UserError, sha256_file
-from mlperf_submission.compliance.audit.model import Finding, ManifestCheck
+from ...common.cli import UserError, sha256_file
+from .model import Finding, ManifestCheck
 
 MANIFEST = "manifest.sha256"
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from mlperf_submission.compliance.differences import TOOLS, as_list
-from mlperf_submission.compliance.score import BenchmarkScore, RunScore
+from ..differences import TOOLS, as_list
+from ..score import BenchmarkScore, RunScore
 
 UNITS = {"resnet": "epochs", "bert": "samples"}
 SEVERITIES = ("error", "warning", "note")

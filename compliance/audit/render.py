@@ -6,9 +6,9 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from mlperf_submission.common.cli import atomic_write_text
-from mlperf_submission.compliance import score as scoring
-from mlperf_submission.compliance.audit.model import SEVERITIES, BenchmarkAudit, Report
+from ...common.cli import atomic_write_text
+from .. import score as scoring
+from .model import SEVERITIES, BenchmarkAudit, Report
 
 
 def verdict_text(passed: bool | None) -> str:

@@ -13,10 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from mlperf_submission.closed.bert import presets as closed
-from mlperf_submission.common import config
-from mlperf_submission.common.cli import UserError
-from mlperf_submission.common.data import packing
+from ...closed.bert import presets as closed
+from ...common import config
+from ...common.cli import UserError
+from ...common.data import packing
 
 
 @dataclass(frozen=True, kw_only=True)

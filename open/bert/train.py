@@ -25,12 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
-from mlperf_submission.closed.bert import train as closed
-from mlperf_submission.closed.bert.data import ArrayDataset, Inputs, SequenceDataset, Split, synthetic_arrays
-from mlperf_submission.common import training
-from mlperf_submission.common.cli import UserError, entry_point
-from mlperf_submission.common.data import packing
-from mlperf_submission.open.bert import presets
+from ...closed.bert import train as closed
+from ...closed.bert.data import ArrayDataset, Inputs, SequenceDataset, Split, synthetic_arrays
+from ...common import training
+from ...common.cli import UserError, entry_point
+from ...common.data import packing
+from . import presets
 
 DIVISION = "open"
 

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mlperf_submission.closed.resnet import presets as closed
-from mlperf_submission.common import config
-from mlperf_submission.common.cli import UserError
+from ...closed.resnet import presets as closed
+from ...common import config
+from ...common.cli import UserError
 
 
 @dataclass(frozen=True, kw_only=True)

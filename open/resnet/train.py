@@ -22,10 +22,10 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from mlperf_submission.closed.resnet import train as closed
-from mlperf_submission.common import training
-from mlperf_submission.common.cli import entry_point
-from mlperf_submission.open.resnet import presets
+from ...closed.resnet import train as closed
+from ...common import training
+from ...common.cli import entry_point
+from . import presets
 
 DIVISION = "open"
 

@@ -17,7 +17,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from mlperf_submission.common.cli import UserError, atomic_dir, atomic_write_text, sha256_file
+from ...cli import UserError, atomic_dir, atomic_write_text, sha256_file
 
 DEFAULT_CACHE = Path("out/cache")
 RECORD = "generated.json"

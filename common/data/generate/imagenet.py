@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mlperf_submission.common.cli import ArgumentParser, entry_point
-from mlperf_submission.common.data.generate import DEFAULT_CACHE, cached
+from ...cli import ArgumentParser, entry_point
+from . import DEFAULT_CACHE, cached
 
 # (width, height) and weight: mostly the 4:3 and 3:4 sizes ILSVRC2012 is full of, some large, a few tiny.
 SIZES = (((500, 375), 40), ((375, 500), 15), ((500, 333), 12), ((333, 500), 8), ((1024, 768), 6),

@@ -24,22 +24,22 @@ Training checks the data against its manifest and leaves out what the checker sk
     data = ImageNet(root, "train", train_transform(), manifest=manifest)
 """
 
-from mlperf_submission.common.data.imagenet.dataset import ImageNet
-from mlperf_submission.common.data.imagenet.layout import (
+from .dataset import ImageNet
+from .layout import (
     NUM_CLASSES,
     SPLITS,
     CorruptImagesError,
     ImageNetError,
     detect_layout,
 )
-from mlperf_submission.common.data.imagenet.manifest import MANIFEST_FORMAT, MANIFEST_NAME, verify_manifest
-from mlperf_submission.common.data.imagenet.reference import (
+from .manifest import MANIFEST_FORMAT, MANIFEST_NAME, verify_manifest
+from .reference import (
     eval_resize_shape,
     random_crop_box,
     sample_distorted_bounding_box,
     tf1_resize_bilinear,
 )
-from mlperf_submission.common.data.imagenet.transforms import (
+from .transforms import (
     MEAN,
     STD,
     eval_transform,

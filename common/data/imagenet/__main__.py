@@ -17,13 +17,13 @@ import os
 import sys
 from pathlib import Path
 
-from mlperf_submission.common.cli import ArgumentParser, UserError, entry_point
-from mlperf_submission.common.data.imagenet import archives
-from mlperf_submission.common.data.imagenet.bench import benchmark
-from mlperf_submission.common.data.imagenet.index import index_dataset
-from mlperf_submission.common.data.imagenet.layout import ImageNetError
-from mlperf_submission.common.data.imagenet.manifest import MANIFEST_NAME, verify_manifest, write_manifest
-from mlperf_submission.common.data.imagenet.transforms import eval_transform, train_transform
+from ...cli import ArgumentParser, UserError, entry_point
+from . import archives
+from .bench import benchmark
+from .index import index_dataset
+from .layout import ImageNetError
+from .manifest import MANIFEST_NAME, verify_manifest, write_manifest
+from .transforms import eval_transform, train_transform
 
 
 def _parser() -> ArgumentParser:

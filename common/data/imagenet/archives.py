@@ -33,10 +33,10 @@ import numpy as np
 import scipy.io
 from tqdm import tqdm
 
-from mlperf_submission.common.cli import UserError, atomic_dir
-from mlperf_submission.common.data.imagenet.index import index_dataset
-from mlperf_submission.common.data.imagenet.layout import ImageNetError
-from mlperf_submission.common.data.imagenet.manifest import CHECKSUMS_NAME, MANIFEST_NAME, write_manifest
+from ...cli import UserError, atomic_dir
+from .index import index_dataset
+from .layout import ImageNetError
+from .manifest import CHECKSUMS_NAME, MANIFEST_NAME, write_manifest
 
 TRAIN, VAL, DEVKIT = "ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar", "ILSVRC2012_devkit_t12.tar.gz"
 # torchvision/datasets/imagenet.py ARCHIVE_META (the same md5s as image-net.org's download page)

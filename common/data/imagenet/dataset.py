@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from mlperf_submission.common.data.imagenet.layout import (
+from .layout import (
     _TFDS_SPLIT,
     SPLITS,
     ImageNetError,
@@ -20,7 +20,7 @@ from mlperf_submission.common.data.imagenet.layout import (
     _shards,
     detect_layout,
 )
-from mlperf_submission.common.data.imagenet.records import _parse_example, _read_record, _record_offsets
+from .records import _parse_example, _read_record, _record_offsets
 
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 

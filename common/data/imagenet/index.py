@@ -9,9 +9,10 @@ from pathlib import Path
 
 from PIL import Image
 
-from mlperf_submission.common.cli import sha256_file
-from mlperf_submission.common.data.imagenet.dataset import _DECODE_ERRORS, _decode_reason
-from mlperf_submission.common.data.imagenet.layout import (
+from ...cli import sha256_file
+from ..tfrecord import TFRecordError, iter_records
+from .dataset import _DECODE_ERRORS, _decode_reason
+from .layout import (
     _TFDS_SPLIT,
     NUM_CLASSES,
     SPLITS,
@@ -22,9 +23,8 @@ from mlperf_submission.common.data.imagenet.layout import (
     _shards,
     detect_layout,
 )
-from mlperf_submission.common.data.imagenet.manifest import MANIFEST_FORMAT, _map, files_stat
-from mlperf_submission.common.data.imagenet.records import _parse_example
-from mlperf_submission.common.data.tfrecord import TFRecordError, iter_records
+from .manifest import MANIFEST_FORMAT, _map, files_stat
+from .records import _parse_example
 
 
 def _decode_error(data: bytes) -> str | None:

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from mlperf_submission.common.cli import atomic_write_text, json_checksum, sha256_file
-from mlperf_submission.common.data.imagenet.layout import (
+from ...cli import atomic_write_text, json_checksum, sha256_file
+from .layout import (
     _TFDS_SPLIT,
     ImageNetError,
     _classes,

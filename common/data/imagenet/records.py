@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mlperf_submission.common.data.imagenet.layout import ImageNetError
-from mlperf_submission.common.data.tfrecord import TFRecordError, decode_example, masked_crc, record_offsets
+from ..tfrecord import TFRecordError, decode_example, masked_crc, record_offsets
+from .layout import ImageNetError
 
 
 def _record_offsets(path: Path) -> list[int]:

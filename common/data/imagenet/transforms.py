@@ -10,7 +10,7 @@ import simplejpeg
 import torch
 from PIL import Image
 
-from mlperf_submission.common.data.imagenet.reference import (
+from .reference import (
     EVAL_RESIZE,
     _tf1_resize_xmajor,
     eval_resize_shape,

@@ -5,8 +5,8 @@
     python -m mlperf_submission.common.data.packing --algorithm nnlshp --max-per-pack 3 SRC OUT
 """
 
-from mlperf_submission.common.data.bert_wiki import DataError
-from mlperf_submission.common.data.packing.algorithms import (
+from ..bert_wiki import DataError
+from .algorithms import (
     ALGORITHMS,
     Plan,
     assign,
@@ -18,8 +18,8 @@ from mlperf_submission.common.data.packing.algorithms import (
     nnlshp_max_per_pack,
     spfhp,
 )
-from mlperf_submission.common.data.packing.folder import PackedDataset, verify
-from mlperf_submission.common.data.packing.rows import (
+from .folder import PackedDataset, verify
+from .rows import (
     FIELDS,
     FLOAT_FIELDS,
     PREDICTION_FIELDS,

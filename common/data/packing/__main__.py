@@ -14,11 +14,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from mlperf_submission.common.cli import ArgumentParser, UserError, entry_point
-from mlperf_submission.common.data.bert_wiki import SPLITS, DataError
-from mlperf_submission.common.data.packing.algorithms import ALGORITHMS
-from mlperf_submission.common.data.packing.folder import verify
-from mlperf_submission.common.data.packing.write import write_packed
+from ...cli import ArgumentParser, UserError, entry_point
+from ..bert_wiki import SPLITS, DataError
+from .algorithms import ALGORITHMS
+from .folder import verify
+from .write import write_packed
 
 
 @entry_point

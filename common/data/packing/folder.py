@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mlperf_submission.common.cli import sha256_file
-from mlperf_submission.common.data import bert_wiki
-from mlperf_submission.common.data.bert_wiki import SPLITS, DataError
-from mlperf_submission.common.data.packing.algorithms import Plan
-from mlperf_submission.common.data.packing.rows import FIELDS, FLOAT_FIELDS, PREDICTION_FIELDS
+from ...cli import sha256_file
+from .. import bert_wiki
+from ..bert_wiki import SPLITS, DataError
+from .algorithms import Plan
+from .rows import FIELDS, FLOAT_FIELDS, PREDICTION_FIELDS
 
 FORMAT = "mlperf-bert-packed"
 VERSION = 1

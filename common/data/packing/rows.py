@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from mlperf_submission.common.data.bert_wiki import DataError
+from ..bert_wiki import DataError
 
 FIELDS = ("input_ids", "segment_ids", "position_ids", "sequence_ids", "masked_lm_positions", "masked_lm_ids",
           "masked_lm_weights", "masked_lm_sequence", "nsp_positions", "next_sentence_labels", "nsp_weights")

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
-from mlperf_submission.common.cli import atomic_dir, atomic_write_text, sha256_file
-from mlperf_submission.common.data import bert_wiki
-from mlperf_submission.common.data.bert_wiki import SPLITS, DataError
-from mlperf_submission.common.data.packing.algorithms import ALGORITHMS, assign, histogram
-from mlperf_submission.common.data.packing.folder import FORMAT, VERSION, _is_int, packed_specs
-from mlperf_submission.common.data.packing.rows import pack_arrays
+from ...cli import atomic_dir, atomic_write_text, sha256_file
+from .. import bert_wiki
+from ..bert_wiki import SPLITS, DataError
+from .algorithms import ALGORITHMS, assign, histogram
+from .folder import FORMAT, VERSION, _is_int, packed_specs
+from .rows import pack_arrays
 
 CHUNK_PACKS = 4096  # packs gathered at a time when writing a folder: bounds memory to ~100 MB at 512
 
