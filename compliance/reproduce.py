@@ -124,7 +124,7 @@ def map_hyperparameters(benchmark: str, logged: dict, *, first_eval: float | Non
                 decay_epochs = value
                 notes.append(f"{key}={value} read as epochs (a count of steps would be far larger)")
             else:
-                steps_per_epoch = math.ceil(IMAGENET_TRAIN / mapped.get("global_batch_size", 1))
+                steps_per_epoch = IMAGENET_TRAIN // mapped.get("global_batch_size", 1)  # whole batches, as ours
                 decay_epochs = value / steps_per_epoch
                 if abs(decay_epochs - round(decay_epochs)) > 1e-6:
                     notes.append(f"{key}={value} is {decay_epochs:.2f} epochs of {steps_per_epoch} steps; rounded")

@@ -198,7 +198,7 @@ def test_a_run_killed_by_sigkill_is_reported_as_killed_with_its_cause_and_peak_m
     out = tmp_path / "sub"
     plan = settle_plan(out, req)
     with pytest.raises(UserError, match=r"run 1 \(result_0.txt, seed 1\) was killed \(SIGKILL\): most likely the "
-                                        r"out-of-memory killer .*; its peak resident memory was 0\.[2-9] GiB") as e:
+                                        r"out-of-memory killer .*; its peak resident memory was \d+\.\d GiB") as e:
         runs.train_run(out, plan, 0, runs.Signals())
     assert "DataLoader" not in str(e.value) and "exit status" not in str(e.value)
     assert runs.run_state(out, plan, 0) == (None, "not trained yet")

@@ -7,6 +7,7 @@ relative `from ..x import y` alike, each resolved to the file it names from the 
 from __future__ import annotations
 
 import ast
+import configparser
 import importlib.util
 import os
 from pathlib import Path
@@ -185,3 +186,12 @@ def test_inside_the_package_every_import_of_it_is_relative_and_names_a_file():
                 if full not in modules:
                     unresolved.append(f"{where} {full}")
     assert absolute == [] and unresolved == [], (absolute, unresolved)
+
+
+def test_setup_cfg_lists_every_package():
+    """A folder with an __init__.py that setup.cfg does not list is left out of the wheel (`make wheels`)."""
+    cfg = configparser.ConfigParser()
+    cfg.read_string((ROOT / "setup.cfg").read_text())
+    listed = set(cfg["options"]["packages"].split())
+    found = {name for name, path in module_files(ROOT).items() if path.name == "__init__.py"}
+    assert found == listed, (sorted(found - listed), sorted(listed - found))

@@ -17,11 +17,11 @@ from mlperf_submission.compliance.tools import check_log
 
 
 def test_reference_hyperparameters_map_onto_the_matching_preset():
-    # decay steps 14523 at batch 3264 are 36.95 epochs of 393 steps: 2 warmup + 37 = our train_epochs 39.
+    # decay steps 14523 at batch 3264 are 37.05 epochs of 392 steps: 2 warmup + 37 = our train_epochs 39.
     plan = reproduce.plan("resnet", "closed", LARS | {"eval_samples": 50000, "label_smoothing": 0.1}, first_eval=3)
     assert (plan.trainer_division, plan.preset, plan.overrides, plan.problem) == ("closed", "8xA100", (), "")
     assert plan.unmapped == ("label_smoothing=0.1",)
-    assert any("36.95 epochs of 393 steps" in n for n in plan.notes)
+    assert any("37.05 epochs of 392 steps" in n for n in plan.notes)
     mapped, _, _ = reproduce.map_hyperparameters("resnet", LARS, first_eval=3)
     assert mapped["train_epochs"] == 39 and mapped["eval_offset"] == 3 and mapped["opt_base_learning_rate"] == 10.5
 
