@@ -53,8 +53,9 @@ def test_the_offline_install_over_the_installed_torch_runs_from_its_own_copy(tmp
     assert skip.startswith("gpu-check: skipped, no GPU") and skip.count("\n") == 1
     log = tmp_path / "result_0.txt"
     out = run([sys.executable, "-m", "mlperf_submission.closed.resnet.train", "--preset", "smoke", "--seed", "1",
-               "--system", "1xH200", "--result-log", str(log), "--set", "max_epochs=1"], tmp_path, env)
-    # max_epochs stops the run at its first eval past that epoch (the smoke preset's: epoch 4), if not converged
+               "--system", "1xH200", "--result-log", str(log), "--set", "max_epochs=1", "--set", "eval_offset=1"],
+              tmp_path, env)
+    # One epoch: the first eval after epoch 1 (eval_offset), where max_epochs stops the run if not converged
     assert "epoch   1: loss" in out and "run_stop: " in out and ":::MLLOG" in log.read_text()
 
 

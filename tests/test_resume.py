@@ -294,8 +294,11 @@ def test_two_torchrun_nodes_on_one_machine_train_one_run_of_the_plan(tmp_path):
     launcher = (f"{sys.executable} -m torch.distributed.run --nnodes=2 --nproc_per_node=1 --rdzv_backend=c10d "
                 f"--rdzv_endpoint=127.0.0.1:{free_port()} --rdzv_id=issue13")
     args = ["run", *SUBMIT, "--index", "0", "--out", str(out), "--launcher", launcher]
+    # Two nodes sharing this machine's cores: one intra-op thread each (what torchrun sets for several processes
+    # on one node), or their OpenMP threads spin against each other.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     nodes = [subprocess.Popen([sys.executable, "-m", "mlperf_submission.compliance", *args, "--node", str(n)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for n in (0, 1)]
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) for n in (0, 1)]
     outputs = [n.communicate(timeout=600)[0] for n in nodes]
     assert [n.returncode for n in nodes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
     log = out / "runs" / "result_0.txt"
