@@ -5,27 +5,31 @@ from __future__ import annotations
 
 import pytest
 from fakes import fake_run
-from helpers import run_module
+from helpers import run_cli
 
 from mlperf_submission.common.cli import UserError
 from mlperf_submission.compliance import package
+from mlperf_submission.compliance.__main__ import main as compliance_main
 
 
-def submit(*args):
-    return run_module("mlperf_submission.compliance", "submit", *args)
+def submit(*args) -> tuple[int, str]:
+    """`make submit`'s command in this process (bad input is refused before anything starts): (status, stderr)."""
+    code, _, err = run_cli(compliance_main, "submit", *args)
+    return code, err
 
 
 def test_submit_rejects_bad_input_before_training(tmp_path):
-    proc = submit("--division", "closed", "--bench", "resnet", "--data", str(tmp_path / "missing"))
-    assert proc.returncode == 2 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
-    proc = submit("--division", "closed", "--bench", "resnet", "--seeds", "1,1,2,3,4")
-    assert proc.returncode == 2 and "distinct seeds" in proc.stderr
-    proc = submit("--division", "closed", "--bench", "resnet", "--system", "no-such-system", "--runs", "5")
-    assert proc.returncode == 2 and "no system description" in proc.stderr
-    proc = submit("--division", "closed", "--bench", "resnet", "--preset", "huge")
-    assert proc.returncode == 2 and "unknown preset 'huge'" in proc.stderr and proc.stderr.count("\n") == 1
-    proc = submit("--division", "closed", "--bench", "resnet50")
-    assert proc.returncode == 2 and "invalid choice" in proc.stderr and proc.stderr.count("\n") == 1
+    code, err = submit("--division", "closed", "--bench", "resnet", "--data", tmp_path / "missing")
+    assert code == 2 and "does not exist" in err and "Traceback" not in err
+    code, err = submit("--division", "closed", "--bench", "resnet", "--seeds", "1,1,2,3,4")
+    assert code == 2 and "distinct seeds" in err
+    code, err = submit("--division", "closed", "--bench", "resnet", "--system", "no-such-system", "--runs", "5")
+    assert code == 2 and "no system description" in err
+    code, err = submit("--division", "closed", "--bench", "resnet", "--preset", "huge")
+    assert code == 2 and "unknown preset 'huge'" in err and err.count("\n") == 1
+    code, err = submit("--division", "closed", "--bench", "resnet50")
+    assert code == 2 and "invalid choice" in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists() and not list(tmp_path.iterdir())
 
 
 def test_package_refuses_wrong_inputs_and_writes_nothing(tmp_path):
