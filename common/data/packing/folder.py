@@ -61,14 +61,7 @@ def _manifest(folder: Path) -> dict:
     """Read and check the structure of folder/manifest.json (every field that verify and PackedDataset read,
     with its type), so that a hand-edited manifest fails in one line naming the file. Raises DataError."""
     path = folder / "manifest.json"
-    if not path.is_file():
-        raise DataError(f"{path} is missing; pack the data first (make data BENCH=bert PACK=...)")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: not JSON ({e})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
-        raise DataError(f"{path}: not a {FORMAT} v{VERSION} manifest")
+    manifest = bert_wiki.read_manifest(folder, FORMAT, VERSION, "pack the data first (make data BENCH=bert PACK=...)")
 
     def need(ok: bool, what: str) -> None:
         if not ok:
