@@ -88,7 +88,8 @@ def prediction(bench: str, cfg, gpus: int, measured: dict, eval_s_per_1000: floa
     times = forecast.time_to_train(rcp, samples_per_unit=SAMPLES_PER_UNIT[bench],
                                    samples_per_s=measured["samples_per_s"], evals=evals, eval_s=eval_s,
                                    runs=tools.REQUIRED_RUNS[bench])
-    return {"rcp": rcp, "hyperparameter_differences": differences, "time": times}
+    notes = [n for n in (forecast.decay_steps_note(bench, rcp),) if n]
+    return {"rcp": rcp, "hyperparameter_differences": differences, "hyperparameter_notes": notes, "time": times}
 
 
 def memory_figures(figures: dict, estimates: dict, system: dict) -> dict:
@@ -172,6 +173,7 @@ def forecast_lines(r: dict) -> list[str]:
         lines.append(f"- RCP mean {rcp['mean']:,.1f} {rcp['unit']} to converge; fastest mean the checker allows "
                      f"{rcp['fastest_mean']:,.1f}")
     lines += [f"- hyperparameter differs from the RCP set: {d}" for d in f["hyperparameter_differences"]]
+    lines += [f"- note: {n}" for n in f.get("hyperparameter_notes", ())]
     if not f["hyperparameter_differences"] and rcp["hyperparameters"]:
         lines.append("- hyperparameters: the RCP set's")
     lines.append(f"- time to train per run at {m['samples_per_s']:.2f} samples/s on {m['device']}: "

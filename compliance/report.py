@@ -245,9 +245,19 @@ def bench_section(bench: dict, source: Path, plots: Path) -> str:
         name = f"bench-{_slug(source.stem)}-{_slug(group)}.png"
         throughput_plot(group, [r for r in rows if r["group"] == group], plots / name)
         parts.append(_img(name, f"throughput, {group}"))
-    parts.append(_table(["ratio", "benchmark", "value", "goal", "met"],
-                        [[q["ratio"], q["group"], ratio_text(q), "-" if q["goal"] is None else f"{q['goal']:g}",
+    parts.append(_table(["ratio", "benchmark", "median", "spread (min-max of rounds)", "goal", "met"],
+                        [[q["ratio"], q["group"], ratio_text(q) + (" UNSETTLED" if q.get("unsettled") else ""),
+                          f"{q['spread'][0]:.2f}-{q['spread'][1]:.2f} ({q['rounds']} rounds)" if "spread" in q
+                          else "-", "-" if q["goal"] is None else f"{q['goal']:g}",
                           "-" if q["met"] is None else ("yes" if q["met"] else "no")] for q in bench["ratios"]]))
+    if "start" in bench["peak"]:  # the peak at the run's start and end (bench JSONs before issue 26 lack them)
+        disturbed = bench["peak"].get("disturbed")
+        parts.append("<p>" + html.escape(
+            "Matmul peak at the start / end: " + ", ".join(
+                f"{k} {bench['peak']['start'][k] / 1e12:.3f} / {bench['peak']['end'][k] / 1e12:.3f}"
+                for k in bench["peak"]["start"]) + ("; DISTURBED (" + ", ".join(disturbed) + " moved by more than "
+                                                   "10 %): every figure of this run is suspect" if disturbed
+                                                   else "; stable")) + "</p>")
     parts.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in bench["notes"]) + "</ul>")
     return "\n".join(parts)
 

@@ -69,6 +69,23 @@ def test_hyperparameters_against_the_rcp_set():
     logged["lars_opt_learning_rate_decay_steps"] += 35  # a partial batch an epoch counted: a difference named
     assert [d.split(":")[0] for d in forecast.hyperparameter_differences(
         "resnet", forecast.rcp_for("resnet", 1632), logged)] == ["opt_learning_rate_decay_steps"]
+    assert forecast.decay_steps_note("resnet", forecast.rcp_for("resnet", 1632)) == ""
+
+
+def test_resnet_decay_steps_are_held_to_the_references_arithmetic_not_the_tables_fractional_count():
+    """8xA100 (3264): the RCP table lists 14,523 (1,281,167 x 37 / 3264 fractional steps); the reference's
+    code computes 392 x 37 + 1 = 14,505 for the same 37 decay epochs. Ours logs 14,505 and is not named as a
+    difference; the ceil-rounded epoch (393 steps: 14,542) is."""
+    cfg = resnet_presets.dgxa100()
+    rcp = forecast.rcp_for("resnet", cfg.global_batch_size)
+    assert (rcp["batch"], rcp["hyperparameters"]["opt_learning_rate_decay_steps"]) == (3264, 14523)
+    logged = resnet_presets.hyperparameters(cfg, resnet_presets.IMAGENET_TRAIN) | {"model_bn_span": 204}
+    assert logged["lars_opt_learning_rate_decay_steps"] == forecast.reference_decay_steps(14523, 3264) == 14505
+    assert forecast.hyperparameter_differences("resnet", rcp, logged) == []
+    assert "14,505 for the same 37 decay epochs" in forecast.decay_steps_note("resnet", rcp)
+    logged["lars_opt_learning_rate_decay_steps"] = 393 * 37 + 1
+    assert [d.split(":")[0] for d in forecast.hyperparameter_differences("resnet", rcp, logged)] == [
+        "opt_learning_rate_decay_steps"]
 
 
 def test_time_to_train_is_converged_samples_at_the_measured_speed_plus_evals():

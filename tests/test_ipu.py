@@ -236,6 +236,24 @@ def test_open_packed_bert_runs_through_the_fake(monkeypatch, tmp_path, one_threa
     assert sum(e["key"] == "eval_accuracy" for e in events) == 1 and events[-1]["metadata"]["status"] == "aborted"
 
 
+def test_closed_real_data_on_ipus_checks_the_checkpoints_identity_before_the_log(monkeypatch, tmp_path):
+    """As on CPUs and GPUs: an unmeasured phase-1 checkpoint is one line, before any log is written."""
+    from mlperf_submission.closed.bert import train as bert_train
+    from mlperf_submission.common import training
+
+    fake_poptorch.install(monkeypatch)
+    ckpt = tmp_path / "phase1.pt"
+    ckpt.write_bytes(b"weights")
+    cfg = dataclasses.replace(presets.smoke(), dataset="wiki", device="ipu", init_checkpoint=str(ckpt))
+    log = tmp_path / "out" / "result_0.txt"
+    run_args = training.Invocation.from_args(bert_train.parse_args(
+        ["--seed", "1", "--system", "1xH200", "--result-log", str(log)]))
+    inputs = Inputs(verify=lambda cfg, data: None)
+    with pytest.raises(UserError, match="unmeasured .*init_checkpoint_override=REASON"):
+        bert_ipu.train(cfg, run_args, division="closed", inputs=inputs)
+    assert not log.parent.exists()
+
+
 def test_poprun_is_recognised_by_its_environment(monkeypatch):
     assert ipu.instances({"PATH": "/bin"}) == ipu.Instances()
     monkeypatch.setitem(sys.modules, "popdist", None)  # `import popdist` fails, as without the SDK's wheel

@@ -83,7 +83,9 @@ BENCH = {"format": "mlperf_submission.bench/1", "command": "python -m mlperf_sub
                    "settings": "fp32", "precision": "32.32", "samples": 16, "samples_per_s": 4.0, "step_s": 4.0},
                   {"group": "BERT-Large, seq 128", "impl": "hf-best", "name": "HF", "error": "not installed"}],
          "ratios": [{"group": "ResNet-50, 224 px", "ratio": "ours / peer defaults", "value": 4.0, "goal": 2.0,
-                     "met": True}],
+                     "met": True, "spread": [3.9, 4.2], "rounds": 5, "unsettled": False},
+                    {"group": "ResNet-50, 224 px", "ratio": "ours / peer best", "value": 1.1, "goal": 1.0,
+                     "met": None, "spread": [0.9, 1.3], "rounds": 7, "unsettled": True}],
          "notes": ["a note"]}
 
 
@@ -101,6 +103,13 @@ def test_page_from_our_submission_and_a_bench_json(tmp_path):
     runs = [r for r in page.rows if r and r[0].startswith("result_")]
     assert [r[2] for r in runs] == ["10.000", "11.000", "12.000", "13.000", "14.000"]
     assert "not installed" in index.read_text()
+    ratios = {r[0]: r[2:] for r in page.rows if r and r[0].startswith("ours / peer")}
+    assert ratios == {"ours / peer defaults": ["4.00", "3.90-4.20 (5 rounds)", "2", "yes"],
+                      "ours / peer best": ["1.10 UNSETTLED", "0.90-1.30 (7 rounds)", "1", "-"]}
+    bench.write_text(json.dumps(BENCH | {"peak": BENCH["peak"] | {"start": {"bf16": 6e11}, "end": {"bf16": 4e11},
+                                                                   "disturbed": ["bf16"]}}))
+    text = report.build(subs=[], benches=[bench], out=tmp_path / "report2").read_text()
+    assert "bf16 0.600 / 0.400; DISTURBED (bf16 moved" in text
 
 
 def test_our_runs_get_graphcores_two_tables_with_their_precision(tmp_path):

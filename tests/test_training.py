@@ -11,9 +11,13 @@ import pytest
 import torch
 
 from mlperf_submission.closed.bert import presets as bert_presets
+from mlperf_submission.closed.bert import steps as bert_steps
 from mlperf_submission.closed.bert import train as bert_train
+from mlperf_submission.closed.resnet import steps as resnet_steps
 from mlperf_submission.closed.resnet import train as resnet_train
 from mlperf_submission.common import training
+
+from .helpers import log_events
 
 
 class Recorder:
@@ -97,6 +101,37 @@ def test_an_fp16_overflow_skips_the_update_and_says_so():
     scaler.scale(p.sum()).backward()
     assert training.update(Replica(), optimizer, scaler, 0.5) is True
     assert torch.allclose(p.detach(), torch.full((3,), 0.5))
+
+
+@pytest.mark.parametrize("bench", ["bert", "resnet"])
+def test_an_fp16_overflow_in_the_training_loop_advances_neither_schedule_nor_sample_count(
+        bench, tmp_path, monkeypatch, one_thread):
+    """The whole smoke loop at fp16 with its real GradScaler (autocast stood in by bf16: CPU has no fp16 path
+    here), an inf put into a gradient before the third update: that update is skipped, the next one is
+    scheduled at the same step, and BERT's logged train_samples count only the applied steps."""
+    module, steps = (bert_train, bert_steps) if bench == "bert" else (resnet_train, resnet_steps)
+    monkeypatch.setattr(steps, "autocast", lambda precision, device: torch.autocast("cpu", dtype=torch.bfloat16))
+    scheduled, applied = [], []
+    real_lr, real_update = steps.learning_rate, training.update
+    monkeypatch.setattr(steps, "learning_rate", lambda cfg, step, *a: scheduled.append(step) or real_lr(cfg, step, *a))
+
+    def update(replica, optimizer, scaler, lr, **kwargs):
+        assert scaler.is_enabled()
+        if len(applied) == 2:  # what an fp16 overflow leaves in a gradient
+            grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+            grads[0].view(-1)[0] = float("inf")
+        applied.append(real_update(replica, optimizer, scaler, lr, **kwargs))
+        return applied[-1]
+
+    monkeypatch.setattr(training, "update", update)
+    bound = ["max_samples=192"] if bench == "bert" else ["max_epochs=1", "eval_offset=1"]
+    log = tmp_path / "result_0.txt"
+    args = ["--preset", "smoke", "--seed", "1", "--system", "1xH200", "--result-log", str(log)]
+    assert module.main([*args, "--set", "precision=fp16", *(f"--set={b}" for b in bound)]) == 0
+    assert applied[:4] == [True, True, False, True] and all(applied[3:])
+    assert scheduled[:5] == [0, 1, 2, 2, 3] and scheduled[4:] == list(range(3, len(scheduled) - 1))
+    if bench == "bert":  # 32 sequences a step; 7 updates, one skipped: 6 x 32 trained
+        assert [e["value"] for e in log_events(log) if e["key"] == "train_samples"] == [32 * sum(applied)] == [192]
 
 
 def test_both_trainers_take_the_shared_options_and_bert_its_checkpoint(tmp_path):
