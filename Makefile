@@ -74,7 +74,7 @@ help:
 	@echo "                                   two runs' medians agree within 10 % (OUT/compare.md)"
 	@echo "make report [SUB=\"a b\" BENCH_JSON= OUT=]   results page: HTML with PNG plots (out/report/index.html)"
 	@echo "make time-to-target BENCH= [SEEDS=1,2,3]   open vs closed smoke presets, minutes to the target, same seeds"
-	@echo "make rehearse BENCH= PRESET= [DIVISION= SYSTEM= DATA= CKPT= STEPS=2 BUDGET=300 OUT=]   a real preset"
+	@echo "make rehearse BENCH= PRESET= [DIVISION= SYSTEM= DATA= CKPT= STEPS=2 BUDGET=300 OUT= LAYOUT=jpeg|tfds]   a real preset"
 	@echo "           for a few steps on generated full-format data (or DATA): stages timed, RCP forecast"
 	@echo "make systems                       official system description checker on systems/*.json"
 	@echo "make describe-system OUT=f.json    describe this machine as a system JSON"
@@ -182,7 +182,8 @@ rehearse:
 	$(if $(PRESET),,$(error give PRESET=<a real preset, e.g. 1xH200>))
 	$(PY) -m mlperf_submission.compliance rehearse --bench $(BENCH) --division $(DIVISION) --preset $(PRESET) \
 		$(if $(SYSTEM),--system $(SYSTEM)) $(if $(DATA),--data $(DATA)) $(if $(CKPT),--ckpt $(CKPT)) \
-		$(if $(STEPS),--steps $(STEPS)) $(if $(BUDGET),--budget $(BUDGET)) $(if $(OUT),--out $(OUT))
+		$(if $(STEPS),--steps $(STEPS)) $(if $(BUDGET),--budget $(BUDGET)) $(if $(OUT),--out $(OUT)) \
+		$(if $(LAYOUT),--imagenet-layout $(LAYOUT))
 
 clean:
 	rm -rf out .pytest_cache .ruff_cache

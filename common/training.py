@@ -20,7 +20,7 @@ from . import config, rehearsal
 from .cli import ArgumentParser, UserError
 from .mllog import MLLog
 from .run import Run, Submission, dataset_files
-from .runtime import distributed, ipu, memory
+from .runtime import distributed, ipu, memory, precision
 from .runtime.precision import notation
 from .system import load as load_system
 
@@ -100,7 +100,10 @@ def announce(benchmark: str, division: str, run: Invocation, cfg, dist: distribu
     """The resolved config in full, for humans (rank 0), once it is known to fit: a run whose memory estimate
     exceeds the GPU that --system names, or on the CPU the host's available memory, is refused here, before
     the log is opened (common/runtime/memory.py); data workers beyond the cores are warned of. The `ipu_*`
-    fields a config inherits (common/runtime/ipu.IpuConfig) are shown only on the IPU."""
+    fields a config inherits (common/runtime/ipu.IpuConfig) are shown only on the IPU. A precision the device
+    has no path for (fp16 off CUDA) is refused here too."""
+    if cfg.device != "ipu":  # the IPU path's fp16 is PopTorch's (16.16), not autocast's
+        precision.check(cfg.precision, torch.device(dist.device))
     warnings = memory.check(benchmark, cfg, local_batch, load_system(run.system)[1], torch.device(dist.device),
                             dist.world_size)
     if dist.is_main:

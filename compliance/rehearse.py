@@ -2,9 +2,11 @@
 
     python -m mlperf_submission.compliance rehearse --bench resnet|bert --preset 1xH200 [--division closed]
         [--system NAME|FILE] [--data DIR] [--ckpt PREFIX] [--steps 2] [--budget 300] [--out DIR]
-    make rehearse BENCH=bert PRESET=1xH200 [DIVISION= SYSTEM= DATA= CKPT= STEPS= BUDGET= OUT=]
+        [--imagenet-layout jpeg|tfds]
+    make rehearse BENCH=bert PRESET=1xH200 [DIVISION= SYSTEM= DATA= CKPT= STEPS= BUDGET= OUT= LAYOUT=]
 
-Without DATA it generates full-format data once (cached under out/cache/: ILSVRC2012 JPEG folders, or MLPerf
+Without DATA it generates full-format data once (cached under out/cache/: ILSVRC2012 JPEG folders or, with
+LAYOUT=tfds, tfds imagenet2012 TFRecord shards; or MLPerf
 BERT TFRecords and a full-size TF1 phase-1 checkpoint), then runs `make data` on it as a user would, then the
 preset's training command, the very argv `make submit` runs for run 0 (runs.train_command) plus the rehearsal
 switch (common/rehearsal.py): STEPS optimizer steps or BUDGET seconds of training, whichever comes first, one
@@ -63,6 +65,8 @@ def add_arguments(p) -> None:
     p.add_argument("--out", type=Path, help="output folder (default out/rehearse-<bench>-<preset>-<time>)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a preset field (repeatable)")
+    p.add_argument("--imagenet-layout", choices=imagenet_generator.LAYOUTS, default="jpeg",
+                   help="generated ImageNet: ILSVRC2012 JPEG folders, or tfds imagenet2012 TFRecord shards")
     p.add_argument("--cache", type=Path, default=Path("out/cache"), help=argparse.SUPPRESS)
     p.add_argument("--scale", default="", help=argparse.SUPPRESS)  # tests: generator sizes as JSON
 
@@ -101,8 +105,9 @@ def generated_data(args, stages: Stages, out: Path) -> tuple[str, str, dict]:
         planning.data_checksum(str(Path(args.data).resolve()))  # a prepared dataset, or a UserError
         return args.data, args.ckpt, {"data": "given"}
     if args.bench == "resnet":
-        folder, hit = stages.run("generate ImageNet (JPEG folders)", imagenet_generator.generate,
-                                 cache=args.cache, **scale)
+        shown = {"jpeg": "JPEG folders", "tfds": "tfds TFRecord shards"}[args.imagenet_layout]
+        folder, hit = stages.run(f"generate ImageNet ({shown})", imagenet_generator.generate,
+                                 layout=args.imagenet_layout, cache=args.cache, **scale)
         stages.run("make data (ImageNet index and checksums)", runs_quiet,
                    data_command("resnet", src=str(folder), out=str(folder)), out / "make_data.log")
         return str(folder), "", {"data": str(folder), "cached": hit}
@@ -172,6 +177,15 @@ def fitted(bench: str, cfg: dict, overrides: tuple[str, ...], gpus: int) -> tupl
     return (*overrides, f"gradient_accumulation_steps={accumulation}"), note
 
 
+def device_precision(cfg, overrides: tuple[str, ...]) -> tuple[tuple[str, ...], str]:
+    """fp16 (autocast with a loss scaler) is the CUDA path: without CUDA the rehearsal runs bf16, the same
+    16-bit activations and shapes, and says so; the forecast keeps the preset's own hyperparameters."""
+    if cfg.precision != "fp16" or cfg.device == "ipu" or torch.cuda.is_available():
+        return overrides, ""
+    return (*overrides, "precision=bf16"), ("the preset's fp16 needs CUDA: rehearsing at bf16 on this machine "
+                                            "(same 16-bit activations and shapes, no loss scaler)")
+
+
 def estimates(args, plan: planning.Plan, rehearsed_local: int, preset_cfg, gpus: int) -> dict:
     """The package's memory estimate at the rehearsed micro-batch and at the preset's own."""
     items = preset_cfg.global_batch_items if args.bench == "bert" else preset_cfg.global_batch_size
@@ -211,6 +225,9 @@ def command(args, out: Path, data: str, ckpt: str, notes: dict) -> tuple[list[st
     overrides, note = fitted(args.bench, {"division": args.division, "preset": args.preset}, req.overrides, gpus)
     if note:
         notes["fitted"] = note
+    overrides, note = device_precision(preset_config(args, overrides), overrides)
+    if note:
+        notes["precision"] = note
     req = dataclasses.replace(req, overrides=overrides, system_name=stem, system=system)
     plan = dataclasses.replace(planning.wanted_plan(req), seeds=planning.draw_seeds(1))
     system_file = out / planning.SYSTEM_DIR / f"{stem}.json"

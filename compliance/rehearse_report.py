@@ -111,8 +111,7 @@ def build(*, args, plan, cmd: list[str], log: Path, stages: dict, notes: dict, v
     eval_s = times.get("eval_stop", 0.0) - times.get("eval_start", 0.0)
     measured["eval_s_per_1000"] = eval_s / eval_samples * 1000 if eval_samples else None
     warnings = list(figures["warnings"])
-    if "fitted" in notes:
-        warnings.append(notes["fitted"])
+    warnings += [notes[k] for k in ("fitted", "precision") if k in notes]
     if plan.config.get("data_workers", 0) > (os.cpu_count() or 1):
         warnings.append(f"data_workers={plan.config['data_workers']} on {os.cpu_count()} CPU cores: the workers "
                         "compete with the training step for the cores")

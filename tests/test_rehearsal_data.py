@@ -23,6 +23,7 @@ from mlperf_submission.common.data import generate as cache
 from mlperf_submission.common.data.generate import imagenet as imagenet_generator
 from mlperf_submission.common.data.imagenet.__main__ import main as imagenet_main
 from mlperf_submission.common.data.tensorbundle import read_index
+from mlperf_submission.common.data.tfrecord import decode_example, iter_records
 from mlperf_submission.compliance.tools import check_log
 
 REFERENCE_CKPT = REPO / "tests" / "reference" / "tf1-bert-checkpoint" / "model.ckpt-28252"
@@ -93,6 +94,22 @@ def test_generated_imagenet_has_the_ilsvrc_layout_and_oddities_and_make_data_rea
     assert imagenet_generator.generate(classes=4, train_per_class=2, val_per_class=1, cache=tmp_path)[1] is False
     other, _ = imagenet_generator.generate(classes=4, train_per_class=1, val_per_class=1, cache=tmp_path)
     assert other != folder  # other parameters, another cache entry
+
+
+def test_generated_imagenet_in_the_tfds_layout_holds_the_same_images_and_make_data_reads_it(tmp_path):
+    jpeg, _ = imagenet_generator.generate(classes=4, train_per_class=2, val_per_class=1, cache=tmp_path)
+    tfds, _ = imagenet_generator.generate(classes=4, train_per_class=2, val_per_class=1, layout="tfds",
+                                          cache=tmp_path)
+    shards = sorted(p.name for p in tfds.glob("imagenet2012-*"))
+    assert shards == [f"imagenet2012-train.tfrecord-{i:05d}-of-00008" for i in range(8)] + [
+        f"imagenet2012-validation.tfrecord-{i:05d}-of-00002" for i in range(2)]
+    examples = [decode_example(r) for p in sorted(tfds.glob("imagenet2012-train*")) for r in iter_records(p)]
+    wnids = imagenet_generator.wnids(4)
+    assert [(int(e["label"][0]), e["image"][0]) for e in examples] == [
+        (wnids.index(p.parent.name), p.read_bytes()) for p in sorted((jpeg / "train").rglob("*.JPEG"))]
+    assert imagenet_main([str(tfds), "--out", str(tmp_path / "index"), "--workers", "1"]) == 0
+    manifest = json.loads((tmp_path / "index" / imagenet.MANIFEST_NAME).read_text())
+    assert (manifest["splits"]["train"]["images"], manifest["splits"]["val"]["images"]) == (8, 4)
 
 
 def test_too_little_disk_is_one_line_before_anything_is_written(tmp_path, monkeypatch):

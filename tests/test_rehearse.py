@@ -76,6 +76,16 @@ def test_a_micro_batch_too_large_for_the_memory_is_split_into_more_accumulation_
     assert rehearse.fitted("resnet", {"division": "closed", "preset": "1xH200"}, (), 1) == ((), "")
 
 
+def test_fp16_presets_rehearse_at_bf16_without_cuda_and_say_so(monkeypatch):
+    """8xA100 and pod16 are fp16 presets: fp16 is the CUDA path, so a CPU rehearses them at bf16."""
+    cfg = rehearse.preset_config(arguments(bench="bert", preset="pod16-graphcore"))
+    overrides, note = rehearse.device_precision(cfg, ("gradient_accumulation_steps=384",))
+    assert overrides == ("gradient_accumulation_steps=384", "precision=bf16") and "fp16 needs CUDA" in note
+    assert rehearse.device_precision(resnet_presets.h200(), ()) == ((), "")  # bf16 already
+    monkeypatch.setattr(rehearse.torch.cuda, "is_available", lambda: True)
+    assert rehearse.device_precision(cfg, ()) == ((), "")
+
+
 def test_bad_input_is_one_line(tmp_path, capsys):
     cases = [(["--bench", "resnet", "--preset", "nope"], "unknown preset"),
              (["--bench", "resnet", "--preset", "1xH200", "--data", str(tmp_path)], "make data"),
@@ -87,19 +97,19 @@ def test_bad_input_is_one_line(tmp_path, capsys):
 
 
 def test_a_tiny_rehearsal_end_to_end(tmp_path, capsys):
-    """Generated ImageNet, `make data`, the open 1xH200 command at toy width, one step, one eval: every stage
-    timed, the log passes the checker, the forecast is there."""
+    """Generated ImageNet in the tfds layout, `make data`, the open 1xH200 command at toy width, one step, one
+    eval: every stage timed, the log passes the checker, the forecast is there."""
     out = tmp_path / "out"
     toy = ("global_batch_size=4", "gradient_accumulation_steps=2", "data_workers=0", "model_width=8",
            "image_size=32", "resize_start_size=32", "precision=fp32", "channels_last=false")
     code = compliance_main([
         "rehearse", "--bench", "resnet", "--division", "open", "--preset", "1xH200", "--steps", "1", "--budget", "60",
-        "--out", str(out), "--cache", str(tmp_path / "cache"), "--scale", TINY_IMAGENET,
+        "--out", str(out), "--cache", str(tmp_path / "cache"), "--scale", TINY_IMAGENET, "--imagenet-layout", "tfds",
         *[x for s in toy for x in ("--set", s)]])
     assert code == 0, capsys.readouterr()
     result = json.loads((out / "rehearsal.json").read_text())
-    assert set(result["stages_s"]) == {"generate ImageNet (JPEG folders)", "make data (ImageNet index and checksums)",
-                                       "train (init, steps, eval)"}
+    assert set(result["stages_s"]) == {"generate ImageNet (tfds TFRecord shards)",
+                                       "make data (ImageNet index and checksums)", "train (init, steps, eval)"}
     assert result["checker"]["passed"] and result["measured"]["steps_done"] == 1
     assert result["measured"]["samples_per_s"] > 0 and result["measured"]["eval_s_per_1000"] > 0
     assert result["forecast"]["rcp"]["status"] == "below" and result["forecast"]["time"]["per_run_s"] > 0

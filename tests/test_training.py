@@ -16,6 +16,7 @@ from mlperf_submission.closed.bert import train as bert_train
 from mlperf_submission.closed.resnet import steps as resnet_steps
 from mlperf_submission.closed.resnet import train as resnet_train
 from mlperf_submission.common import training
+from mlperf_submission.common.runtime import precision
 
 from .helpers import log_events
 
@@ -111,6 +112,7 @@ def test_an_fp16_overflow_in_the_training_loop_advances_neither_schedule_nor_sam
     scheduled at the same step, and BERT's logged train_samples count only the applied steps."""
     module, steps = (bert_train, bert_steps) if bench == "bert" else (resnet_train, resnet_steps)
     monkeypatch.setattr(steps, "autocast", lambda precision, device: torch.autocast("cpu", dtype=torch.bfloat16))
+    monkeypatch.setattr(precision, "check", lambda precision, device: None)
     scheduled, applied = [], []
     real_lr, real_update = steps.learning_rate, training.update
     monkeypatch.setattr(steps, "learning_rate", lambda cfg, step, *a: scheduled.append(step) or real_lr(cfg, step, *a))
@@ -132,6 +134,16 @@ def test_an_fp16_overflow_in_the_training_loop_advances_neither_schedule_nor_sam
     assert scheduled[:5] == [0, 1, 2, 2, 3] and scheduled[4:] == list(range(3, len(scheduled) - 1))
     if bench == "bert":  # 32 sequences a step; 7 updates, one skipped: 6 x 32 trained
         assert [e["value"] for e in log_events(log) if e["key"] == "train_samples"] == [32 * sum(applied)] == [192]
+
+
+@pytest.mark.parametrize("module", [bert_train, resnet_train])
+def test_fp16_off_cuda_is_refused_before_the_log(module, tmp_path, capsys):
+    log = tmp_path / "out" / "result_0.txt"
+    assert module.main(["--preset", "smoke", "--seed", "1", "--system", "1xH200", "--result-log", str(log),
+                        "--set", "precision=fp16"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "fp16 needs a CUDA device; on cpu use --set precision=bf16" in err
+    assert not log.parent.exists()
 
 
 def test_both_trainers_take_the_shared_options_and_bert_its_checkpoint(tmp_path):

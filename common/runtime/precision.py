@@ -13,12 +13,18 @@ import torch
 from ..cli import UserError
 
 
+def check(precision: str, device: torch.device) -> None:
+    """UserError where this device has no path for the precision: fp16 (autocast with a loss scaler) is the
+    CUDA path. The trainers call it before their log (common/training.announce), autocast again each pass."""
+    if precision == "fp16" and device.type != "cuda":
+        raise UserError(f"precision fp16 needs a CUDA device; on {device.type} use --set precision=bf16 or fp32")
+
+
 def autocast(precision: str, device: torch.device):
     """The autocast context for one forward pass; fp32 runs without one."""
     if precision == "fp32":
         return contextlib.nullcontext()
-    if precision == "fp16" and device.type != "cuda":
-        raise UserError("precision fp16 needs a CUDA device; on CPU use bf16 or fp32")
+    check(precision, device)
     return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
