@@ -105,6 +105,9 @@ def generated_data(args, stages: Stages, out: Path) -> tuple[str, str, dict]:
         planning.data_checksum(str(Path(args.data).resolve()))  # a prepared dataset, or a UserError
         return args.data, args.ckpt, {"data": "given"}
     if args.bench == "resnet":
+        # An epoch is whole global batches (the reference drops the remainder): at least one of the preset's.
+        classes = scale.get("classes", 1000)
+        scale.setdefault("train_per_class", max(3, -(-preset_config(args).global_batch_size // classes)))
         shown = {"jpeg": "JPEG folders", "tfds": "tfds TFRecord shards"}[args.imagenet_layout]
         folder, hit = stages.run(f"generate ImageNet ({shown})", imagenet_generator.generate,
                                  layout=args.imagenet_layout, cache=args.cache, **scale)
@@ -186,6 +189,13 @@ def device_precision(cfg, overrides: tuple[str, ...]) -> tuple[tuple[str, ...], 
                                             "(same 16-bit activations and shapes, no loss scaler)")
 
 
+def replicas(cfg, preset: str) -> int:
+    """Data-parallel replicas of the preset's own layout: its IPU replicas (pod16: 4 pipelines of 4 IPUs), else
+    one an accelerator (8xA100: 8); the preset's micro-batch is the global batch over these and its
+    accumulation."""
+    return getattr(cfg, "ipu_replicas", 0) or benchmarks.accelerators(preset)
+
+
 def estimates(args, plan: planning.Plan, rehearsed_local: int, preset_cfg, gpus: int) -> dict:
     """The package's memory estimate at the rehearsed micro-batch and at the preset's own."""
     items = preset_cfg.global_batch_items if args.bench == "bert" else preset_cfg.global_batch_size
@@ -255,7 +265,8 @@ def main(args) -> int:
     ended = stages.run("train (init, steps, eval)", train, cmd, out / "result_0.log")
     failed(ended, "the rehearsal run", out / "result_0.log")
     figures = json.loads(switch.figures_path(log).read_text())
-    preset_cfg, gpus = preset_config(args), benchmarks.accelerators(args.preset)
+    preset_cfg = preset_config(args)
+    gpus = replicas(preset_cfg, args.preset)
     result = rehearse_report.build(args=args, plan=plan, cmd=cmd, log=log, stages=stages.seconds, notes=notes,
                                    verdict=tools.check_log(log), figures=figures, preset_cfg=preset_cfg, gpus=gpus,
                                    estimates=estimates(args, plan, figures["local_batch"], preset_cfg, gpus))

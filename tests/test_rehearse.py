@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import types
 
 import pytest
 from fakes import REPO, one_line_error
@@ -14,11 +15,12 @@ from mlperf_submission.common import rehearsal
 from mlperf_submission.common.cli import UserError
 from mlperf_submission.common.data.generate import imagenet as imagenet_generator
 from mlperf_submission.common.data.imagenet.__main__ import main as imagenet_main
+from mlperf_submission.common.data.tfrecord import record_offsets
 from mlperf_submission.compliance import plan as planning
 from mlperf_submission.compliance import rehearse, runs, submit
 from mlperf_submission.compliance.__main__ import main as compliance_main
 
-TINY_IMAGENET = '{"classes": 4, "train_per_class": 2, "val_per_class": 1}'
+TINY_IMAGENET = '{"classes": 4, "val_per_class": 1}'  # train images a class: enough for one global batch
 
 
 def test_the_switch_stops_after_steps_or_budget_but_never_before_one_micro_step(tmp_path):
@@ -86,6 +88,15 @@ def test_fp16_presets_rehearse_at_bf16_without_cuda_and_say_so(monkeypatch):
     assert rehearse.device_precision(cfg, ()) == ((), "")
 
 
+def test_the_presets_micro_batch_is_over_its_own_replicas():
+    """pod16 is 4 replicas of a 4-IPU pipeline: 3072 / (4 x 192) = 4 sequences a micro-batch, not 3072 / 16."""
+    pod = rehearse.preset_config(arguments(bench="bert", preset="pod16-graphcore"))
+    assert rehearse.replicas(pod, "pod16-graphcore") == 4
+    assert rehearse.estimates(arguments(bench="bert", preset="pod16-graphcore"), types.SimpleNamespace(overrides=()),
+                              2, pod, 4)["preset_local_batch"] == 4
+    assert rehearse.replicas(resnet_presets.dgxa100(), "8xA100") == 8
+
+
 def test_bad_input_is_one_line(tmp_path, capsys):
     cases = [(["--bench", "resnet", "--preset", "nope"], "unknown preset"),
              (["--bench", "resnet", "--preset", "1xH200", "--data", str(tmp_path)], "make data"),
@@ -98,9 +109,10 @@ def test_bad_input_is_one_line(tmp_path, capsys):
 
 def test_a_tiny_rehearsal_end_to_end(tmp_path, capsys):
     """Generated ImageNet in the tfds layout, `make data`, the open 1xH200 command at toy width, one step, one
-    eval: every stage timed, the log passes the checker, the forecast is there."""
+    eval: every stage timed, the log passes the checker, the forecast is there. The generated training set
+    holds one whole global batch of 16 (4 images in each of the 4 classes), the least an epoch can be."""
     out = tmp_path / "out"
-    toy = ("global_batch_size=4", "gradient_accumulation_steps=2", "data_workers=0", "model_width=8",
+    toy = ("global_batch_size=16", "gradient_accumulation_steps=2", "data_workers=0", "model_width=8",
            "image_size=32", "resize_start_size=32", "precision=fp32", "channels_last=false")
     code = compliance_main([
         "rehearse", "--bench", "resnet", "--division", "open", "--preset", "1xH200", "--steps", "1", "--budget", "60",
@@ -114,3 +126,5 @@ def test_a_tiny_rehearsal_end_to_end(tmp_path, capsys):
     assert result["measured"]["samples_per_s"] > 0 and result["measured"]["eval_s_per_1000"] > 0
     assert result["forecast"]["rcp"]["status"] == "below" and result["forecast"]["time"]["per_run_s"] > 0
     assert "Forecast" in (out / "rehearsal.md").read_text()
+    (shards,) = {p.parent for p in (tmp_path / "cache").rglob("imagenet2012-train.tfrecord-*")}
+    assert sum(len(record_offsets(p)) for p in shards.glob("imagenet2012-train.*")) == 16

@@ -28,7 +28,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import optimize
 
 # NNLSHP's matrix has one column per strategy: 22,102 at 512 and depth 3 (90 MB, about 20 s to solve).
 MAX_NNLS_STRATEGIES = 60_000
@@ -275,6 +274,10 @@ def nnls_solution(hist: np.ndarray, max_len: int, max_per_pack: int = 3) -> tupl
     np.add.at(matrix, (rows, cols), 1.0)  # matrix[l - 1, j]: sequences of length l in strategy j
     weight = np.ones(max_len)
     weight[:SHORT_LENGTHS] = SHORT_WEIGHT
+    # Imported here: scipy.optimize takes ~0.45 s to import, and every BERT trainer imports this package for
+    # its row layout (rows.py) but only `make data PACK=nnlshp` solves.
+    from scipy import optimize
+
     counts, _ = optimize.nnls(weight[:, None] * matrix, weight * hist)
     return strategies, counts
 
