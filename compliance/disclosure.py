@@ -37,8 +37,10 @@ buffer (TF's `MomentumOptimizer` form). Schedule (`optim.poly_schedule`), per 0-
 batches per epoch (steps per epoch = 1,281,167 // global batch, the reference's `drop_train_remainder`):
 lr = base_lr * s / warmup while s < warmup (warmup = warmup_epochs x steps per epoch), then
 (base_lr - end_lr) * (1 - min(s - warmup, decay) / decay)^2 + end_lr with decay = train_epochs x steps per
-epoch - warmup + 1, the `lars_opt_learning_rate_decay_steps` logged. An fp16 step skipped on overflow does not
-advance s.""",
+epoch - warmup + 1, the `lars_opt_learning_rate_decay_steps` logged (1632: 785 x 35 + 1 = 27,476, the RCP
+table's; 3264: 392 x 37 + 1 = 14,505 where the table lists 14,523, the same 37 decay epochs counted in
+fractional steps, 1,281,167 x 37 / 3264; the RCP checker compares no hyperparameter). An fp16 step skipped on
+overflow does not advance s.""",
     "bert": """\
 LAMB (`closed/bert/optim.py` `Lamb`), per parameter w with gradient g at update t (1-based), after the global
 gradient norm is clipped to 1.0 (`clip_grad_norm`, the reference's `tf.clip_by_global_norm`):

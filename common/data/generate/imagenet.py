@@ -71,7 +71,7 @@ def encoded(img: Image.Image, oddity: str = "") -> bytes:
 
 
 def images(classes: int, train_per_class: int, val_per_class: int, seed: int) -> Iterator[tuple[str, int, str, bytes]]:
-    """(split, class index, file name, file bytes) of every image, class by class, the same for every seed."""
+    """(split, class index, file name, file bytes) of every image, class by class; the same ones for a seed."""
     rng = np.random.default_rng(seed)
     sizes = [s for s, _ in SIZES]
     weights = np.array([w for _, w in SIZES], dtype=np.float64)
