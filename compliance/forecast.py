@@ -20,6 +20,7 @@ import math
 
 from mlperf_logging.rcp_checker import rcp_checker
 
+from ..closed.resnet.presets import IMAGENET_TRAIN
 from . import tools
 
 RCP_PASS = "pruned_rcps"  # as the package checker runs the RCP checker (compliance/tools.check_rcp)
@@ -32,7 +33,6 @@ LOGGED_AS = {
 }
 # Not a convergence hyperparameter: how a step is split into micro-batches leaves the mathematics unchanged.
 NOT_CONVERGENCE = ("gradient_accumulation_steps",)
-IMAGENET_TRAIN = 1_281_167
 
 
 def checker(benchmark: str) -> rcp_checker.RCP_Checker:
@@ -93,27 +93,32 @@ def hyperparameter_differences(benchmark: str, rcp: dict, logged: dict, implicit
     return out
 
 
+def decay_epochs(table_steps: int, batch: int) -> int:
+    """The decay epochs an RCP table's `opt_learning_rate_decay_steps` stand for (its `+ 1` off, rounded)."""
+    return round((table_steps - 1) * batch / IMAGENET_TRAIN)
+
+
 def reference_decay_steps(table_steps: int, batch: int) -> int:
-    """The decay steps the reference's code computes for the RCP's schedule: its decay epochs (the table's
-    steps in epochs, rounded) x whole global batches an epoch (`NUM_IMAGES['train'] // batch_size`), + 1.
-    Equal to the table at 1632 (27,476); at 3264 the table's 14,523 counts 1,281,167 x 37 / 3264 = 14,522.98
-    fractional steps, where the reference's arithmetic gives 392 x 37 + 1 = 14,505 for the same 37 epochs.
-    The RCP checker compares no hyperparameter; the accepted v1.1 results at 3264 log 37 (NVIDIA's MXNet
-    counts epochs), so the reference's arithmetic is what a closed run is held to."""
-    epochs = round((table_steps - 1) * batch / IMAGENET_TRAIN)
-    return IMAGENET_TRAIN // batch * epochs + 1
+    """The decay steps the reference's code computes for the RCP's schedule: its decay epochs x whole global
+    batches an epoch (`NUM_IMAGES['train'] // batch_size`), + 1. Equal to the table at 1632 (27,476); at 3264
+    the table's 14,523 counts 1,281,167 x 37 / 3264 = 14,522.98 fractional steps, where the reference's
+    arithmetic gives 392 x 37 + 1 = 14,505 for the same 37 epochs. The RCP checker compares no hyperparameter;
+    the accepted v1.1 results at 3264 log 37 (NVIDIA's MXNet counts epochs), so the reference's arithmetic is
+    what a closed run is held to."""
+    return IMAGENET_TRAIN // batch * decay_epochs(table_steps, batch) + 1
 
 
 def decay_steps_note(benchmark: str, rcp: dict) -> str:
     """A line for the report where the RCP table's decay steps differ from the reference's arithmetic, or ""."""
     table = rcp["hyperparameters"].get("opt_learning_rate_decay_steps")
-    if benchmark != "resnet" or table is None or reference_decay_steps(table, rcp["batch"]) == table:
+    if benchmark != "resnet" or table is None:
         return ""
-    epochs = round((table - 1) * rcp["batch"] / IMAGENET_TRAIN)
+    batch, reference = rcp["batch"], reference_decay_steps(table, rcp["batch"])
+    if reference == table:
+        return ""
     return (f"opt_learning_rate_decay_steps: the RCP table lists {table:,}, the reference's code computes "
-            f"{reference_decay_steps(table, rcp['batch']):,} for the same {epochs} decay epochs "
-            f"({IMAGENET_TRAIN:,} // {rcp['batch']} = {IMAGENET_TRAIN // rcp['batch']} steps an epoch); compared "
-            "with the reference's")
+            f"{reference:,} for the same {decay_epochs(table, batch)} decay epochs ({IMAGENET_TRAIN:,} // {batch} "
+            f"= {IMAGENET_TRAIN // batch} steps an epoch); compared with the reference's")
 
 
 def _same(a, b) -> bool:

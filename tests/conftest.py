@@ -92,11 +92,12 @@ def pytest_collection_finish(session) -> None:
 
 def pytest_sessionfinish(session) -> None:
     """Stop any shared submission still running (a run of only some tests) and remove their folder."""
-    for folder, proc in _SUBMISSIONS.values():
+    for _, proc in _SUBMISSIONS.values():
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-        shutil.rmtree(folder.parent, ignore_errors=True)
+    for root in {folder.parent for folder, _ in _SUBMISSIONS.values()}:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
