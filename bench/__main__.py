@@ -8,18 +8,19 @@ training throughput (samples/s), time per step, peak memory and model FLOP utili
     torchvision's reference training step (plain-PyTorch equivalent, bench/peers.py) at its defaults and
     at its best documented settings;
   - BERT-Large at sequence length 128 and 512 on full rows: ours, and Hugging Face `BertForPreTraining` at
-    its defaults and best documented settings (on a CPU at 1 and 3 layers of the real width, scaled to 24);
+    its defaults and best documented settings (on a CPU at 1 and 5 layers of the real width, scaled to 24);
   - BERT-Large at 512 on the MLPerf Wikipedia length mix: ours as closed BERT trains (unpadded rows), ours
     on padded rows, ours on open BERT's offline packs, and the two HF rows (padded to the batch's longest);
-  every BERT row as the package trains (closed/bert/steps.py's `micro_step` and `optimizer_step`), its
-  update charged per global batch of the 1xH200 preset (256 sequences), not per timed micro-batch;
+  every BERT row as the package trains (closed/bert/steps.py's `micro_step` and `optimizer_step`), and
+  every row's update charged per global batch of the 1xH200 preset (256 sequences, 1632 images), not per
+  timed micro-batch;
   - ImageNet decode + training augmentation, images per CPU-second: ours against torchvision's transforms;
 then prints the ratios against the goals of issues 5 and 6 and writes OUT/bench.json and OUT/bench.md (with the
-commit, the machine and this command). Every ratio is the median of at least 5 alternating rounds with their
-min-max, UNSETTLED beyond +-10 % (such a group measured again while --settle-s allows); the matmul peak is
-taken at the start and the end, DISTURBED when they differ by more than 10 %. `--quick` runs every path at
-toy sizes in a minute or two, for the tests; its figures mean nothing. On a 2-core CPU the full run took
-5-10 minutes with 3 rounds; with 5, and up to 3 minutes of settling, it is not yet timed.
+commit, the machine and this command). Every ratio and row is the median of at least 6 alternating rounds
+with the bootstrap 90 % interval of that median and the rounds' min-max, UNSETTLED where the interval reaches
+beyond +-10 % (such a group measured again while --settle-s allows); the matmul peak is taken at the start
+and the end, DISTURBED when they differ by more than 10 %. `--quick` runs every path at toy sizes in a
+minute or two, for the tests; its figures mean nothing. On the idle 2-core CPU a full run takes TIMING.
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
+from scipy import stats
 
 from ..common.cli import ArgumentParser, atomic_write_text, entry_point
 from ..common.evidence import git_commit, ratio_text
@@ -131,6 +134,9 @@ def finish_row(row: dict, result: dict, peaks: dict) -> dict:
         # An fp32 row whose math ran in TF32 is measured against the TF32 peak, so its MFU stays a share.
         out["peak_kind"] = "bf16" if result["precision"] != "32.32" else ("tf32" if result.get("tf32") else "fp32")
         out["peak_flops_per_s"] = peaks[out["peak_kind"]]
+    if out.get("samples_per_s_rounds"):  # the row's own spread: its throughput over the rounds
+        q = spread(out["samples_per_s_rounds"])
+        out |= {"samples_per_s_spread": q["spread"], "unsettled": q["unsettled"]}
     return out
 
 
@@ -158,7 +164,7 @@ def add_utilisation(rows: list[dict]) -> None:
                 r["mfu"] = r["model_flops"] / r["step_s"] / r["peak_flops_per_s"]
 
 
-UNSETTLED = 0.10  # a ratio whose per-round values reach beyond +-10 % of their median is not a figure yet
+UNSETTLED = 0.10  # a figure whose median's interval reaches beyond +-10 % of the median is not a figure yet
 PAIRS = [("ours", "peer-defaults", "ours / peer defaults"), ("ours", "peer-best", "ours / peer best"),
          ("ours", "hf-defaults", "ours / peer defaults"), ("ours", "hf-best", "ours / peer best"),
          ("ours", "ours-plain", "ours / ours, speed options off"),
@@ -166,27 +172,47 @@ PAIRS = [("ours", "peer-defaults", "ours / peer defaults"), ("ours", "peer-best"
          ("ours-jagged", "ours", "jagged / block attention"), ("ours", "plain", "ours / plain")]
 
 
+CONFIDENCE = 0.90  # of the bootstrap interval of a median
+RESAMPLES = 4000
+SPREAD_KIND = f"bootstrap {CONFIDENCE:.0%} interval of the median"  # what "spread" is, in bench.json
+
+
 def spread(values: list[float]) -> dict:
-    """Median and min-max of per-round values, and whether they reach beyond +-UNSETTLED of the median."""
+    """Median of per-round values, its bootstrap 90 % interval (percentile method, seeded: the same values give
+    the same interval), their min-max, and whether the interval reaches beyond +-UNSETTLED of the median.
+    The interval narrows as rounds are added (a group measured again pools its rounds), where the min-max can
+    only widen; at 5 rounds it is the min-max, from 6 it leaves out the extreme round on each side."""
     mid = statistics.median(values)
     lo, hi = min(values), max(values)
-    return {"value": mid, "spread": [lo, hi], "rounds": len(values),
-            "unsettled": hi > (1 + UNSETTLED) * mid or lo < (1 - UNSETTLED) * mid}
+    if len(values) > 1 and lo < hi:
+        interval = stats.bootstrap((np.asarray(values),), np.median, confidence_level=CONFIDENCE, method="percentile",
+                                   n_resamples=RESAMPLES, rng=np.random.default_rng(0)).confidence_interval
+        lo_ci, hi_ci = float(interval.low), float(interval.high)
+    else:
+        lo_ci, hi_ci = lo, hi
+    return {"value": mid, "spread": [lo_ci, hi_ci], "range": [lo, hi], "rounds": len(values),
+            "unsettled": hi_ci > (1 + UNSETTLED) * mid or lo_ci < (1 - UNSETTLED) * mid}
+
+
+def goal(group: str, label: str) -> float | None:
+    """A ratio's goal: SPEEDUP_GOALS's, but ResNet-50's against the best peer is 1.0 (never below it: both
+    run the same oneDNN / cuDNN kernels, issue 26)."""
+    return 1.0 if group.startswith("ResNet") and label == "ours / peer best" else SPEEDUP_GOALS[label]
 
 
 def ratio(group: str, label: str, a: dict, b: dict) -> dict:
-    """a's throughput over b's: the median of the per-round ratios (a and b timed in the same round), their
-    min-max, and "unsettled" when that is wider than +-UNSETTLED of the median (then no goal is judged)."""
-    goal = SPEEDUP_GOALS[label]
+    """a's throughput over b's: the median of the per-round ratios (a and b timed in the same round), its
+    `spread`, and "unsettled" when that is wider than +-UNSETTLED of the median (then no goal is judged)."""
+    target = goal(group, label)
     noisy = [r["unreliable"] for r in (a, b) if "unreliable" in r]
     if noisy:  # a ratio of a figure that timing noise made up would mislead: say so instead
-        return {"group": group, "ratio": label, "value": None, "goal": goal, "met": None,
+        return {"group": group, "ratio": label, "value": None, "goal": target, "met": None,
                 "unreliable": "; ".join(noisy)}
     ra, rb = a.get("samples_per_s_rounds"), b.get("samples_per_s_rounds")
     per_round = [x / y for x, y in zip(ra, rb, strict=True)] if ra and rb and len(ra) == len(rb) else None
     out = spread(per_round) if per_round else {"value": a["samples_per_s"] / b["samples_per_s"]}
-    met = None if goal is None or out.get("unsettled") else out["value"] >= goal
-    return {"group": group, "ratio": label, **out, "goal": goal, "met": met}
+    met = None if target is None or out.get("unsettled") else out["value"] >= target
+    return {"group": group, "ratio": label, **out, "goal": target, "met": met}
 
 
 def ratios(rows: list[dict]) -> list[dict]:
@@ -233,6 +259,15 @@ def fmt(x, spec: str, scale: float = 1.0) -> str:
     return "-" if x is None else format(x * scale, spec)
 
 
+def throughput(row: dict) -> str:
+    """A row's samples/s, with the interval of its median over the rounds, UNSETTLED where that is wide."""
+    shown = fmt(row.get("samples_per_s"), ",.2f")
+    if "samples_per_s_spread" in row:
+        lo, hi = row["samples_per_s_spread"]
+        shown += f" ({lo:,.2f}-{hi:,.2f})" + (" UNSETTLED" if row["unsettled"] else "")
+    return shown
+
+
 def markdown(result: dict) -> str:
     m = result["machine"]
     lines = [
@@ -256,17 +291,18 @@ def markdown(result: dict) -> str:
         lines.append(
             f"| {r['group']} | {r['name']} | {r['settings']} | {r.get('precision', '-')} | "
             f"{fmt(r.get('samples'), samples_spec)} | "
-            f"{fmt(r.get('samples_per_s'), ',.2f')} | {fmt(r.get('step_s'), '.3f')} | "
+            f"{throughput(r)} | {fmt(r.get('step_s'), '.3f')} | "
             f"{fmt(r.get('peak_memory_mib'), ',.0f')} | {fmt(r.get('model_flops'), ',.1f', 1e-9)} | "
             f"{fmt(r.get('mfu'), '.1%')} |")
-    lines += ["", "| ratio | benchmark | value | spread (min-max of the rounds) | goal | met |",
-              "|---|---|---|---|---|---|"]
+    lines += ["", f"| ratio | benchmark | median | {CONFIDENCE:.0%} interval of the median (bootstrap) | "
+              "min-max of the rounds | goal | met |", "|---|---|---|---|---|---|---|"]
     for q in result["ratios"]:
-        goal = "-" if q["goal"] is None else f"{q['goal']:g}"
+        target = "-" if q["goal"] is None else f"{q['goal']:g}"
         met = "-" if q["met"] is None else ("yes" if q["met"] else "no")
         value = ratio_text(q) + (" UNSETTLED" if q.get("unsettled") else "")
         shown = f"{q['spread'][0]:.2f}-{q['spread'][1]:.2f} ({q['rounds']} rounds)" if "spread" in q else "-"
-        lines.append(f"| {q['ratio']} | {q['group']} | {value} | {shown} | {goal} | {met} |")
+        span = f"{q['range'][0]:.2f}-{q['range'][1]:.2f}" if "range" in q else "-"
+        lines.append(f"| {q['ratio']} | {q['group']} | {value} | {shown} | {span} | {target} | {met} |")
     lines += ["", "Notes:"] + [f"- {n}" for n in result["notes"]]
     return "\n".join(lines) + "\n"
 
@@ -286,17 +322,19 @@ def layout_note(row: dict) -> str:
 def notes(scale: scales.Scale, rows: list[dict], settle_s: float) -> list[str]:
     out = [
         "samples/s = samples per step / median time of a whole training step (forward, backward, optimizer) "
-        "on batches already in memory; data loading is measured separately (the decode rows). BERT rows: "
-        f"forward-backward of the micro-batch and the optimizer update are timed in turns and combined as "
-        f"training runs them: s/step = forward-backward + update x sequences / {cases.global_batch()} (the "
-        "1xH200 preset's global batch); bench.json has both parts and the update's share.",
+        "on batches already in memory; data loading is measured separately (the decode rows). Every row's "
+        "forward-backward and optimizer update are timed in turns and combined as training runs them: s/step = "
+        f"forward-backward + update x samples / the 1xH200 preset's global batch ({cases.global_batch()} "
+        f"sequences for BERT, {cases.resnet_global_batch()} images for ResNet-50, for ours and the peers "
+        "alike); bench.json has both parts and the update's share.",
         "MFU = model FLOPs per step / time per step / the matmul peak measured in this run for the row's "
         "precision (16-bit rows against the bf16 peak). Model FLOPs: matmul, convolution and attention FLOPs of "
         "forward and backward that our implementation executes for the same samples, counted by "
         "torch.utils.flop_counter (the Wikipedia group: our unpadded rows'); optimizer FLOPs not counted.",
         "Peak memory: the whole process's peak resident memory on CPU (Python and torch included), torch's "
         "peak allocation on CUDA.",
-        "ResNet-50 rows: ours (closed/resnet/steps.py's own train_step) and the peers timed in turns in one process, "
+        "ResNet-50 rows: ours (closed/resnet/steps.py's own train_step, in its two halves) and the peers timed in "
+        "turns in one process, "
         "so drift on a shared machine hits each alike; every batch copied to the device before timing, for all "
         "alike; peak memory is that process's, over the four.",
         "Decode rows: images per CPU-second on one thread, a synthetic 500x375 JPEG of about 110 KB, ours and "
@@ -307,19 +345,24 @@ def notes(scale: scales.Scale, rows: list[dict], settle_s: float) -> list[str]:
         "packs come from a plan over a large sample, so samples/step = rows x sequences per pack of the whole "
         "plan. Our three layouts share one model; every row of the group is timed in turns in one process.",
         f"Uncertainty: every comparison is timed in at least {scale.timed_steps} alternating rounds (ours and the "
-        "peers in turns; the Wikipedia group in its own count of rounds); a ratio is the median of the per-round "
-        "ratios, its spread their min-max; a ratio whose spread reaches beyond +-"
-        f"{UNSETTLED:.0%} of its median is marked UNSETTLED and judged against no goal. An unsettled group is "
-        f"measured again, its rounds pooled, while the settling time allows ({settle_s:.0f} s in all, --settle-s).",
+        f"peers in turns, after {scale.warmup_steps} untimed steps each; the Wikipedia group in "
+        f"{scale.wiki_timed_steps}); a ratio is the median of the per-round ratios, a row's samples/s the "
+        f"median over its rounds; the spread is the {CONFIDENCE:.0%} bootstrap interval of that median "
+        f"(percentile method, {RESAMPLES} resamples, seeded), beside the min-max of the rounds. A figure whose "
+        f"interval reaches beyond +-{UNSETTLED:.0%} of its median is marked UNSETTLED and judged against no goal. "
+        "A group with an unsettled ratio is measured again in a new process, its rounds pooled (the interval "
+        f"narrows with more rounds), while a whole measurement fits in the settling time left ({settle_s:.0f} s "
+        "in all, --settle-s).",
     ]
     out += [layout_note(r) for r in rows if r["impl"] in ("ours", "ours-packed") and "layout" in r]
     scaled = sorted({tuple(r["scaled_from"]) for r in rows if r.get("scaled_from")})
     for layers in scaled:
         out.append(f"BERT-Large rows measured with {' and '.join(map(str, layers))} of the 24 layers at the real "
                    "width and scaled to 24 on a straight line (time and FLOPs); embeddings, heads and the "
-                   "optimizer update are inside the measured part. Peak memory is at the larger layer count. "
-                   "The slope is a difference of two timings, times 23: on a machine busy with other work "
-                   "these rows are unreliable.")
+                   "optimizer update are inside the measured part. Both layer counts' models are held and timed "
+                   "in the same rounds, so peak memory is the process's with both. The slope is a difference of "
+                   f"two timings, times {24 - layers[0]}/{layers[-1] - layers[0]}: on a machine busy with other "
+                   "work these rows are unreliable.")
     if scale.name == "quick":
         out.append("QUICK MODE: toy sizes that exercise every path; the figures mean nothing.")
     return out
@@ -332,8 +375,10 @@ def measure_all(cases_: list[dict], isolation: dict, peaks: dict, settle_s: floa
     for case in cases_:
         case_started = time.time()
         done, results = measure_case(case, isolation, peaks)
-        # An unsettled group is measured again, its rounds pooled, while the settling time allows.
-        while results is not None and any(q.get("unsettled") for q in ratios(done)) and settle_left > 0:
+        once = time.time() - case_started
+        # An unsettled group is measured again, its rounds pooled, while a whole measurement (as long as the
+        # first took) fits in the settling time left: a cap, not a point past which no new one starts.
+        while results is not None and any(q.get("unsettled") for q in ratios(done)) and once <= settle_left:
             print(f"  {case['group']}: unsettled, measuring again ({settle_left:.0f} s of settling left)", flush=True)
             again_started = time.time()
             more = measure_case(case, isolation, peaks)[1]
@@ -361,7 +406,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="intra-op threads per case (default: one per core; 1 on a machine shared with other work, "
                         "where spin-waiting threads slow each other 10x)")
     p.add_argument("--settle-s", type=float, default=180,
-                   help="seconds in all for measuring unsettled groups again (a ratio's rounds beyond +-10%%)")
+                   help="seconds in all for measuring unsettled groups again (a ratio's interval beyond +-10%%); "
+                        "a group is measured again only while a whole measurement of it fits in what is left")
     p.add_argument("--in-process", action="store_true",
                    help="run every case in this process (faster to start; peak memory is then a running maximum)")
     args = p.parse_args(argv)
@@ -389,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     add_utilisation(rows)
     result = {"format": FORMAT, "command": command, "commit": git_commit(), "started": started,
               "seconds": time.time() - clock, "scale": asdict(scale), "isolated": not args.in_process,
-              "machine": machine(device, args.threads), "peak": peak,
+              "machine": machine(device, args.threads), "peak": peak, "spread_kind": SPREAD_KIND,
               "rows": rows, "ratios": ratios(rows), "notes": notes(scale, rows, args.settle_s)}
     atomic_write_text(args.out / "bench.json", json.dumps(result, indent=1) + "\n")
     text = markdown(result)

@@ -30,6 +30,7 @@ from ..closed.bert import steps as bert_steps
 from ..closed.bert.model import BertForPretraining
 from ..closed.resnet import presets as resnet_presets
 from ..closed.resnet import steps as resnet_steps
+from ..common import training
 from ..common.data import bert_wiki, imagenet, packing
 from ..common.data.imagenet.bench import benchmark
 from ..common.runtime import distributed
@@ -50,27 +51,41 @@ MASKED_FRACTION = 0.15
 RESNET_IMPLS = ("ours", "ours-plain", "peer-defaults", "peer-best")
 
 
+def resnet_global_batch() -> int:
+    """Images per optimizer step in training (the 1xH200 preset's, 1632): one update is shared by them all,
+    for ours and the peers alike, not charged to the few images of one timed batch."""
+    return resnet_presets.h200().global_batch_size
+
+
 def resnet(scale: Scale, device_name: str, impls: tuple[str, ...] = RESNET_IMPLS) -> dict[str, dict]:
     """Training steps of ResNet-50 on one batch of random images, timed in turns in this process
     (`measure_alternating`, so drift on a shared machine hits each alike): impl "ours" (the 1xH200 preset's
     speed settings), "ours-plain" (the same code with every speed option off), "peer-defaults" or
-    "peer-best" -> {impl: row}. Peak memory is the process's, over all of them."""
+    "peer-best" -> {impl: row}. Each step is its forward-backward and its update, timed apart and combined as
+    training runs them: the update once per `resnet_global_batch()` images. Peak memory is the process's,
+    over all of them."""
     device = pick_device(device_name)
     torch.manual_seed(0)
     images = torch.randn(scale.resnet_batch, 3, scale.resnet_image_size, scale.resnet_image_size)
     labels = torch.randint(1000, (scale.resnet_batch,))
     built = {impl: resnet_step(impl, images, labels, device) for impl in impls}
-    measured = measure_alternating({impl: step for impl, (step, _, _) in built.items()}, scale, device)
-    return {impl: {**measured[impl], "samples": scale.resnet_batch, "precision": notation(precision),
+    steps = {}
+    for impl, ((_, forward_backward, update), _, _) in built.items():  # an update always after its backward
+        steps |= {f"{impl} fb": forward_backward, f"{impl} update": update}
+    measured = measure_alternating(steps, scale, device)
+    per = resnet_global_batch()
+    return {impl: {**_combined(measured[f"{impl} fb"], measured[f"{impl} update"], scale.resnet_batch, per),
+                   "samples": scale.resnet_batch, "precision": notation(precision),
                    "tf32": tf32(device, convolutions=True) if precision == "fp32" else None,
-                   "settings": settings, "peak_memory_mib": peak_memory_mib(device),
+                   "settings": f"{settings}, update per {per} images", "peak_memory_mib": peak_memory_mib(device),
                    "threads": torch.get_num_threads()}
             for impl, (_, precision, settings) in built.items()}
 
 
 def resnet_step(impl: str, images: torch.Tensor, labels: torch.Tensor, device: torch.device):
-    """-> (step, precision, settings): one training step of `impl` on (images, labels), a closure. The batch
-    is copied to the device here, once, for ours and the peers alike, so the timed step holds no copy."""
+    """-> ((model, forward_backward, update), precision, settings): one training step of `impl` on (images,
+    labels), as two closures. The batch is copied to the device here, once, for ours and the peers alike, so the
+    timed steps hold no copy."""
     if impl.startswith("peer"):
         best = impl == "peer-best"
         precision = ("fp16" if device.type == "cuda" else "bf16") if best else "fp32"
@@ -80,20 +95,22 @@ def resnet_step(impl: str, images: torch.Tensor, labels: torch.Tensor, device: t
     if impl == "ours-plain":
         cfg = dataclasses.replace(cfg, precision="fp32", channels_last=False, optimizer_foreach=False,
                                   torch_compile="off")
-    step, compile_s = our_resnet_step(cfg, images, labels, device)
+    steps, compile_s = our_resnet_step(cfg, images, labels, device)
     settings = (f"{cfg.precision}, {'channels_last' if cfg.channels_last else 'NCHW'}, "
                 f"{'foreach' if cfg.optimizer_foreach else 'per-tensor'} LARS"
                 + (f", torch.compile {cfg.torch_compile} ({compile_s:.1f} s to compile, untimed)"
                    if cfg.torch_compile != "off" else ""))
-    return step, cfg.precision, settings
+    return steps, cfg.precision, settings
 
 
 def our_resnet_step(cfg: resnet_presets.ResNetConfig, images: torch.Tensor, labels: torch.Tensor,
-                    device: torch.device) -> tuple[Callable[[], None], float]:
-    """closed/resnet/steps.py's own step (`build`, `to_device`, `train_step`) on one rank, on a batch
-    copied to the device before the closure is returned; learning rate 1 (LARS scales it per tensor).
-    With `cfg.torch_compile` on, the model is compiled as the trainer compiles it and one step is run and
-    undone here, untimed -> (step, seconds that first step took: the compile time; 0 when off)."""
+                    device: torch.device) -> tuple[tuple[torch.nn.Module, Callable[[], None], Callable[[], None]],
+                                                   float]:
+    """closed/resnet/steps.py's own step (`build`, `to_device`, and `train_step`'s two halves: `micro_step`
+    and the update) on one rank, on a batch copied to the device before the closures are returned; learning
+    rate 1 (LARS scales it per tensor). With `cfg.torch_compile` on, the model is compiled as the trainer
+    compiles it and one step is run and undone here, untimed -> ((model, forward_backward, update), seconds
+    that first step took: the compile time; 0 when off)."""
     model, optimizer, replica, scaler = resnet_steps.build(resnet_steps.resnet50(cfg), cfg,
                                                            distributed.Dist(device=device))
     x, y = resnet_steps.to_device(images, labels, cfg, device)
@@ -106,10 +123,13 @@ def our_resnet_step(cfg: resnet_presets.ResNetConfig, images: torch.Tensor, labe
             sync(device)
         compile_s = time.perf_counter() - started
 
-    def step():
-        resnet_steps.train_step(model, replica, optimizer, scaler, x, y, cfg, 1.0)
+    def forward_backward():  # train_step's first half; its second is the update below
+        resnet_steps.micro_step(model, replica, scaler, x, y, cfg, reduce=True, first=True)
 
-    return step, compile_s
+    def update():
+        training.update(replica, optimizer, scaler, 1.0, zero_grad=False)
+
+    return (model, forward_backward, update), compile_s
 
 
 # ---------------------------------------------------------------------------------------------- BERT-Large
@@ -173,37 +193,43 @@ def hf(scale: Scale, layers: int, seq_len: int, device: torch.device, best: bool
     return _Timed(model.parameters(), forward_backward, update), attention
 
 
-def _combined(fb: dict, update: dict, sequences: float) -> dict:
-    """A row from its two timings: the forward-backward of `sequences`, plus their share of one update of a
-    global batch."""
-    step_s = fb["step_s"] + update["step_s"] * sequences / global_batch()
+def _combined(fb: dict, update: dict, samples: float, per: int | None = None) -> dict:
+    """A row from its two timings: the forward-backward of `samples`, plus their share of one update of a
+    global batch of `per` samples (BERT's `global_batch()` when None)."""
+    per = per or global_batch()
+    step_s = fb["step_s"] + update["step_s"] * samples / per
     # Only the forward-backward's slope decides whether the row is a measurement: the update is a few per
     # cent of the step at most (update_share), so noise in its slope cannot make up the row's figure.
     flag = {"unreliable": f"forward-backward: {fb['unreliable']}"} if "unreliable" in fb else {}
     if "rounds" in fb and "rounds" in update:
-        flag["rounds"] = [f + u * sequences / global_batch() for f, u in zip(fb["rounds"], update["rounds"],
-                                                                             strict=True)]
-    return {**fb, **flag, "step_s": step_s,
-            "forward_backward_s": fb["step_s"], "update_s": update["step_s"],
-            "update_share": update["step_s"] * sequences / global_batch() / step_s, "global_batch": global_batch()}
+        flag["rounds"] = [f + u * samples / per for f, u in zip(fb["rounds"], update["rounds"], strict=True)]
+    return {**fb, **flag, "step_s": step_s, "forward_backward_s": fb["step_s"], "update_s": update["step_s"],
+            "update_share": update["step_s"] * samples / per / step_s, "global_batch": per}
 
 
 def _time_impls(scale: Scale, layer_counts, timed_steps: int, device, make) -> dict[str, dict]:
-    """Per layer count, `make(layers)` -> {impl: (_Timed, batch)}; every forward-backward and every update is
-    timed in turns in this process; -> {impl: {"fb": scaled timing, "update": scaled timing}}."""
-    points: dict[str, dict[str, dict]] = {}
+    """`make(layers)` -> {impl: (_Timed, batch)} for every layer count, all built first and held together, so
+    that every forward-backward and every update, at every layer count, is timed in the same rounds (a change
+    in the machine's speed then moves both points of a slope alike, instead of one phase's points against the
+    other's); -> {impl: {"fb": scaled timing, "update": scaled timing}}."""
     timing = dataclasses.replace(scale, timed_steps=timed_steps)
+    steps, held = {}, []
     for layers in layer_counts:
         torch.manual_seed(0)
         made = make(layers)
+        held.append(made)
         # Batches on the device before timing, for ours and the peers alike: the copy is the loader's overlap.
-        steps = {f"{impl} fb": timed.forward_backward(_on(device, args[0]), *args[1:])
-                 for impl, (timed, batch) in made.items() for args in [batch if isinstance(batch, tuple) else (batch,)]}
-        steps |= {f"{impl} update": timed.update for impl, (timed, _) in made.items() if impl != "ours-jagged"}
-        for name, point in measure_alternating(steps, timing, device, uncounted=("ours-jagged fb",)).items():
-            impl, part = name.rsplit(" ", 1)
-            points.setdefault(impl, {}).setdefault(part, {})[layers] = point
-        del made, steps
+        for impl, (timed, batch) in made.items():
+            args = batch if isinstance(batch, tuple) else (batch,)
+            steps[f"{impl} fb {layers}"] = timed.forward_backward(_on(device, args[0]), *args[1:])
+            if impl != "ours-jagged":  # its update is ours': the same model
+                steps[f"{impl} update {layers}"] = timed.update
+    uncounted = tuple(f"ours-jagged fb {layers}" for layers in layer_counts)
+    points: dict[str, dict[str, dict]] = {}
+    for name, point in measure_alternating(steps, timing, device, uncounted=uncounted).items():
+        impl, part, layers = name.rsplit(" ", 2)
+        points.setdefault(impl, {}).setdefault(part, {})[int(layers)] = point
+    del held, steps
     return {impl: {part: scaled(p) for part, p in parts.items()} for impl, parts in points.items()}
 
 

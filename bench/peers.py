@@ -81,7 +81,9 @@ class TorchvisionResNet50(nn.Module):
 
 
 def torchvision_step(images: torch.Tensor, labels: torch.Tensor, device: torch.device, *, best: bool):
-    """-> one training step of torchvision's reference loop, as a closure, on the given batch."""
+    """-> (model, forward_backward(), update()): one training step of torchvision's reference loop on the
+    given batch, as two closures: its forward-backward (autocast forward and loss, zero_grad, backward, in
+    the reference's order) and its update (the scaler's step and update)."""
     memory = torch.channels_last if best else torch.contiguous_format
     model = TorchvisionResNet50().to(device, memory_format=memory)
     images = images.to(device).contiguous(memory_format=memory)
@@ -91,15 +93,17 @@ def torchvision_step(images: torch.Tensor, labels: torch.Tensor, device: torch.d
     half = torch.float16 if device.type == "cuda" else torch.bfloat16
     scaler = torch.amp.GradScaler(device.type, enabled=best and half == torch.float16)
 
-    def step():
+    def forward_backward():
         with torch.autocast(device.type, dtype=half, enabled=best):
             loss = criterion(model(images), labels)
         optimizer.zero_grad()
         scaler.scale(loss).backward()
+
+    def update():
         scaler.step(optimizer)
         scaler.update()
 
-    return step
+    return model, forward_backward, update
 
 
 def hf_bert(*, layers: int, hidden: int, heads: int, intermediate: int, vocab: int, seq_len: int,

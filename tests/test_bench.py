@@ -10,7 +10,18 @@ import pytest
 import torch
 
 from mlperf_submission.bench import cases, peers, scales, timing
-from mlperf_submission.bench.__main__ import add_utilisation, combined_peak, finish_row, main, plan, pooled, ratios, run
+from mlperf_submission.bench.__main__ import (
+    add_utilisation,
+    combined_peak,
+    finish_row,
+    goal,
+    main,
+    plan,
+    pooled,
+    ratios,
+    run,
+    spread,
+)
 from mlperf_submission.closed.bert import data as bert_data
 from mlperf_submission.closed.resnet.model import ResNet50
 from mlperf_submission.common.data import bert_wiki
@@ -47,9 +58,35 @@ def test_the_bench_times_the_training_code_and_charges_the_update_per_global_bat
     timed.update()  # the update puts the gradients back itself, so each timed call does a whole update
     assert all(p.grad is None for p in timed.params)
     assert any(not torch.equal(p, q) for p, q in zip(timed.params, before, strict=True))
-    row = cases._combined({"step_s": 1.0, "flops": 5}, {"step_s": 2.56}, sequences=10)
+    row = cases._combined({"step_s": 1.0, "flops": 5}, {"step_s": 2.56}, samples=10)
     assert row["step_s"] == pytest.approx(1.0 + 2.56 * 10 / cases.global_batch()) and row["flops"] == 5
+    images = cases._combined({"step_s": 1.0, "rounds": [1.0, 2.0]}, {"step_s": 3.2, "rounds": [3.2, 1.6]}, 16, 1632)
+    assert images["global_batch"] == 1632 and images["rounds"] == pytest.approx([1.0 + 3.2 / 102, 2.0 + 1.6 / 102])
     assert cases.global_batch() == 256
+
+
+def test_both_layer_counts_are_timed_in_the_same_rounds(monkeypatch):
+    """Every layer count's models are built first and held, then all their steps go to one alternating
+    measurement: a change in the machine's speed moves both points of a slope alike."""
+    calls = []
+
+    def measured(steps, scale, device, uncounted=()):
+        calls.append(list(steps))
+        return {name: {"step_s": float(name.rsplit(" ", 1)[1]), "flops": 2, "rounds": [float(name.rsplit(" ", 1)[1])]}
+                for name in steps}
+
+    class Timed:
+        def forward_backward(self, batch):
+            return lambda: None
+
+        def update(self):
+            pass
+
+    monkeypatch.setattr(cases, "measure_alternating", measured)
+    batch = {"input_ids": torch.zeros(1, 4, dtype=torch.long)}
+    out = cases._time_impls(scales.quick(), (1, 5), 3, torch.device("cpu"), lambda layers: {"ours": (Timed(), batch)})
+    assert calls == [["ours fb 1", "ours update 1", "ours fb 5", "ours update 5"]]
+    assert out["ours"]["fb"]["scaled_from"] == [1, 5] and out["ours"]["fb"]["step_s"] == pytest.approx(24.0)
 
 
 def test_torchvision_peer_is_the_same_network_size():
@@ -74,12 +111,28 @@ def test_resnet_steps_copy_the_batch_outside_the_timed_step(monkeypatch):
         return wrapped
 
     for impl in cases.RESNET_IMPLS:
-        step, _, _ = cases.resnet_step(impl, images, labels, torch.device("cpu"))
+        (_, forward_backward, update), _, _ = cases.resnet_step(impl, images, labels, torch.device("cpu"))
         with monkeypatch.context() as m:
             for name in ("to", "cuda", "contiguous", "pin_memory"):
                 m.setattr(torch.Tensor, name, spy(name))
-            step()
+            forward_backward()
+            update()
     assert copied == []
+
+
+@pytest.mark.parametrize("impl", cases.RESNET_IMPLS)
+def test_a_resnet_step_is_its_two_halves_and_the_update_moves_the_weights(impl):
+    """Timed apart (the update is charged per global batch of 1632 images), the two halves still make the
+    training step: the forward-backward leaves gradients, the update changes the weights with them."""
+    torch.manual_seed(0)
+    (model, forward_backward, update), _, _ = cases.resnet_step(impl, torch.randn(2, 3, 32, 32),
+                                                                torch.randint(1000, (2,)), torch.device("cpu"))
+    forward_backward()
+    assert all(p.grad is not None for p in model.parameters())
+    before = [p.detach().clone() for p in model.parameters()]
+    update()
+    assert any(not torch.equal(p, q) for p, q in zip(model.parameters(), before, strict=True))
+    assert cases.resnet_global_batch() == 1632
 
 
 def test_our_resnet_step_compiles_untimed_as_the_trainer_does():
@@ -93,9 +146,10 @@ def test_our_resnet_step_compiles_untimed_as_the_trainer_does():
     small = dataclasses.replace(resnet_presets.h200(), model_width=8, num_classes=10, precision="fp32",
                                 channels_last=False)
     for backend in ("off", "aot_eager"):
-        step, compile_s = cases.our_resnet_step(dataclasses.replace(small, torch_compile=backend), images, labels,
-                                                torch.device("cpu"))
-        step()
+        (_, forward_backward, update), compile_s = cases.our_resnet_step(
+            dataclasses.replace(small, torch_compile=backend), images, labels, torch.device("cpu"))
+        forward_backward()
+        update()
         assert (compile_s > 0) == (backend != "off")
 
 
@@ -137,6 +191,34 @@ def test_every_ratio_has_its_rounds_spread_and_a_wide_one_is_unsettled():
                                                                                                False, True)
     wide = got["ours / peer defaults"]  # 2.0 / 0.8 = 2.5 in the fourth round, one fifth below the median of 4
     assert wide["value"] == 4.0 and wide["spread"] == [2.5, 4.2] and wide["unsettled"] and wide["met"] is None
+    assert wide["range"] == [2.5, 4.2]  # at 5 rounds the bootstrap interval of the median is the min-max
+
+
+def test_the_interval_of_a_median_narrows_as_rounds_are_pooled_where_the_min_max_cannot():
+    """One slow round in six leaves the median unsettled; the same rounds measured again and pooled settle it,
+    while their min-max stays as wide. The interval is seeded: the same rounds give the same interval."""
+    rounds = [1.0, 1.02, 0.98, 1.01, 0.99, 1.3]
+    once, twice = spread(rounds), spread(rounds * 2)
+    assert once["unsettled"] and once["spread"][1] > 1.1 and once["range"] == twice["range"] == [0.98, 1.3]
+    assert not twice["unsettled"] and 0.98 <= twice["spread"][0] < twice["spread"][1] <= 1.02
+    assert spread(rounds * 2) == twice and spread([1.5] * 6)["spread"] == [1.5, 1.5]
+    assert spread([3.0]) == {"value": 3.0, "spread": [3.0, 3.0], "range": [3.0, 3.0], "rounds": 1,
+                             "unsettled": False}
+
+
+def test_resnet_is_judged_against_never_below_the_best_peer_and_bert_against_its_goal():
+    assert goal("ResNet-50, 224 px", "ours / peer best") == 1.0
+    assert goal("BERT-Large, seq 128", "ours / peer best") == 1.3
+    assert goal("ResNet-50, 224 px", "ours / peer defaults") == 2.0
+
+
+def test_rows_carry_the_interval_of_their_throughput():
+    row = finish_row({"group": "g", "impl": "ours"}, {"samples": 4, "step_s": 2.0, "rounds": [2.0] * 6 + [1.0],
+                                                      "precision": "16.32"}, {"bf16": 1e12})
+    assert row["samples_per_s_spread"] == [2.0, 2.0] and row["unsettled"] is False
+    wide = finish_row({"group": "g", "impl": "ours"}, {"samples": 4, "step_s": 2.0, "rounds": [2.0, 1.0, 3.0, 2.0, 1.5],
+                                                       "precision": "16.32"}, {"bf16": 1e12})
+    assert wide["unsettled"] is True
 
 
 def test_closed_bert_is_laid_out_at_the_presets_micro_batch():
@@ -259,7 +341,11 @@ def test_quick_bench_end_to_end(tmp_path, capsys):
     assert 0 < wiki["ours"]["update_share"] < 1 and wiki["ours"]["global_batch"] == 256
     assert ("BERT-Large, Wikipedia lengths, seq 32", "ours / peer best") in labels
     markdown = (tmp_path / "bench.md").read_text()
-    assert "| ratio | benchmark | value | spread (min-max of the rounds) | goal | met |" in markdown
+    assert ("| ratio | benchmark | median | 90% interval of the median (bootstrap) | min-max of the rounds | goal | "
+            "met |") in markdown and result["spread_kind"] == "bootstrap 90% interval of the median"
+    resnet = [r for r in result["rows"] if r["group"].startswith("ResNet")]
+    assert all(r["global_batch"] == 1632 and 0 < r["update_share"] < 1 for r in resnet)
+    assert all(r["settings"].endswith("update per 1632 images") for r in resnet)
     assert "QUICK MODE" in markdown and "Closed BERT's layout of a micro-batch of 64" in markdown
     assert "HF transformers, best settings" in capsys.readouterr().out
 

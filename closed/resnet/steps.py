@@ -88,7 +88,7 @@ def micro_step(model, replica, scaler, x: torch.Tensor, y: torch.Tensor, cfg: pr
 def train_step(model, replica, optimizer, scaler, x: torch.Tensor, y: torch.Tensor, cfg: presets.ResNetConfig,
                lr: float) -> torch.Tensor:
     """One whole optimizer step on one micro-batch: `micro_step` then the update at `lr`, what the training
-    loop does per micro-batch and per step. The warm-up and the bench time this function."""
+    loop does per micro-batch and per step. The warm-up runs this function; the bench times its two halves."""
     loss = micro_step(model, replica, scaler, x, y, cfg, reduce=True, first=True)
     training.update(replica, optimizer, scaler, lr, zero_grad=False)
     return loss
