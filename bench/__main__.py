@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import platform
 import statistics
 import sys
@@ -80,8 +81,17 @@ def run(call: tuple, *, threads: int = 0, isolated: bool = True):
             return timing.with_threads(threads, *call)
         finally:
             timing.release(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with timing.steady_malloc(), ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         return pool.submit(timing.with_threads, threads, *call).result()
+
+
+def allocator(isolated: bool) -> dict[str, str]:
+    """The malloc settings the cases run with: `timing.steady_malloc`'s in their own processes; in this
+    process, as it started."""
+    if isolated:
+        with timing.steady_malloc() as values:
+            return values
+    return {name: os.environ.get(name, "unset (the allocator's default)") for name in timing.STEADY_MALLOC}
 
 
 def measure_case(case: dict, isolation: dict, peaks: dict) -> tuple[list[dict], dict | None]:
@@ -278,6 +288,8 @@ def markdown(result: dict) -> str:
         f"{m['host_memory_capacity']}, {m['accelerator_model_name'] or 'no accelerator'}; device {m['device']}, "
         f"{m['torch_threads']} torch threads; torch {m['torch']}, transformers {m['transformers']}, "
         f"Python {m['python']}",
+        "- malloc: " + ", ".join(f"{k}={v}" for k, v in result["allocator"].items()) + " (bench/timing.py: "
+        "freed memory kept for the next step, in ours' processes and the peers' alike)",
         peak_line(result["peak"]), "",
         "| benchmark | implementation | settings | precision | samples/step | samples/s | s/step | "
         "peak memory MiB | model GFLOP/step | MFU |",
@@ -435,7 +447,8 @@ def main(argv: list[str] | None = None) -> int:
     add_utilisation(rows)
     result = {"format": FORMAT, "command": command, "commit": git_commit(), "started": started,
               "seconds": time.time() - clock, "scale": asdict(scale), "isolated": not args.in_process,
-              "machine": machine(device, args.threads), "peak": peak, "spread_kind": SPREAD_KIND,
+              "machine": machine(device, args.threads), "allocator": allocator(isolation["isolated"]),
+              "peak": peak, "spread_kind": SPREAD_KIND,
               "rows": rows, "ratios": ratios(rows), "notes": notes(scale, rows, args.settle_s)}
     atomic_write_text(args.out / "bench.json", json.dumps(result, indent=1) + "\n")
     text = markdown(result)

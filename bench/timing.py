@@ -6,7 +6,9 @@ of two has its spread.
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import os
 import resource
 import statistics
 import time
@@ -33,6 +35,32 @@ _CPU_ATTENTION = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _s
                   torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _sdpa_cpu_backward}
 
 
+# glibc's malloc gives a large freed block back to the OS (above its mmap threshold each is a mapping of its
+# own), so each step maps, faults in and zeroes its activations afresh. On the 2-core VM that made the first
+# rounds of a BERT group up to 2x slower and later ones wander by +-15 %, with several models in one process
+# taking turns. These keep freed memory in the heap for the next step, as CUDA's caching allocator does on a
+# GPU and as PyTorch's CPU performance guide advises (there with jemalloc or tcmalloc): every case process,
+# ours and the peers' alike, starts with them, unless the user has set them. Other allocators ignore them.
+STEADY_MALLOC = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
+
+
+@contextlib.contextmanager
+def steady_malloc():
+    """STEADY_MALLOC in this process's environment (where not set already) while it spawns a case process,
+    then the environment as it was -> the values the spawned process gets."""
+    saved = {name: os.environ.get(name) for name in STEADY_MALLOC}
+    for name, value in STEADY_MALLOC.items():
+        os.environ.setdefault(name, value)
+    try:
+        yield {name: os.environ[name] for name in STEADY_MALLOC}
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -51,9 +79,12 @@ def measure(step: Callable[[], None], scale: Scale, device: torch.device) -> dic
 
 def measure_alternating(steps: dict[str, Callable[[], None]], scale: Scale, device: torch.device,
                         uncounted: tuple[str, ...] = ()) -> dict:
-    """`measure` for steps that are compared with each other: warmed up one after the other, then timed in
-    turns (a, b, a, b, ...), so that a change in the machine's speed during the run hits each alike. The
-    steps named in `uncounted` are not FLOP-counted (flops 0): the counter cannot follow nested tensors."""
+    """`measure` for steps that are compared with each other: each run once under the FLOP counter, then
+    `warmup_steps - 1` untimed rounds and `timed_steps` timed ones in turns (a, b, a, b, ...), so that a
+    change in the machine's speed during the run hits each alike. The untimed rounds run in the timed order:
+    what a step finds of the others' memory (on a CPU, the heap's layout after them) is then already as in
+    the timed rounds, whose first was otherwise up to 2x slower. The steps named in `uncounted` are not
+    FLOP-counted (flops 0): the counter cannot follow nested tensors."""
     out, times = {}, {name: [] for name in steps}
     for name, step in steps.items():
         counter = flop_counter.FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION)
@@ -62,9 +93,10 @@ def measure_alternating(steps: dict[str, Callable[[], None]], scale: Scale, devi
         else:
             with counter:
                 step()
-        for _ in range(scale.warmup_steps - 1):
-            step()
         out[name] = {"flops": counter.get_total_flops() if name not in uncounted else 0}
+    for _ in range(scale.warmup_steps - 1):
+        for step in steps.values():
+            step()
     sync(device)
     for _ in range(scale.timed_steps):
         for name, step in steps.items():

@@ -5,6 +5,7 @@ it the quick run."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ import torch
 from mlperf_submission.bench import cases, peers, scales, timing
 from mlperf_submission.bench.__main__ import (
     add_utilisation,
+    allocator,
     combined_peak,
     finish_row,
     goal,
@@ -241,9 +243,16 @@ def test_a_measurement_again_pools_the_rounds():
     assert got["rounds"] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0] and got["step_s"] == 3.5 and got["peak_memory_mib"] == 12
 
 
-def test_a_case_runs_in_a_fresh_process():
+def test_a_case_runs_in_a_fresh_process_with_malloc_keeping_what_it_frees(monkeypatch):
     peak = run((timing.matmul_peak, scales.quick(), "cpu"), threads=1, isolated=True)
     assert peak["threads"] == 1 and peak["flops_per_s"]["fp32"] > 0 and peak["flops_per_s"]["bf16"] > 0
+    monkeypatch.delenv("MALLOC_MMAP_MAX_", raising=False)
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "12345")  # the user's own setting is kept
+    assert run((os.getenv, "MALLOC_MMAP_MAX_"), isolated=True) == "0"
+    assert run((os.getenv, "MALLOC_TRIM_THRESHOLD_"), isolated=True) == "12345"
+    assert "MALLOC_MMAP_MAX_" not in os.environ  # only the case process had it
+    assert allocator(isolated=True) == {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "12345"}
+    assert allocator(isolated=False)["MALLOC_MMAP_MAX_"] == "unset (the allocator's default)"
 
 
 def test_gpu_rows_are_sized_by_the_gpus_memory():
