@@ -16,9 +16,10 @@ training throughput (samples/s), time per step, peak memory and model FLOP utili
   timed micro-batch;
   - ImageNet decode + training augmentation, images per CPU-second: ours against torchvision's transforms;
 then prints the ratios against the goals of issues 5 and 6 and writes OUT/bench.json and OUT/bench.md (with the
-commit, the machine and this command). Every ratio and row is the median of at least 6 alternating rounds
-with the bootstrap 90 % interval of that median and the rounds' min-max, UNSETTLED where the interval reaches
-beyond +-10 % (such a group measured again while --settle-s allows); the matmul peak is taken at the start
+commit, the machine and this command). Every row and ratio comes from the medians of its parts over at least
+6 alternating rounds, with its bootstrap 90 % interval (rounds resampled; bench/figures.py) and the per-round
+min-max, UNSETTLED where the interval reaches beyond +-10 % (such a group measured again while --settle-s
+allows); the matmul peak is taken at the start
 and the end, DISTURBED when they differ by more than 10 %. `--quick` runs every path at toy sizes in a
 minute or two, for the tests; its figures mean nothing. On the idle 2-core CPU a full run takes TIMING.
 """
@@ -37,22 +38,15 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
-from scipy import stats
 
 from ..common.cli import ArgumentParser, atomic_write_text, entry_point
 from ..common.evidence import git_commit, ratio_text
 from ..systems import describe_local
 from . import cases, scales, timing
+from .figures import CONFIDENCE, RESAMPLES, SPREAD_KIND, UNSETTLED, ratios, row_figure
 
 FORMAT = "mlperf_submission.bench/1"
-# Goals of issue 6 on the 2-core CPU, and packing's of issue 5: (numerator, denominator, goal) per group;
-# None: reported, no goal.
-SPEEDUP_GOALS = {"ours / peer defaults": 2.0, "ours / peer best": 1.3, "packed / padded": 1.9,
-                 "unpadded / padded": None, "jagged / block attention": None,
-                 "ours / plain": 2.0, "ours / ours, speed options off": None}
-BERT_MFU_GOAL = 0.5
 
 
 def plan(scale: scales.Scale, device: str) -> list[dict]:
@@ -113,6 +107,9 @@ def pooled(first: dict, more: dict) -> dict:
             if key in a and key in b:
                 out[impl][key] = a[key] + b[key]
                 out[impl][median] = statistics.median(out[impl][key])
+        if "terms" in a and "terms" in b:  # each part's rounds pooled; the step from the pooled medians
+            out[impl]["terms"] = [[c, x + y] for (c, x), (_, y) in zip(a["terms"], b["terms"], strict=True)]
+            out[impl]["step_s"] = sum(c * statistics.median(r) for c, r in out[impl]["terms"])
     return out
 
 
@@ -145,7 +142,7 @@ def finish_row(row: dict, result: dict, peaks: dict) -> dict:
         out["peak_kind"] = "bf16" if result["precision"] != "32.32" else ("tf32" if result.get("tf32") else "fp32")
         out["peak_flops_per_s"] = peaks[out["peak_kind"]]
     if out.get("samples_per_s_rounds"):  # the row's own spread: its throughput over the rounds
-        q = spread(out["samples_per_s_rounds"])
+        q = row_figure(out)
         out |= {"samples_per_s_spread": q["spread"], "unsettled": q["unsettled"]}
     return out
 
@@ -172,73 +169,6 @@ def add_utilisation(rows: list[dict]) -> None:
             if reference is not None:
                 r["model_flops"] = reference["flops"] * r["samples"] / reference["samples"]
                 r["mfu"] = r["model_flops"] / r["step_s"] / r["peak_flops_per_s"]
-
-
-UNSETTLED = 0.10  # a figure whose median's interval reaches beyond +-10 % of the median is not a figure yet
-PAIRS = [("ours", "peer-defaults", "ours / peer defaults"), ("ours", "peer-best", "ours / peer best"),
-         ("ours", "hf-defaults", "ours / peer defaults"), ("ours", "hf-best", "ours / peer best"),
-         ("ours", "ours-plain", "ours / ours, speed options off"),
-         ("ours-packed", "ours-padded", "packed / padded"), ("ours", "ours-padded", "unpadded / padded"),
-         ("ours-jagged", "ours", "jagged / block attention"), ("ours", "plain", "ours / plain")]
-
-
-CONFIDENCE = 0.90  # of the bootstrap interval of a median
-RESAMPLES = 4000
-SPREAD_KIND = f"bootstrap {CONFIDENCE:.0%} interval of the median"  # what "spread" is, in bench.json
-
-
-def spread(values: list[float]) -> dict:
-    """Median of per-round values, its bootstrap 90 % interval (percentile method, seeded: the same values give
-    the same interval), their min-max, and whether the interval reaches beyond +-UNSETTLED of the median.
-    The interval narrows as rounds are added (a group measured again pools its rounds), where the min-max can
-    only widen; at 5 rounds it is the min-max, from 6 it leaves out the extreme round on each side."""
-    mid = statistics.median(values)
-    lo, hi = min(values), max(values)
-    if len(values) > 1 and lo < hi:
-        interval = stats.bootstrap((np.asarray(values),), np.median, confidence_level=CONFIDENCE, method="percentile",
-                                   n_resamples=RESAMPLES, rng=np.random.default_rng(0)).confidence_interval
-        lo_ci, hi_ci = float(interval.low), float(interval.high)
-    else:
-        lo_ci, hi_ci = lo, hi
-    return {"value": mid, "spread": [lo_ci, hi_ci], "range": [lo, hi], "rounds": len(values),
-            "unsettled": hi_ci > (1 + UNSETTLED) * mid or lo_ci < (1 - UNSETTLED) * mid}
-
-
-def goal(group: str, label: str) -> float | None:
-    """A ratio's goal: SPEEDUP_GOALS's, but ResNet-50's against the best peer is 1.0 (never below it: both
-    run the same oneDNN / cuDNN kernels, issue 26)."""
-    return 1.0 if group.startswith("ResNet") and label == "ours / peer best" else SPEEDUP_GOALS[label]
-
-
-def ratio(group: str, label: str, a: dict, b: dict) -> dict:
-    """a's throughput over b's: the median of the per-round ratios (a and b timed in the same round), its
-    `spread`, and "unsettled" when that is wider than +-UNSETTLED of the median (then no goal is judged)."""
-    target = goal(group, label)
-    noisy = [r["unreliable"] for r in (a, b) if "unreliable" in r]
-    if noisy:  # a ratio of a figure that timing noise made up would mislead: say so instead
-        return {"group": group, "ratio": label, "value": None, "goal": target, "met": None,
-                "unreliable": "; ".join(noisy)}
-    ra, rb = a.get("samples_per_s_rounds"), b.get("samples_per_s_rounds")
-    per_round = [x / y for x, y in zip(ra, rb, strict=True)] if ra and rb and len(ra) == len(rb) else None
-    out = spread(per_round) if per_round else {"value": a["samples_per_s"] / b["samples_per_s"]}
-    met = None if target is None or out.get("unsettled") else out["value"] >= target
-    return {"group": group, "ratio": label, **out, "goal": target, "met": met}
-
-
-def ratios(rows: list[dict]) -> list[dict]:
-    out = []
-    for group in dict.fromkeys(r["group"] for r in rows):
-        members = {r["impl"]: r for r in rows if r["group"] == group and r.get("samples_per_s") is not None}
-        out += [ratio(group, label, members[num], members[den]) for num, den, label in PAIRS
-                if num in members and den in members]
-        ours = members.get("ours")
-        if ours is not None and "mfu" in ours and group.startswith("BERT-Large"):
-            q = {"group": group, "ratio": "ours: MFU vs bf16 peak", "value": ours["mfu"], "goal": BERT_MFU_GOAL}
-            if ours.get("samples_per_s_rounds"):  # MFU is proportional to throughput: the same rounds
-                q |= spread([ours["mfu"] * x / ours["samples_per_s"] for x in ours["samples_per_s_rounds"]])
-            q["met"] = None if q.get("unsettled") else q["value"] >= BERT_MFU_GOAL
-            out.append(q)
-    return out
 
 
 def machine(device: torch.device, threads: int) -> dict:
@@ -306,8 +236,8 @@ def markdown(result: dict) -> str:
             f"{throughput(r)} | {fmt(r.get('step_s'), '.3f')} | "
             f"{fmt(r.get('peak_memory_mib'), ',.0f')} | {fmt(r.get('model_flops'), ',.1f', 1e-9)} | "
             f"{fmt(r.get('mfu'), '.1%')} |")
-    lines += ["", f"| ratio | benchmark | median | {CONFIDENCE:.0%} interval of the median (bootstrap) | "
-              "min-max of the rounds | goal | met |", "|---|---|---|---|---|---|---|"]
+    lines += ["", f"| ratio | benchmark | value | {CONFIDENCE:.0%} interval (bootstrap over rounds) | "
+              "min-max of the per-round values | goal | met |", "|---|---|---|---|---|---|---|"]
     for q in result["ratios"]:
         target = "-" if q["goal"] is None else f"{q['goal']:g}"
         met = "-" if q["met"] is None else ("yes" if q["met"] else "no")
@@ -357,14 +287,15 @@ def notes(scale: scales.Scale, rows: list[dict], settle_s: float) -> list[str]:
         "packs come from a plan over a large sample, so samples/step = rows x sequences per pack of the whole "
         "plan. Our three layouts share one model; every row of the group is timed in turns in one process.",
         f"Uncertainty: every comparison is timed in at least {scale.timed_steps} alternating rounds (ours and the "
-        f"peers in turns, after {scale.warmup_steps} untimed steps each; the Wikipedia group in "
-        f"{scale.wiki_timed_steps}); a ratio is the median of the per-round ratios, a row's samples/s the "
-        f"median over its rounds; the spread is the {CONFIDENCE:.0%} bootstrap interval of that median "
-        f"(percentile method, {RESAMPLES} resamples, seeded), beside the min-max of the rounds. A figure whose "
-        f"interval reaches beyond +-{UNSETTLED:.0%} of its median is marked UNSETTLED and judged against no goal. "
-        "A group with an unsettled ratio is measured again in a new process, its rounds pooled (the interval "
-        f"narrows with more rounds), while a whole measurement fits in the settling time left ({settle_s:.0f} s "
-        "in all, --settle-s).",
+        f"peers in turns, after {scale.warmup_steps - 1} untimed round(s) in the same order; the Wikipedia group "
+        f"in {scale.wiki_timed_steps}). A row's time per step is the sum of its timed parts' medians over the "
+        "rounds (forward-backward and update; on a CPU, BERT's two layer counts on their line), a ratio the "
+        f"ratio of two such rows' samples/s; the spread is the {CONFIDENCE:.0%} bootstrap interval of that "
+        f"figure, whole rounds resampled ({RESAMPLES} times, seeded), beside the min-max of the per-round "
+        f"values (bench/figures.py). A figure whose interval reaches beyond +-{UNSETTLED:.0%} of its value is "
+        "marked UNSETTLED and judged against no goal. A group with an unsettled ratio is measured again in a new "
+        "process, its rounds pooled (the interval narrows with more rounds), while a whole measurement fits in "
+        f"the settling time left ({settle_s:.0f} s in all, --settle-s).",
     ]
     out += [layout_note(r) for r in rows if r["impl"] in ("ours", "ours-packed") and "layout" in r]
     scaled = sorted({tuple(r["scaled_from"]) for r in rows if r.get("scaled_from")})

@@ -203,8 +203,15 @@ def _combined(fb: dict, update: dict, samples: float, per: int | None = None) ->
     flag = {"unreliable": f"forward-backward: {fb['unreliable']}"} if "unreliable" in fb else {}
     if "rounds" in fb and "rounds" in update:
         flag["rounds"] = [f + u * samples / per for f, u in zip(fb["rounds"], update["rounds"], strict=True)]
+        flag["terms"] = _terms(fb) + [[c * samples / per, r] for c, r in _terms(update)]
     return {**fb, **flag, "step_s": step_s, "forward_backward_s": fb["step_s"], "update_s": update["step_s"],
             "update_share": update["step_s"] * samples / per / step_s, "global_batch": per}
+
+
+def _terms(timing: dict) -> list[list]:
+    """A timing as a sum of timed parts, [[coefficient, rounds], ...] (`figures`): a scaled one's line, or
+    itself."""
+    return timing.get("terms") or [[1.0, timing["rounds"]]]
 
 
 def _time_impls(scale: Scale, layer_counts, timed_steps: int, device, make) -> dict[str, dict]:

@@ -40,11 +40,12 @@ def cpu() -> Scale:
     """A 2-core CPU: whole ResNet-50 at 224 px, BERT-Large at 1 and 5 layers, 1,024 tokens per step (the
     Wikipedia rows: 4 sequences' worth of rows at 512). The slope is a difference of two timings times 23/4:
     a difference of four layers is large against the timing noise (at 1 and 3 layers, the seq-128 ratios of
-    two idle runs spread over +-40 %), and both points are timed in the same rounds. 6 rounds (a bootstrap
-    interval of the median then leaves out the extreme round on each side) after 2 warm-up steps."""
+    two idle runs spread over +-40 %), and both points are timed in the same rounds. 7 rounds after a
+    FLOP-counted step and an untimed round: an odd count, so that one slow round among them moves a
+    resampled median by one place at most, unless most draws pick it (`figures`)."""
     return Scale(name="cpu", matmul_size=2048, resnet_image_size=224, resnet_batch=16, bert_seq_lengths=(128, 512),
-                 bert_batches=(8, 2), bert_layers=(1, 5), wiki_batch=4, wiki_layers=(1, 5), wiki_timed_steps=6,
-                 warmup_steps=2, timed_steps=6)
+                 bert_batches=(8, 2), bert_layers=(1, 5), wiki_batch=4, wiki_layers=(1, 5), wiki_timed_steps=7,
+                 warmup_steps=2, timed_steps=7)
 
 
 # Share of the GPU's memory the estimates may fill: the rest is the CUDA context, cuBLAS / cuDNN workspaces

@@ -108,9 +108,11 @@ def measure_alternating(steps: dict[str, Callable[[], None]], scale: Scale, devi
 
 
 def scaled(points: dict[int, dict]) -> dict:
-    """Step time and FLOPs at FULL_LAYERS from measurements at other layer counts (a straight line)."""
+    """Step time and FLOPs at FULL_LAYERS from measurements at other layer counts (a straight line through
+    each point's median), with the line as `terms` of the points' rounds, and each round's own line."""
     if FULL_LAYERS in points:
-        return {**points[FULL_LAYERS], "scaled_from": []}
+        point = points[FULL_LAYERS]
+        return {**point, "scaled_from": [], **({"terms": [[1.0, point["rounds"]]]} if "rounds" in point else {})}
     (l1, a), (l2, b) = sorted(points.items())[0], sorted(points.items())[-1]
     out = {}
     for key in ("step_s", "flops"):
@@ -122,6 +124,9 @@ def scaled(points: dict[int, dict]) -> dict:
         slopes = [(y - x) / (l2 - l1) for x, y in zip(a["rounds"], b["rounds"], strict=True)]
         out["rounds"] = [x + (FULL_LAYERS - l1) * max(slope, 0) for x, slope in zip(a["rounds"], slopes, strict=True)]
         out["per_layer_s"] = {"median": statistics.median(slopes), "min": min(slopes), "max": max(slopes)}
+        # The same line as a sum of the two points (`figures`: each point's median over the rounds).
+        k = (FULL_LAYERS - l1) / (l2 - l1)
+        out["terms"] = [[1 - k, a["rounds"]], [k, b["rounds"]]]
     return {**out, "scaled_from": sorted(points), "measured": {str(n): p for n, p in sorted(points.items())}}
 
 
