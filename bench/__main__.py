@@ -17,11 +17,12 @@ training throughput (samples/s), time per step, peak memory and model FLOP utili
   - ImageNet decode + training augmentation, images per CPU-second: ours against torchvision's transforms;
 then prints the ratios against the goals of issues 5 and 6 and writes OUT/bench.json and OUT/bench.md (with the
 commit, the machine and this command). Every row and ratio comes from the medians of its parts over at least
-6 alternating rounds, with its bootstrap 90 % interval (rounds resampled; bench/figures.py) and the per-round
+7 alternating rounds, with its bootstrap 90 % interval (rounds resampled; bench/figures.py) and the per-round
 min-max, UNSETTLED where the interval reaches beyond +-10 % (such a group measured again while --settle-s
-allows); the matmul peak is taken at the start
-and the end, DISTURBED when they differ by more than 10 %. `--quick` runs every path at toy sizes in a
-minute or two, for the tests; its figures mean nothing. On the idle 2-core CPU a full run takes TIMING.
+allows); the matmul peak is taken at the start and the end, DISTURBED when they differ by more than 10 %.
+`--quick` runs every path at toy sizes in a minute or two, for the tests; its figures mean nothing. On the
+idle 2-core CPU a full run took 925 and 970 s (MEASUREMENTS.md), 2-3 minutes of it measuring unsettled
+groups again.
 """
 
 from __future__ import annotations

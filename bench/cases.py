@@ -1,14 +1,17 @@
 """The measurements of `make bench`. Each function runs in a fresh process (so that its peak memory is its
 own) and returns plain numbers; `__main__.py` lays them side by side.
 
-Timing: the first step runs under torch.utils.flop_counter (it counts the matmul, convolution and attention
-FLOPs of forward and backward, and warms up caches and kernels), then `warmup_steps - 1` more untimed
-steps, then the median of `timed_steps` steps. Peak memory: the process's peak resident set on CPU (so it
-includes Python and torch, ~0.3-0.5 GiB), torch's peak allocation on CUDA.
+Timing (`timing.measure_alternating`): the first step of each part runs under torch.utils.flop_counter (it
+counts the matmul, convolution and attention FLOPs of forward and backward, and warms up caches and
+kernels), then `warmup_steps - 1` untimed rounds and `timed_steps` timed ones, every part of a group in
+turns; each part keeps its rounds, and a row is a sum of parts (`terms`, read by `figures`). Peak memory:
+the process's peak resident set on CPU (so it includes Python and torch, ~0.3-0.5 GiB), torch's peak
+allocation on CUDA.
 
-BERT-Large on a CPU is measured at a few layers of the real width and scaled to 24 layers by a straight
-line through the measured points (time per step = fixed part + layers x per-layer part; FLOPs likewise,
-which is exact): the embeddings, heads and their optimizer update are measured, not estimated.
+BERT-Large on a CPU is measured at two layer counts of the real width, both held and timed in the same
+rounds, and scaled to 24 layers by a straight line through the measured points (time per step = fixed part
++ layers x per-layer part; FLOPs likewise, which is exact): the embeddings, heads and their optimizer
+update are measured, not estimated.
 """
 
 from __future__ import annotations

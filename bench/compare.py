@@ -1,4 +1,4 @@
-"""Do two `make bench` runs agree? Per ratio, the two medians side by side and whether they agree within 10 %.
+"""Do two `make bench` runs agree? Per ratio, the two values side by side and whether they agree within 10 %.
 
     python -m mlperf_submission.bench.compare out/bench-twice/1/bench.json out/bench-twice/2/bench.json
     make bench-twice [QUICK=1 THREADS= OUT=out/bench-twice]     (runs the bench twice, then this)
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..common.cli import ArgumentParser, UserError, atomic_write_text, entry_point
 
-AGREE = 0.10  # two medians agree when the larger is at most 10 % above the smaller
+AGREE = 0.10  # two values agree when the larger is at most 10 % above the smaller
 
 
 def load(path: Path) -> dict:
@@ -37,7 +37,7 @@ def _shown(q: dict | None) -> str:
 
 
 def verdict(a: dict | None, b: dict | None) -> str | None:
-    """"yes" / "no" for two settled medians, None where either run has no settled figure."""
+    """"yes" / "no" for two settled values, None where either run has no settled figure."""
     if any(q is None or q.get("value") is None or q.get("unsettled") for q in (a, b)):
         return None
     lo, hi = sorted((a["value"], b["value"]))
@@ -49,7 +49,9 @@ def compare(first: dict, second: dict) -> tuple[str, int]:
     one, two = ({(q["group"], q["ratio"]): q for q in run["ratios"]} for run in (first, second))
     lines = [f"Run 1: {first['started']}, commit {first['commit']}, {first['seconds']:.0f} s; "
              f"run 2: {second['started']}, commit {second['commit']}, {second['seconds']:.0f} s.", "",
-             "| ratio | benchmark | run 1 median (spread) | run 2 median (spread) | agree within 10 % |",
+             f"Spreads: run 1 {first.get('spread_kind', 'min-max of rounds')}; run 2 "
+             f"{second.get('spread_kind', 'min-max of rounds')}.", "",
+             "| ratio | benchmark | run 1 (spread) | run 2 (spread) | agree within 10 % |",
              "|---|---|---|---|---|"]
     disagree = 0
     for k in dict.fromkeys([*one, *two]):

@@ -245,8 +245,8 @@ def bench_section(bench: dict, source: Path, plots: Path) -> str:
         name = f"bench-{_slug(source.stem)}-{_slug(group)}.png"
         throughput_plot(group, [r for r in rows if r["group"] == group], plots / name)
         parts.append(_img(name, f"throughput, {group}"))
-    # Which spread the run gives: a bootstrap interval of the median since issue 26's second pass, min-max before.
-    parts.append(_table(["ratio", "benchmark", "median", f"spread ({bench.get('spread_kind', 'min-max of rounds')})",
+    # Which spread the run gives: a bootstrap interval since issue 26's second pass, the min-max of rounds before.
+    parts.append(_table(["ratio", "benchmark", "value", f"spread ({bench.get('spread_kind', 'min-max of rounds')})",
                          "goal", "met"],
                         [[q["ratio"], q["group"], ratio_text(q) + (" UNSETTLED" if q.get("unsettled") else ""),
                           f"{q['spread'][0]:.2f}-{q['spread'][1]:.2f} ({q['rounds']} rounds)" if "spread" in q

@@ -111,9 +111,9 @@ def test_page_from_our_submission_and_a_bench_json(tmp_path):
     text = report.build(subs=[], benches=[bench], out=tmp_path / "report2").read_text()
     assert "bf16 0.600 / 0.400; DISTURBED (bf16 moved" in text
     assert "spread (min-max of rounds)" in text  # a bench.json from before the interval says min-max
-    bench.write_text(json.dumps(BENCH | {"spread_kind": "bootstrap 90% interval of the median"}))
+    bench.write_text(json.dumps(BENCH | {"spread_kind": "bootstrap 90% interval, rounds resampled"}))
     text = report.build(subs=[], benches=[bench], out=tmp_path / "report3").read_text()
-    assert "spread (bootstrap 90% interval of the median)" in text
+    assert "spread (bootstrap 90% interval, rounds resampled)" in text
 
 
 def test_our_runs_get_graphcores_two_tables_with_their_precision(tmp_path):
