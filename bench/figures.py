@@ -76,12 +76,6 @@ def figure(statistic, n: int) -> dict:
             "unsettled": high > (1 + UNSETTLED) * value or low < (1 - UNSETTLED) * value}
 
 
-def spread(values: list[float]) -> dict:
-    """`figure` of plain per-round values: their median."""
-    values = np.asarray(values, dtype=float)
-    return figure(lambda idx: np.median(values[idx], axis=-1), len(values))
-
-
 def row_figure(row: dict) -> dict:
     """A row's samples/s with its interval (rows timed in rounds)."""
     return figure(lambda idx: throughput(row, idx), rounds(row))
