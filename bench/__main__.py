@@ -45,7 +45,7 @@ from ..common.cli import ArgumentParser, atomic_write_text, entry_point
 from ..common.evidence import git_commit, ratio_text
 from ..systems import describe_local
 from . import cases, scales, timing
-from .figures import CONFIDENCE, RESAMPLES, SPREAD_KIND, UNSETTLED, ratios, row_figure
+from .figures import CONFIDENCE, RESAMPLES, SPREAD_KIND, UNSETTLED, ratios, row_figure, step_time
 
 FORMAT = "mlperf_submission.bench/1"
 
@@ -110,7 +110,7 @@ def pooled(first: dict, more: dict) -> dict:
                 out[impl][median] = statistics.median(out[impl][key])
         if "terms" in a and "terms" in b:  # each part's rounds pooled; the step from the pooled medians
             out[impl]["terms"] = [[c, x + y] for (c, x), (_, y) in zip(a["terms"], b["terms"], strict=True)]
-            out[impl]["step_s"] = sum(c * statistics.median(r) for c, r in out[impl]["terms"])
+            out[impl]["step_s"] = float(step_time(out[impl]["terms"]))
     return out
 
 

@@ -50,12 +50,17 @@ def rounds(row: dict) -> int:
     return len(row.get("samples_per_s_rounds") or [])
 
 
+def step_time(terms: list[list], idx: np.ndarray | None = None) -> np.ndarray:
+    """Seconds per step from `terms`: the sum of each part's median over the rounds `idx` (shape (..., n):
+    indices into its rounds; all of them when None)."""
+    return sum(c * np.median(np.asarray(r) if idx is None else np.asarray(r)[idx], axis=-1) for c, r in terms)
+
+
 def throughput(row: dict, idx: np.ndarray) -> np.ndarray:
-    """A row's samples/s from the rounds `idx` (shape (..., n): indices into its rounds): samples over the sum
-    of its terms' medians; a row without terms (the decode rows: a rate per round), the median rate."""
+    """A row's samples/s from the rounds `idx` (shape (..., n): indices into its rounds): samples over its
+    `step_time`; a row without terms (the decode rows: a rate per round), the median rate."""
     if row.get("terms"):
-        step = sum(c * np.median(np.asarray(r)[idx], axis=-1) for c, r in row["terms"])
-        return row["samples"] / step
+        return row["samples"] / step_time(row["terms"], idx)
     return np.median(np.asarray(row["samples_per_s_rounds"])[idx], axis=-1)
 
 

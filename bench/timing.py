@@ -111,8 +111,7 @@ def scaled(points: dict[int, dict]) -> dict:
     """Step time and FLOPs at FULL_LAYERS from measurements at other layer counts (a straight line through
     each point's median), with the line as `terms` of the points' rounds, and each round's own line."""
     if FULL_LAYERS in points:
-        point = points[FULL_LAYERS]
-        return {**point, "scaled_from": [], **({"terms": [[1.0, point["rounds"]]]} if "rounds" in point else {})}
+        return {**points[FULL_LAYERS], "scaled_from": []}  # its own rounds are its one part (`cases._terms`)
     (l1, a), (l2, b) = sorted(points.items())[0], sorted(points.items())[-1]
     out = {}
     for key in ("step_s", "flops"):
